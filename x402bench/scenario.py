@@ -1,0 +1,318 @@
+"""The scenario file: one YAML document that describes a whole x402 world.
+
+Everything downstream (the live stack, the Locust run, the SimPy model, the
+report) reads a validated :class:`Scenario`, never raw YAML, so a typo is
+caught once, here, with the file name and the field path in the message.
+Every model forbids unknown keys: a misspelt key must not silently fall back
+to a default and produce a plausible but wrong benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ScenarioError(Exception):
+    """A scenario file that cannot be used; the message is meant for the user as is."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Chain(_Strict):
+    """The local chain Anvil runs."""
+
+    chain_id: int = Field(31337, ge=1, description="EIP-155 chain id; the x402 network is eip155:<chain_id>.")
+    mining: Literal["auto", "interval", "manual"] = Field(
+        "auto", description="auto: one block per tx; interval: a block every block_time_s; manual: only on request."
+    )
+    block_time_s: float | None = Field(None, gt=0, le=60, description="Block interval for mining=interval.")
+    gas_limit: int = Field(60_000_000, ge=1_000_000, description="Block gas limit.")
+
+    @model_validator(mode="after")
+    def _block_time_matches_mining(self) -> "Chain":
+        if self.mining == "interval" and self.block_time_s is None:
+            raise ValueError("mining 'interval' needs block_time_s")
+        if self.mining != "interval" and self.block_time_s is not None:
+            raise ValueError(f"block_time_s is only meaningful with mining 'interval', not {self.mining!r}")
+        return self
+
+
+class Token(_Strict):
+    """The mock USDC; name and version form its EIP-712 domain, as on real USDC."""
+
+    name: str = Field("USD Coin", min_length=1)
+    version: str = Field("2", min_length=1)
+    symbol: str = Field("USDC", min_length=1)
+    decimals: int = Field(6, ge=0, le=18)
+
+
+class Economics(_Strict):
+    """What gas costs in money; the chain itself is free, so these turn gas into USD."""
+
+    gas_price_gwei: float = Field(0.012, ge=0)
+    eth_usd: float = Field(2500.0, ge=0)
+    l1_fee_usd_per_tx: float = Field(0.0, ge=0, description="L1 data fee per settlement tx (rollups).")
+
+
+class Batch(_Strict):
+    max_size: int = Field(50, ge=1, le=1000)
+    max_age_s: float = Field(1.0, gt=0)
+
+
+class Facilitator(_Strict):
+    strategy: Literal["sdk", "sync", "pipelined", "batched"] = Field(
+        "sync", description="sdk: the official x402 facilitator; sync: one tx per payment, answer after receipt."
+    )
+    signer_keys: int = Field(1, ge=1, le=64)
+    batch: Batch | None = None
+    receipt_poll_s: float = Field(0.05, gt=0, le=5, description="How often a waiting settlement polls for its receipt.")
+    external_url: str | None = Field(None, description="Use a facilitator already running at this URL instead.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _batched_gets_batch_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("strategy") == "batched" and data.get("batch") is None:
+            return {**data, "batch": {}}
+        return data
+
+
+class Duration(_Strict):
+    """A time distribution in milliseconds: lognormal from median and p99, constant when p99 is absent."""
+
+    median: float = Field(ge=0)
+    p99: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _p99_not_below_median(self) -> "Duration":
+        if self.p99 is not None and self.p99 < self.median:
+            raise ValueError(f"p99 ({self.p99}) is below the median ({self.median})")
+        return self
+
+    @property
+    def sigma(self) -> float:
+        """Lognormal shape so that the 99th percentile lands on p99 (z_0.99 = 2.3263)."""
+        if self.p99 is None or self.median <= 0 or self.p99 == self.median:
+            return 0.0
+        return math.log(self.p99 / self.median) / 2.3263478740408408
+
+
+def _coerce_duration(value: Any) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return {"median": value}
+    return value
+
+
+def parse_price(price: str | int, decimals: int) -> int:
+    """Turn "$0.001", "0.001 USDC" or an atomic integer into atomic token units."""
+    if isinstance(price, bool):
+        raise ValueError("price must be a number of atomic units or a string like '$0.001'")
+    if isinstance(price, int):
+        atomic = price
+    else:
+        text = price.strip()
+        dollars = text.startswith("$") or text.upper().endswith("USDC")
+        text = text.lstrip("$").upper().removesuffix("USDC").strip()
+        try:
+            value = Decimal(text)
+        except InvalidOperation:
+            raise ValueError(f"price {price!r} is neither atomic units nor a dollar amount like '$0.001'") from None
+        if dollars:
+            scaled = value * (Decimal(10) ** decimals)
+            if scaled != scaled.to_integral_value():
+                raise ValueError(f"price {price!r} is finer than the token's {decimals} decimals")
+            atomic = int(scaled)
+        else:
+            if value != value.to_integral_value():
+                raise ValueError(f"price {price!r} without '$' is atomic units and must be a whole number")
+            atomic = int(value)
+    if atomic <= 0:
+        raise ValueError(f"price {price!r} must be positive")
+    return atomic
+
+
+class Service(_Strict):
+    """One priced route of the resource server."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    path: str = Field(pattern=r"^/[A-Za-z0-9_/.-]*$")
+    method: Literal["GET", "POST"] = "GET"
+    price: str | int = Field(description="Atomic units (1000) or dollars ('$0.001').")
+    work_ms: Annotated[Duration, Field(default_factory=lambda: Duration(median=0))]
+    response_bytes: int = Field(256, ge=0, le=10_000_000)
+    workers: int | None = Field(None, ge=1, description="Concurrent requests the handler serves; the rest queue.")
+    description: str = ""
+
+    _coerce_work = field_validator("work_ms", mode="before")(classmethod(lambda cls, v: _coerce_duration(v)))
+
+    @field_validator("price")
+    @classmethod
+    def _price_is_parseable(cls, value: str | int) -> str | int:
+        parse_price(value, 6)  # decimals are re-applied by Scenario; this only rejects nonsense early
+        return value
+
+
+class Arrivals(_Strict):
+    """How one agent spaces its requests."""
+
+    kind: Literal["constant", "poisson", "bursts", "ramp", "closed"] = Field(
+        "poisson", description="closed: each agent sends its next request as soon as the last one answered."
+    )
+    rate_per_agent_s: float = Field(0.2, gt=0, description="Mean requests per second per agent (peak for ramp).")
+    burst_size: int = Field(10, ge=1, description="bursts: requests per burst.")
+    ramp_s: float = Field(30.0, gt=0, description="ramp: seconds to climb linearly to the full rate.")
+
+
+class Agents(_Strict):
+    count: int = Field(10, ge=1, le=1_000_000)
+    funding_usdc: float = Field(20.0, ge=0, description="USDC minted to each agent at start.")
+    budget_usdc: float | None = Field(None, gt=0, description="Most an agent will spend; stops paying after.")
+    arrivals: Arrivals = Field(default_factory=Arrivals)
+    mix: dict[str, float] = Field(default_factory=dict, description="Service name -> weight; empty = uniform.")
+    cache_requirements: bool = Field(True, description="Reuse the 402 requirements and pay on the first request.")
+    sign_ms: Annotated[Duration, Field(default_factory=lambda: Duration(median=0.4))]
+    rtt_ms: Annotated[Duration, Field(default_factory=lambda: Duration(median=0.3))]
+
+    _coerce_sign = field_validator("sign_ms", "rtt_ms", mode="before")(
+        classmethod(lambda cls, v: _coerce_duration(v))
+    )
+
+    @field_validator("mix")
+    @classmethod
+    def _weights_positive(cls, mix: dict[str, float]) -> dict[str, float]:
+        for name, weight in mix.items():
+            if weight < 0:
+                raise ValueError(f"weight of {name!r} is negative ({weight})")
+        if mix and sum(mix.values()) <= 0:
+            raise ValueError("weights sum to zero")
+        return mix
+
+
+class Run(_Strict):
+    duration_s: float = Field(30.0, gt=0, le=86_400)
+    warmup_s: float = Field(0.0, ge=0, description="Excluded from the steady window.")
+    users: int = Field(10, ge=1, le=100_000, description="Locust users; each drives one or more agents.")
+    spawn_rate: float = Field(10.0, gt=0)
+    max_requests: int | None = Field(None, ge=1, description="Hard cap on paid requests for the whole run.")
+
+
+class Slo(_Strict):
+    min_throughput_rps: float | None = Field(None, ge=0)
+    max_p95_request_s: float | None = Field(None, gt=0)
+    max_p95_settlement_s: float | None = Field(None, gt=0)
+    max_error_rate: float | None = Field(None, ge=0, le=1)
+    max_gas_per_payment: float | None = Field(None, gt=0)
+    max_cost_per_payment_usd: float | None = Field(None, ge=0)
+
+
+class Scenario(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    seed: int = 42
+    chain: Chain = Field(default_factory=Chain)
+    token: Token = Field(default_factory=Token)
+    economics: Economics = Field(default_factory=Economics)
+    facilitator: Facilitator = Field(default_factory=Facilitator)
+    services: list[Service] = Field(min_length=1)
+    agents: Agents = Field(default_factory=Agents)
+    run: Run = Field(default_factory=Run)
+    slo: Slo = Field(default_factory=Slo)
+    external_service_url: str | None = Field(None, description="Pay a service already running there instead.")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Scenario":
+        names = [s.name for s in self.services]
+        paths = [(s.method, s.path) for s in self.services]
+        if len(set(names)) != len(names):
+            raise ValueError(f"service names repeat: {sorted(n for n in set(names) if names.count(n) > 1)}")
+        if len(set(paths)) != len(paths):
+            raise ValueError("two services share the same method and path")
+        unknown = sorted(set(self.agents.mix) - set(names))
+        if unknown:
+            raise ValueError(f"agents.mix names unknown services {unknown}; known: {names}")
+        for i, service in enumerate(self.services):
+            try:
+                parse_price(service.price, self.token.decimals)
+            except ValueError as exc:
+                raise ValueError(f"services.{i}.price: {exc}") from None
+        return self
+
+    @property
+    def network(self) -> str:
+        """CAIP-2 network id used on the wire."""
+        return f"eip155:{self.chain.chain_id}"
+
+    def price_atomic(self, service: Service) -> int:
+        return parse_price(service.price, self.token.decimals)
+
+    def service(self, name: str) -> Service:
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(name)
+
+    def mix_weights(self) -> dict[str, float]:
+        """Normalised route weights; services absent from a non-empty mix get weight 0."""
+        raw = self.agents.mix or {s.name: 1.0 for s in self.services}
+        total = sum(raw.values())
+        return {s.name: raw.get(s.name, 0.0) / total for s in self.services}
+
+    def with_overrides(self, **sections: dict[str, Any]) -> "Scenario":
+        """A copy with some fields of some sections replaced, validated again (used by CLI flags and sweeps)."""
+        data = self.model_dump(mode="python")
+        for section, fields in sections.items():
+            if isinstance(data.get(section), dict):
+                data[section].update(fields)
+            else:
+                data[section] = fields
+        return validate_scenario(data, source=f"{self.name} (overridden)")
+
+
+def _format_location(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc if not str(part).startswith("function-")) or "(top level)"
+
+
+def validate_scenario(data: Any, source: str = "<scenario>") -> Scenario:
+    """Validate already-parsed data, raising ScenarioError that names every bad field."""
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{source}: the file must hold a mapping at the top level, not {type(data).__name__}")
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = "unknown field (check the spelling; `x402bench schema` lists the fields)"
+            lines.append(f"  {_format_location(err['loc'])}: {message}")
+        raise ScenarioError(f"{source}: invalid scenario\n" + "\n".join(lines)) from None
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read the scenario file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"{path}: not valid YAML: {exc}") from None
+    return validate_scenario(data, source=str(path))
+
+
+def json_schema() -> str:
+    """The JSON Schema of scenario files, for editors' autocompletion."""
+    schema = Scenario.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "x402bench scenario"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
