@@ -1,0 +1,42 @@
+"""The `x402bench` command line. Each command group lives in its own module under
+x402bench/commands/ and registers itself on `app`; this file only wires them and
+turns known user errors into clean exit codes (2 = bad input, 1 = SLO failed)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+from rich.console import Console
+
+from x402bench.scenario import ScenarioError
+
+app = typer.Typer(
+    help="x402bench: benchmark x402 micropayments on a local chain, live (Locust) or simulated (SimPy).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+#: Modules under x402bench.commands that define commands on `app` when imported.
+COMMAND_MODULES = ("scenario_cmds", "world_cmds", "load_cmds", "report_cmds", "sim_cmds")
+
+
+def _register() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            importlib.import_module(f"x402bench.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"x402bench.commands.{name}":
+                raise
+
+
+def main() -> None:
+    _register()
+    try:
+        app()
+    except ScenarioError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)
