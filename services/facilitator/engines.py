@@ -1,0 +1,267 @@
+"""Settlement engines: the strategies a scenario picks between.
+
+Every engine answers the same three questions (verify, settle, supported) and records
+what it accepted in the same ledger, so runs of different strategies compare fairly:
+- `sdk`: the official x402 SDK facilitator, unchanged, run on a 40-thread pool the way
+  FastAPI serves plain `def` handlers: the reference baseline.
+- `sync`: ours, one tx per payment, answer after the receipt; async end to end, nonces
+  kept locally per key, receipts resolved per block by one watcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from abc import ABC, abstractmethod
+from typing import Any
+
+import anyio
+from anyio import CapacityLimiter
+
+from services.facilitator import reasons
+from services.facilitator.checks import Authorization, Rejection, check_chain, check_payment, parse_request
+from services.facilitator.config import FacilitatorConfig
+from services.facilitator.evm import AsyncRpc, ReceiptWatcher, transfer_with_authorization_data
+from services.facilitator.ledger import Claim, Ledger
+from services.facilitator.signers import LanePool, SignerLane
+
+log = logging.getLogger("x402bench.facilitator")
+
+
+class Engine(ABC):
+    def __init__(self, config: FacilitatorConfig) -> None:
+        self.config = config
+        self.ledger = Ledger(config.ledger_path)
+        self.rpc = AsyncRpc(config.rpc_url)
+
+    async def start(self) -> None:
+        """Open connections and finish what a previous process left open."""
+
+    async def stop(self) -> None:
+        await self.rpc.aclose()
+        self.ledger.close()
+
+    @property
+    @abstractmethod
+    def signer_addresses(self) -> list[str]: ...
+
+    def supported(self) -> dict[str, Any]:
+        return {
+            "kinds": [{"x402Version": 2, "scheme": "exact", "network": self.config.network}],
+            "extensions": [],
+            "signers": {"eip155:*": self.signer_addresses},
+        }
+
+    @abstractmethod
+    async def verify(self, body: bytes) -> dict[str, Any]: ...
+
+    @abstractmethod
+    async def settle(self, body: bytes) -> dict[str, Any]: ...
+
+    def _failure(self, rejection: Rejection) -> dict[str, Any]:
+        self.ledger.reject(rejection.reason)
+        return {
+            "success": False,
+            "errorReason": rejection.reason,
+            "errorMessage": rejection.message,
+            "payer": rejection.payer,
+            "transaction": "",
+            "network": self.config.network,
+        }
+
+    def _claim(self, auth: Authorization) -> Claim:
+        claim = self.ledger.claim(
+            self.config.token.address, auth.payer, auth.nonce, auth.payee, auth.value, auth.valid_before, auth.signature
+        )
+        if claim is None:
+            raise Rejection(reasons.NONCE_ALREADY_USED, "this authorization was already accepted", auth.payer)
+        return claim
+
+    def metrics(self) -> dict[str, Any]:
+        return {"ledger": self.ledger.counts(), "rejections": self.ledger.rejections(), "rpc_calls": self.rpc.calls}
+
+
+class OwnEngine(Engine):
+    """Shared by our strategies: strict local verification, one batched chain read."""
+
+    def __init__(self, config: FacilitatorConfig) -> None:
+        super().__init__(config)
+        self.watcher = ReceiptWatcher(self.rpc, config.receipt_poll_s)
+        self.pool = LanePool(
+            [SignerLane(k, self.rpc, config.chain_id, config.gas_price_wei, config.tx_gas_limit) for k in config.signer_keys]
+        )
+
+    @property
+    def signer_addresses(self) -> list[str]:
+        return self.pool.addresses
+
+    async def start(self) -> None:
+        await self.watcher.start()
+        await self._recover()
+
+    async def stop(self) -> None:
+        await self.watcher.stop()
+        await super().stop()
+
+    async def _checked(self, body: bytes) -> Authorization:
+        _, payload, requirements = parse_request(body)
+        return check_payment(payload, requirements, self.config.token, self.config.chain_id)
+
+    async def verify(self, body: bytes) -> dict[str, Any]:
+        auth = await self._checked(body)
+        if self.ledger.is_claimed(self.config.token.address, auth.payer, auth.nonce):
+            raise Rejection(reasons.NONCE_ALREADY_USED, "this authorization was already accepted", auth.payer)
+        await check_chain(self.rpc, self.config.token, auth, self.ledger.reserved(auth.payer))
+        return {"isValid": True, "payer": auth.payer}
+
+    async def settle(self, body: bytes) -> dict[str, Any]:
+        try:
+            auth = await self._checked(body)
+            claim = self._claim(auth)
+        except Rejection as rejection:
+            return self._failure(rejection)
+        try:
+            await check_chain(self.rpc, self.config.token, auth, self.ledger.reserved(auth.payer) - auth.value)
+        except Rejection as rejection:
+            self.ledger.release(claim, rejection.reason)
+            return self._failure(rejection)
+        return await self._settle_claims([claim])
+
+    async def _settle_claims(self, claims: list[Claim]) -> dict[str, Any]:
+        """Send one transferWithAuthorization and answer after its receipt."""
+        (claim,) = claims
+        data = transfer_with_authorization_data(
+            claim.payer, claim.payee, claim.amount, 0, claim.valid_before, claim.nonce, claim.signature
+        )
+        lane = self.pool.pick()
+        lane.in_flight += 1
+        pending: list[asyncio.Future[dict[str, Any]]] = []
+        try:
+            try:
+                sent = await lane.send(
+                    self.config.token.address, data, on_hash=lambda h: pending.append(self.watcher.expect(h))
+                )
+            except Exception as exc:
+                log.warning("send failed for %s: %s", claim.nonce, exc)
+                self.ledger.release(claim, reasons.TRANSACTION_FAILED)
+                return self._failure(Rejection(reasons.TRANSACTION_FAILED, str(exc), claim.payer))
+            self.ledger.submitted([claim.id], sent.signer, sent.nonce, sent.tx_hash)
+            return await self._await_receipt(claims, sent.tx_hash, pending[-1])
+        finally:
+            lane.in_flight -= 1
+
+    async def _await_receipt(
+        self, claims: list[Claim], tx_hash: str, receipt_future: "asyncio.Future[dict[str, Any]]"
+    ) -> dict[str, Any]:
+        payer = claims[0].payer
+        try:
+            receipt = await asyncio.wait_for(receipt_future, self.config.receipt_timeout_s)
+        except asyncio.TimeoutError:
+            return {"success": False, "errorReason": reasons.SETTLEMENT_PENDING, "transaction": tx_hash,
+                    "network": self.config.network, "payer": payer}
+        ok = int(receipt["status"], 16) == 1
+        self.ledger.finished(
+            claims,
+            ok=ok,
+            tx_hash=tx_hash,
+            block_number=int(receipt["blockNumber"], 16),
+            gas_used=int(receipt["gasUsed"], 16),
+            effective_gas_price=int(receipt.get("effectiveGasPrice", "0x0"), 16),
+            included_at=time.time(),
+            error=None if ok else reasons.TRANSACTION_FAILED,
+        )
+        if not ok:
+            return {"success": False, "errorReason": reasons.TRANSACTION_FAILED, "transaction": tx_hash,
+                    "network": self.config.network, "payer": payer}
+        return {"success": True, "transaction": tx_hash, "network": self.config.network, "payer": payer,
+                "amount": str(claims[0].amount)}
+
+    async def _recover(self) -> None:
+        """Close what a crashed predecessor left open: never resend what may have landed."""
+        for claim, state, tx_hash in self.ledger.open_claims():
+            if tx_hash:
+                receipt = await self.watcher.lookup(tx_hash)
+                if receipt is not None:
+                    ok = int(receipt["status"], 16) == 1
+                    self.ledger.finished([claim], ok=ok, tx_hash=tx_hash, block_number=int(receipt["blockNumber"], 16),
+                                         gas_used=int(receipt["gasUsed"], 16), included_at=time.time(),
+                                         error=None if ok else reasons.TRANSACTION_FAILED)
+                    continue
+            if claim.valid_before <= time.time():
+                self.ledger.finished([claim], ok=False, error=reasons.VALID_BEFORE_EXPIRED)
+                continue
+            asyncio.create_task(self._settle_claims([claim]))
+
+
+class SdkEngine(Engine):
+    """The official SDK facilitator, unchanged; our ledger only wraps it to count and dedupe."""
+
+    THREADS = 40  # FastAPI's default pool for plain `def` handlers: the SDK's documented deployment
+
+    def __init__(self, config: FacilitatorConfig) -> None:
+        super().__init__(config)
+        from x402 import x402FacilitatorSync
+        from x402.mechanisms.evm import FacilitatorWeb3Signer
+        from x402.mechanisms.evm.exact import register_exact_evm_facilitator
+
+        self._facilitators = []
+        self._signers = []
+        for key in config.signer_keys:
+            facilitator = x402FacilitatorSync()
+            signer = FacilitatorWeb3Signer(private_key=key, rpc_url=config.rpc_url)
+            register_exact_evm_facilitator(facilitator, signer, networks=config.network)
+            self._facilitators.append(facilitator)
+            self._signers.append(signer)
+        self._turn = itertools.cycle(self._facilitators)
+        self._limiter = CapacityLimiter(self.THREADS)
+
+    @property
+    def signer_addresses(self) -> list[str]:
+        return [a for s in self._signers for a in s.get_addresses()]
+
+    async def _in_thread(self, fn, *args):  # noqa: ANN001, ANN202
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    async def verify(self, body: bytes) -> dict[str, Any]:
+        _, payload, requirements = parse_request(body)
+        result = await self._in_thread(next(self._turn).verify, payload, requirements)
+        return result.model_dump(by_alias=True, exclude_none=True)
+
+    async def settle(self, body: bytes) -> dict[str, Any]:
+        try:
+            _, payload, requirements = parse_request(body)
+            auth = payload.payload.get("authorization") or {}
+            claim = self.ledger.claim(
+                self.config.token.address, str(auth.get("from", "")), str(auth.get("nonce", "")),
+                str(auth.get("to", "")), int(auth.get("value", 0)), int(auth.get("validBefore", 0)),
+                str(payload.payload.get("signature", "")),
+            )
+            if claim is None:
+                raise Rejection(reasons.NONCE_ALREADY_USED, "this authorization was already accepted", auth.get("from"))
+        except Rejection as rejection:
+            return self._failure(rejection)
+        except (TypeError, ValueError) as exc:
+            return self._failure(Rejection(reasons.INVALID_PAYLOAD, str(exc)))
+        self.ledger.submitted([claim.id], "", -1, "")
+        result = await self._in_thread(next(self._turn).settle, payload, requirements)
+        if result.success:
+            self.ledger.finished([claim], ok=True, tx_hash=result.transaction, included_at=time.time())
+        elif result.error_reason == reasons.SETTLEMENT_PENDING:
+            pass  # stays submitted; reconciliation reads the chain
+        elif result.transaction:  # a tx went out and reverted: the claim was real, and failed
+            self.ledger.finished([claim], ok=False, tx_hash=result.transaction, error=result.error_reason)
+        else:
+            self.ledger.release(claim, result.error_reason or reasons.UNEXPECTED_SETTLE_ERROR)
+        return result.model_dump(by_alias=True, exclude_none=True)
+
+
+ENGINES: dict[str, type[Engine]] = {"sync": OwnEngine, "sdk": SdkEngine}
+
+
+def make_engine(config: FacilitatorConfig) -> Engine:
+    try:
+        return ENGINES[config.strategy](config)
+    except KeyError:
+        raise ValueError(f"strategy {config.strategy!r} is not available; choose one of {sorted(ENGINES)}") from None

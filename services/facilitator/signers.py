@@ -1,0 +1,89 @@
+"""Signer lanes: one per facilitator key, each owning its account nonce locally.
+
+Asking the node for the pending nonce before every tx costs a round trip and races
+with our own in-flight txs; a lane hands out nonces from a local counter and sends
+under a lock, so txs reach the node in nonce order and several can be in flight
+per key. A rejected send does not consume its nonce, so no gap can stall the lane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from services.facilitator.evm import AsyncRpc, RpcError
+
+
+@dataclass
+class SentTx:
+    tx_hash: str
+    nonce: int
+    signer: str
+
+
+class SignerLane:
+    def __init__(self, private_key: str, rpc: AsyncRpc, chain_id: int, gas_price_wei: int, gas_limit: int) -> None:
+        self.account: LocalAccount = Account.from_key(private_key)
+        self.rpc = rpc
+        self.chain_id = chain_id
+        self.gas_price_wei = gas_price_wei
+        self.gas_limit = gas_limit
+        self._next_nonce: int | None = None
+        self._lock = asyncio.Lock()
+        self.in_flight = 0
+
+    @property
+    def address(self) -> str:
+        return self.account.address
+
+    async def _sync_nonce(self) -> None:
+        self._next_nonce = int(await self.rpc.call("eth_getTransactionCount", self.address, "pending"), 16)
+
+    def _sign(self, to: str, data: str, nonce: int, gas: int) -> tuple[str, str]:
+        signed = self.account.sign_transaction(
+            {"to": to, "data": data, "value": 0, "gas": gas, "gasPrice": self.gas_price_wei,
+             "nonce": nonce, "chainId": self.chain_id}
+        )
+        return "0x" + signed.raw_transaction.hex(), "0x" + signed.hash.hex()
+
+    async def send(self, to: str, data: str, on_hash=None, gas: int | None = None) -> SentTx:
+        """Sign and broadcast; `on_hash(tx_hash)` runs before the send so a watcher cannot miss the block."""
+        async with self._lock:
+            if self._next_nonce is None:
+                await self._sync_nonce()
+            for attempt in range(2):
+                nonce = self._next_nonce
+                raw, tx_hash = self._sign(to, data, nonce, gas or self.gas_limit)
+                if on_hash is not None:
+                    on_hash(tx_hash)
+                try:
+                    await self.rpc.call("eth_sendRawTransaction", raw)
+                except RpcError as exc:
+                    if attempt == 0 and "nonce" in str(exc).lower():
+                        await self._sync_nonce()  # someone else used this key: resync once and retry
+                        continue
+                    raise
+                self._next_nonce = nonce + 1
+                return SentTx(tx_hash, nonce, self.address)
+        raise AssertionError("unreachable")
+
+
+class LanePool:
+    """Spreads txs over keys: the lane with the fewest txs in flight, ties in turn."""
+
+    def __init__(self, lanes: list[SignerLane]) -> None:
+        self.lanes = lanes
+        self._turn = itertools.cycle(range(len(lanes)))
+
+    def pick(self) -> SignerLane:
+        start = next(self._turn)
+        ordered = self.lanes[start:] + self.lanes[:start]
+        return min(ordered, key=lambda lane: lane.in_flight)
+
+    @property
+    def addresses(self) -> list[str]:
+        return [lane.address for lane in self.lanes]

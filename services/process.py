@@ -1,0 +1,87 @@
+"""Child processes of the world: started on a free loopback port, stopped by their own PID.
+
+Every server the world runs (facilitator, priced services) is a `python -m` module
+serving one FastAPI app from a JSON config file, so this is the one place that knows
+how to start, health-check and stop them, and how to serve an app from such a module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+from services.chain import free_port
+
+
+class ServiceProcess:
+    """One `python -m MODULE CONFIG --port N` child, with its log in a file."""
+
+    def __init__(self, name: str, module: str, config_path: Path, log_path: Path) -> None:
+        self.name = name
+        self.module = module
+        self.config_path = config_path
+        self.log_path = log_path
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def start(self, timeout_s: float = 30.0) -> "ServiceProcess":
+        self.port = free_port()
+        log = open(self.log_path, "ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", self.module, str(self.config_path), "--port", str(self.port)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                self.stop()
+                raise RuntimeError(f"{self.name} exited with status {self.process.returncode if self.process else '?'}:\n{tail}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not become healthy within {timeout_s} s (log: {self.log_path})")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def serve_main(doc: str, load: Callable[[str], Any], create_app: Callable[[Any], Any]) -> None:
+    """The body of a server module's `__main__`: load its config, serve on 127.0.0.1."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("config")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    uvicorn.run(create_app(load(args.config)), host="127.0.0.1", port=args.port, log_level="warning",
+                access_log=False, backlog=4096)
