@@ -1,0 +1,125 @@
+"""Reconciliation after a live run, from three independent sources.
+
+- what clients were served (RequestRecords with status 200 and the nonce they paid with),
+- what the facilitator's ledger says (every accepted payment and its state),
+- what the chain says (AuthorizationUsed and Transfer logs of the token, the payee's balance).
+
+A payment served but absent from the chain is *lost*; an authorization used twice, or a
+ledger row settled by two transactions, is a *double settlement*. Both must be zero.
+Settlement records for the summary are built here too, with gas from the chain's own
+receipts rather than from what the facilitator claims.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from services.chain import Rpc
+from services.facilitator.evm import TOPIC_AUTHORIZATION_USED, TOPIC_TRANSFER, SEL_BALANCE_OF, call_data
+from x402bench.results.records import RequestRecord, SettlementRecord
+
+CHUNK = 500
+
+
+@dataclass
+class ChainView:
+    """What the chain says about a run: used authorizations, transfers to the payee, receipts."""
+
+    used: list[tuple[str, str, str]]  # (payer, nonce, tx_hash) per AuthorizationUsed log
+    receipts: dict[str, dict[str, Any]]  # tx_hash -> receipt
+    block_times: dict[int, int]  # block number -> timestamp
+    payee_in: int  # sum of Transfer values to the payee in the window
+
+
+def balance_of(rpc: Rpc, token: str, holder: str) -> int:
+    return int(rpc.call("eth_call", {"to": token, "data": call_data(SEL_BALANCE_OF, holder)}, "latest"), 16)
+
+
+def _topic_address(topic: str) -> str:
+    return "0x" + topic[-40:]
+
+
+def read_chain(rpc: Rpc, token: str, payee: str, from_block: int, to_block: int) -> ChainView:
+    """One eth_getLogs per event, then receipts and block headers in batched calls."""
+    span = {"address": token, "fromBlock": hex(from_block), "toBlock": hex(to_block)}
+    used_logs = rpc.call("eth_getLogs", {**span, "topics": [TOPIC_AUTHORIZATION_USED]})
+    payee_topic = "0x" + payee.lower().removeprefix("0x").rjust(64, "0")
+    transfer_logs = rpc.call("eth_getLogs", {**span, "topics": [TOPIC_TRANSFER, None, payee_topic]})
+    used = [(_topic_address(log["topics"][1]).lower(), log["topics"][2].lower(), log["transactionHash"].lower())
+            for log in used_logs]
+    hashes = sorted({h for _, _, h in used} | {log["transactionHash"].lower() for log in transfer_logs})
+    receipts: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(hashes), CHUNK):
+        part = hashes[i : i + CHUNK]
+        for tx_hash, receipt in zip(part, rpc.batch([("eth_getTransactionReceipt", [h]) for h in part])):
+            receipts[tx_hash] = receipt
+    blocks = sorted({int(r["blockNumber"], 16) for r in receipts.values()})
+    block_times: dict[int, int] = {}
+    for i in range(0, len(blocks), CHUNK):
+        part = blocks[i : i + CHUNK]
+        for number, block in zip(part, rpc.batch([("eth_getBlockByNumber", [hex(b), False]) for b in part])):
+            block_times[number] = int(block["timestamp"], 16)
+    payee_in = sum(int(log["data"], 16) for log in transfer_logs)
+    return ChainView(used, receipts, block_times, payee_in)
+
+
+def settlement_records(ledger_rows: Iterable[dict[str, Any]], chain: ChainView, t0: float) -> list[SettlementRecord]:
+    """One record per ledger row, its gas and inclusion taken from the chain where it landed."""
+    per_tx = Counter(h for _, _, h in chain.used)
+    used_tx = {(payer, nonce): h for payer, nonce, h in chain.used}
+    records = []
+    for row in ledger_rows:
+        key = (row["payer"], row["nonce"])
+        tx_hash = used_tx.get(key) or (row["tx_hash"] or "")
+        receipt = chain.receipts.get(tx_hash.lower()) if tx_hash else None
+        state = row["state"]
+        if key in used_tx:
+            state = "settled"  # the chain is the authority, whatever the ledger had time to write
+        included = row["included_at"]
+        records.append(
+            SettlementRecord(
+                nonce=row["nonce"], payer=row["payer"], payee=row["payee"], amount=int(row["amount"]),
+                t_accepted=row["accepted_at"] - t0,
+                t_submitted=(row["submitted_at"] - t0) if row["submitted_at"] else -1.0,
+                t_included=(included - t0) if included and state == "settled" else -1.0,
+                state=state, tx_hash=tx_hash,
+                block_number=int(receipt["blockNumber"], 16) if receipt else -1,
+                gas_used=int(receipt["gasUsed"], 16) if receipt else 0,
+                effective_gas_price=int(receipt.get("effectiveGasPrice", "0x0"), 16) if receipt else 0,
+                batch_size=per_tx.get(tx_hash.lower(), 1) if tx_hash else 1,
+                error=row["error"] or "",
+            )
+        )
+    return records
+
+
+def reconcile(
+    requests: list[RequestRecord],
+    ledger_rows: list[dict[str, Any]],
+    chain: ChainView,
+    payee_balance_delta: int,
+) -> dict[str, Any]:
+    """The reconciliation block of summary.json."""
+    served = {(r.payer.lower(), r.nonce.lower()): r.amount for r in requests if r.paid and r.nonce}
+    on_chain = Counter((payer, nonce) for payer, nonce, _ in chain.used)
+    ledger_settled = Counter((row["payer"], row["nonce"]) for row in ledger_rows if row["state"] == "settled")
+    states = Counter(row["state"] for row in ledger_rows)
+    lost = [key for key in served if key not in on_chain]
+    double = {key for key, n in on_chain.items() if n > 1} | {key for key, n in ledger_settled.items() if n > 1}
+    unserved = [key for key in on_chain if key not in served]
+    return {
+        "paid_responses": len(served),
+        "settled": len(on_chain),
+        "ledger_settled": sum(ledger_settled.values()),
+        "pending": states.get("accepted", 0) + states.get("submitted", 0),
+        "failed": states.get("failed", 0),
+        "lost": len(lost),
+        "lost_nonces": [nonce for _, nonce in lost[:20]],
+        "double_settled": len(double),
+        "settled_not_served": len(unserved),
+        "payee_balance_delta": payee_balance_delta,
+        "payee_transfers_in": chain.payee_in,
+        "expected_payee_delta": sum(served.values()),
+    }
