@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from services.chain import Rpc
-from services.facilitator.evm import TOPIC_AUTHORIZATION_USED, TOPIC_TRANSFER, SEL_BALANCE_OF, call_data
+from services.facilitator.evm import TOPIC_AUTHORIZATION_USED, TOPIC_TRANSFER
 from x402bench.results.records import RequestRecord, SettlementRecord
 
 CHUNK = 500
@@ -31,10 +31,6 @@ class ChainView:
     receipts: dict[str, dict[str, Any]]  # tx_hash -> receipt
     block_times: dict[int, int]  # block number -> timestamp
     payee_in: int  # sum of Transfer values to the payee in the window
-
-
-def balance_of(rpc: Rpc, token: str, holder: str) -> int:
-    return int(rpc.call("eth_call", {"to": token, "data": call_data(SEL_BALANCE_OF, holder)}, "latest"), 16)
 
 
 def _topic_address(topic: str) -> str:

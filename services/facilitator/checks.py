@@ -21,7 +21,7 @@ from x402.schemas import PaymentPayload, PaymentRequirements
 from services.facilitator import reasons
 from services.facilitator.config import TokenInfo
 from services.facilitator.evm import SEL_AUTHORIZATION_STATE, SEL_BALANCE_OF, AsyncRpc, RpcError, call_data
-from services.payer.signing import authorization_digest
+from services.eip3009 import authorization_digest
 
 #: validBefore must leave at least this many seconds to land the tx (the SDK uses the same 6 s).
 VALID_BEFORE_MARGIN_S = 6

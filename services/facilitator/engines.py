@@ -147,6 +147,7 @@ class OwnEngine(Engine):
                 log.warning("send failed for %s: %s", claim.nonce, exc)
                 self.ledger.release(claim, reasons.TRANSACTION_FAILED)
                 return self._failure(Rejection(reasons.TRANSACTION_FAILED, str(exc), claim.payer))
+            self.watcher.sent()
             self.ledger.submitted([claim.id], sent.signer, sent.nonce, sent.tx_hash)
             return await self._await_receipt(claims, sent.tx_hash, pending[-1])
         finally:

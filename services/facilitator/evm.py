@@ -114,10 +114,21 @@ class ReceiptWatcher:
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._next_block: int | None = None
         self._task: asyncio.Task[None] | None = None
+        self._kick = asyncio.Event()
+        self.automine = False
 
     async def start(self) -> None:
         self._next_block = int(await self.rpc.call("eth_blockNumber"), 16) + 1
+        try:  # on an automining node a tx is in a block by the time its send returns: look at once
+            self.automine = bool(await self.rpc.call("anvil_getAutomine"))
+        except RpcError:
+            self.automine = False
         self._task = asyncio.create_task(self._follow())
+
+    def sent(self) -> None:
+        """A tx was just broadcast: on an automining chain its receipt is ready now."""
+        if self.automine:
+            self._kick.set()
 
     async def stop(self) -> None:
         if self._task:
@@ -159,4 +170,8 @@ class ReceiptWatcher:
                 raise
             except Exception:  # a transient RPC failure must not kill the watcher; the next poll retries
                 pass
-            await asyncio.sleep(self.poll_s)
+            try:
+                await asyncio.wait_for(self._kick.wait(), self.poll_s)
+            except asyncio.TimeoutError:
+                pass
+            self._kick.clear()
