@@ -1,0 +1,144 @@
+"""Locust users that are paying x402 agents.
+
+Run by `x402bench load` (which sets the X402BENCH_* variables below), or by hand against
+a world brought up with `x402bench up --json world.json`, e.g. across machines:
+
+    X402BENCH_SCENARIO=scenarios/base-like.yaml X402BENCH_WORLD=world.json \\
+        locust -f loadtest/locustfile.py --master --headless -u 200 -r 50 -t 60s --expect-workers 2
+    X402BENCH_SCENARIO=... X402BENCH_WORLD=... X402BENCH_WORKERS=2 \\
+        locust -f loadtest/locustfile.py --worker --master-host <master>
+
+Each process writes its own per-request records to X402BENCH_PARTS at the end of the test;
+the runner merges them, so nothing but Locust's own stats crosses the master/worker wire.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from pathlib import Path
+
+import gevent
+from locust import events, task
+from locust.contrib.fasthttp import FastHttpUser
+from locust.runners import MasterRunner, WorkerRunner
+
+from loadtest.behaviour import Pacer, RouteChooser, agent_rng
+from loadtest.paying import AgentWallet, pay
+from x402bench.results.records import RequestRecord, write_csv
+from x402bench.scenario import load_scenario
+
+SCENARIO = load_scenario(os.environ["X402BENCH_SCENARIO"])
+WORLD = json.loads(Path(os.environ["X402BENCH_WORLD"]).read_text())
+PARTS = Path(os.environ.get("X402BENCH_PARTS", "."))
+WORKERS = max(1, int(os.environ.get("X402BENCH_WORKERS", "1")))
+PROGRESS = os.environ.get("X402BENCH_PROGRESS")
+MAX_REQUESTS = int(os.environ.get("X402BENCH_MAX_REQUESTS", "0")) or None
+
+ROUTES = RouteChooser.from_scenario(SCENARIO)
+RECORDS: list[RequestRecord] = []
+BROKE: set[int] = set()
+_local_users = itertools.count()
+_written = False
+
+
+def _worker_index(environment) -> int:  # noqa: ANN001
+    runner = environment.runner
+    return max(0, runner.worker_index) if isinstance(runner, WorkerRunner) else 0
+
+
+class PayingAgent(FastHttpUser):
+    """One Locust user speaking for every agent index congruent to it modulo the user count."""
+
+    host = "/".join(next(iter(WORLD["service_urls"].values())).split("/", 3)[:3])
+    connection_timeout = 30.0
+    network_timeout = 300.0
+
+    def on_start(self) -> None:
+        users = max(1, self.environment.parsed_options.num_users if self.environment.parsed_options else SCENARIO.run.users)
+        index = next(_local_users) * WORKERS + _worker_index(self.environment)
+        agents = WORLD["agents"]
+        mine = range(index % users, len(agents), users) if index < len(agents) else range(0)
+        price_cap = int((SCENARIO.agents.budget_usdc or SCENARIO.agents.funding_usdc) * 10**SCENARIO.token.decimals)
+        self.wallets = [
+            AgentWallet(i, agents[i]["private_key"], WORLD["network"], SCENARIO.agents.cache_requirements, price_cap)
+            for i in mine
+        ]
+        self.turn = itertools.cycle(range(len(self.wallets))) if self.wallets else None
+        self.rng = agent_rng(SCENARIO.seed, index)
+        self.pacer = Pacer(SCENARIO.agents.arrivals, max(1, len(self.wallets)), self.rng)
+        self.started = time.monotonic()
+        if not self.wallets:
+            self.stop()
+
+    def wait_time(self) -> float:
+        return self.pacer.wait(time.monotonic() - self.started)
+
+    def _next_wallet(self) -> AgentWallet | None:
+        for _ in range(len(self.wallets)):
+            wallet = self.wallets[next(self.turn)]
+            if wallet.index not in BROKE:
+                return wallet
+        return None
+
+    def _route_price(self, route: str) -> int:
+        return int(WORLD["prices"][route])
+
+    @task
+    def pay_once(self) -> None:
+        if MAX_REQUESTS and len(RECORDS) >= MAX_REQUESTS // WORKERS:
+            self.stop()
+            return
+        wallet = self._next_wallet()
+        if wallet is None:
+            self.stop()  # every agent this user speaks for is out of funds or budget
+            return
+        route = ROUTES.choose(agent_rng(SCENARIO.seed, wallet.index * 7_919 + wallet.sent))
+        if not wallet.can_afford(self._route_price(route)):
+            BROKE.add(wallet.index)
+            return
+        record = pay(self.client, wallet, route, WORLD["service_urls"][route])
+        RECORDS.append(record)
+        if record.error == "invalid_exact_evm_insufficient_balance":
+            BROKE.add(wallet.index)
+
+
+def _write_records(**_: object) -> None:
+    global _written
+    if _written or not RECORDS:
+        return
+    _written = True
+    PARTS.mkdir(parents=True, exist_ok=True)
+    write_csv(PARTS / f"requests-{os.getpid()}.csv", RECORDS, RequestRecord)
+    (PARTS / f"agents-{os.getpid()}.json").write_text(json.dumps({"broke": sorted(BROKE)}))
+
+
+events.test_stop.add_listener(_write_records)
+events.quitting.add_listener(_write_records)
+
+
+@events.init.add_listener
+def _progress(environment, **_: object) -> None:  # noqa: ANN001
+    """The master (or the only process) writes a one-line progress file each second."""
+    if not PROGRESS or isinstance(environment.runner, WorkerRunner):
+        return
+
+    def loop() -> None:
+        start = time.monotonic()
+        while True:
+            gevent.sleep(1.0)
+            paid = environment.stats.get("paid", "PAY")
+            total = environment.stats.total
+            Path(PROGRESS).write_text(json.dumps({
+                "elapsed": time.monotonic() - start,
+                "paid": paid.num_requests - paid.num_failures,
+                "rps": paid.current_rps - paid.current_fail_per_sec,
+                "p95": (paid.get_current_response_time_percentile(0.95) or 0) / 1000,
+                "errors": total.num_failures,
+                "users": environment.runner.user_count,
+                "workers": len(environment.runner.clients) if isinstance(environment.runner, MasterRunner) else 1,
+            }))
+
+    gevent.spawn(loop)

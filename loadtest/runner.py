@@ -1,0 +1,213 @@
+"""A live load run from start to finish: world up, Locust, drain, reconcile, run folder.
+
+Locust runs as a child process (its gevent monkey-patching stays out of this process),
+headless by default, with its own `--processes` workers when asked. This process only
+watches a progress file, measures CPU per role, and afterwards reads the three sources
+of truth (client records, ledger, chain) to build the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from loadtest import cpu
+from loadtest.reconcile import read_chain, reconcile, settlement_records
+from services.chain import REPO_ROOT, Rpc, free_port
+from services.facilitator.ledger import read_payments
+from services.stack import World
+from services.token import balance_of
+from x402bench.results.records import RequestRecord, read_csv
+from x402bench.results.rundir import new_run_id, write_run
+from x402bench.results.summary import build_summary
+from x402bench.scenario import Scenario
+
+LOCUSTFILE = REPO_ROOT / "loadtest" / "locustfile.py"
+
+
+@dataclass
+class LoadOptions:
+    users: int | None = None
+    spawn_rate: float | None = None
+    duration_s: float | None = None
+    processes: int = 1
+    web: bool = False
+    out_root: Path = Path("results")
+    max_requests: int | None = None
+    drain_timeout_s: float = 60.0
+
+
+@dataclass
+class LoadResult:
+    run_dir: Path
+    summary: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.summary["slo"]["passed"])
+
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+def effective_scenario(scenario: Scenario, options: LoadOptions) -> Scenario:
+    """The scenario with command-line overrides applied, so the summary records what really ran."""
+    run: dict[str, Any] = {}
+    if options.users is not None:
+        run["users"] = options.users
+    if options.spawn_rate is not None:
+        run["spawn_rate"] = options.spawn_rate
+    if options.duration_s is not None:
+        run["duration_s"] = options.duration_s
+    if options.max_requests is not None:
+        run["max_requests"] = options.max_requests
+    return scenario.with_overrides(run=run) if run else scenario
+
+
+def locust_command(scenario: Scenario, options: LoadOptions, web_port: int | None) -> list[str]:
+    r = scenario.run
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "-u", str(r.users), "-r", str(r.spawn_rate),
+           "-t", f"{max(1, round(r.duration_s))}s", "--stop-timeout", "30", "--loglevel", "WARNING", "--only-summary"]
+    if options.processes > 1:
+        cmd += ["--processes", str(options.processes)]
+    if web_port is None:
+        cmd += ["--headless"]
+    else:
+        cmd += ["--web-host", "127.0.0.1", "--web-port", str(web_port), "--autostart", "--autoquit", "5"]
+    return cmd
+
+
+def run_locust(scenario: Scenario, options: LoadOptions, world: World, run_dir: Path,
+               on_progress: Progress | None) -> tuple[Path, dict[str, float]]:
+    """Run Locust against the world; returns the parts folder and loadgen CPU seconds."""
+    work = run_dir / "world"
+    parts = work / "parts"
+    progress_file = work / "progress.json"
+    (work / "world.json").write_text(world.info.to_json())
+    (work / "scenario.json").write_text(scenario.model_dump_json())
+    env = {
+        **os.environ,
+        "X402BENCH_SCENARIO": str(work / "scenario.json"),
+        "X402BENCH_WORLD": str(work / "world.json"),
+        "X402BENCH_PARTS": str(parts),
+        "X402BENCH_WORKERS": str(options.processes),
+        "X402BENCH_PROGRESS": str(progress_file),
+        "X402BENCH_MAX_REQUESTS": str(scenario.run.max_requests or 0),
+        "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    web_port = free_port() if options.web else None
+    if web_port and on_progress:
+        on_progress({"web": f"http://127.0.0.1:{web_port}"})
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    log = open(work / "locust.log", "ab")
+    process = subprocess.Popen(locust_command(scenario, options, web_port), env=env, stdout=log,
+                               stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True)
+    deadline = time.monotonic() + scenario.run.duration_s + 120 + (3600 if options.web else 0)
+    try:
+        while process.poll() is None:
+            if time.monotonic() > deadline:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=30)
+                break
+            time.sleep(0.5)
+            if on_progress and progress_file.exists():
+                try:
+                    on_progress(json.loads(progress_file.read_text()))
+                except ValueError:
+                    pass
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.close()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    loadgen = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    if process.returncode not in (0, 1):  # Locust exits 1 when any request failed: that is data, not a crash
+        tail = (work / "locust.log").read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"Locust exited with status {process.returncode}:\n{tail}")
+    return parts, {"loadgen": loadgen}
+
+
+def merge_parts(parts: Path) -> tuple[list[RequestRecord], int]:
+    records: list[RequestRecord] = []
+    broke: set[int] = set()
+    for path in sorted(parts.glob("requests-*.csv")):
+        records.extend(read_csv(path, RequestRecord))
+    for path in sorted(parts.glob("agents-*.json")):
+        broke.update(json.loads(path.read_text())["broke"])
+    records.sort(key=lambda r: (r.t_start, r.agent))
+    return records, len(broke)
+
+
+def drain(ledger_path: str, timeout_s: float) -> None:
+    """Wait for the facilitator to close what it accepted (pipelined/batched settle after answering)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not any(row["state"] in ("accepted", "submitted") for row in read_payments(ledger_path)):
+            return
+        time.sleep(0.25)
+
+
+def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | None = None) -> LoadResult:
+    scenario = effective_scenario(scenario, options)
+    run_id = new_run_id()
+    run_dir = options.out_root / scenario.name / run_id
+    (run_dir / "world").mkdir(parents=True, exist_ok=True)
+    started_at = time.time()
+    with World(scenario, workdir=run_dir / "world") as world:
+        info = world.info
+        rpc = Rpc(info.rpc_url)
+        first_block = int(rpc.call("eth_blockNumber"), 16) + 1
+        payee_before = balance_of(info.rpc_url, info.token["address"], info.pay_to)
+        pids = {"anvil": [info.pids["anvil"]], "facilitator": [info.pids["facilitator"]],
+                "services": [info.pids["services"]]}
+        cpu_before = cpu.sample(pids)
+        parts, loadgen_cpu = run_locust(scenario, options, world, run_dir, on_progress)
+        cpu_after = cpu.sample(pids)
+        drain(info.ledger_path, options.drain_timeout_s)
+        last_block = int(rpc.call("eth_blockNumber"), 16)
+        payee_after = balance_of(info.rpc_url, info.token["address"], info.pay_to)
+        chain = read_chain(rpc, info.token["address"], info.pay_to, first_block, last_block)
+        ledger_rows = read_payments(info.ledger_path)
+        facilitator_metrics = _get_json(info.facilitator_url + "/metrics")
+    records, agents_broke = merge_parts(parts)
+    t0 = min((r.t_start for r in records), default=started_at)
+    for r in records:
+        r.t_start -= t0
+        r.t_end -= t0
+    settlements = settlement_records(ledger_rows, chain, t0)
+    reconciliation = reconcile(records, ledger_rows, chain, payee_after - payee_before)
+    paid = sum(1 for r in records if r.paid)
+    cpu_after = {**cpu_after, **loadgen_cpu}
+    cpu_before = {**cpu_before, "loadgen": 0.0}
+    meta = {
+        "run_id": run_id,
+        "started_at": started_at,
+        "cpu": cpu.usage(cpu_before, cpu_after, paid),
+        "agents_broke": agents_broke,
+        "processes": options.processes,
+        "facilitator": facilitator_metrics,
+        "blocks": {"first": first_block, "last": last_block},
+        "world": {"rpc_url": info.rpc_url, "token": info.token, "pay_to": info.pay_to, "signers": info.signers},
+    }
+    summary = build_summary(scenario, records, settlements, reconciliation, "load", meta)
+    out = write_run(options.out_root, scenario.name, run_id, summary, records, settlements)
+    return LoadResult(out, summary)
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())
+    except OSError:
+        return {}

@@ -1,0 +1,85 @@
+"""`load` and `demo`: the live run, with a progress line and an SLO exit code."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from x402bench.cli import app
+from x402bench.scenario import load_scenario
+
+out = Console()
+
+
+def _progress_text(p: dict[str, Any]) -> str:
+    if "web" in p:
+        return f"Locust web UI at {p['web']}"
+    return (f"[bold]{p['elapsed']:5.0f} s[/bold]  paid {p['paid']:>7}  [green]{p['rps']:7.1f} paid req/s[/green]  "
+            f"p95 {p['p95']:6.3f} s  errors [red]{p['errors']}[/red]  users {p['users']}  workers {p['workers']}")
+
+
+def print_result(summary: dict[str, Any], run_dir: Path) -> None:
+    m, rec, slo = summary["metrics"], summary["reconciliation"], summary["slo"]
+    table = Table(title=f"{summary['scenario']['name']} ({summary['mode']})", show_header=False)
+    table.add_row("paid throughput", f"{m['throughput_rps']:.2f} req/s")
+    for key in ("request_latency_s", "settlement_latency_s"):
+        q = m[key]
+        table.add_row(key.replace("_s", "").replace("_", " "),
+                      "p50 {p50} / p95 {p95} / p99 {p99} s".format(**{k: _fmt(q.get(k)) for k in ("p50", "p95", "p99")}))
+    table.add_row("gas per payment", _fmt(m["gas_per_payment"], ".0f"))
+    table.add_row("cost per payment", f"${_fmt(m['cost_per_payment_usd'], '.6f')}")
+    table.add_row("errors", ", ".join(f"{k}: {v}" for k, v in m["errors"].items()) or "none")
+    table.add_row("reconciliation", f"paid {rec['paid_responses']}, settled {rec['settled']}, pending {rec['pending']}, "
+                  f"lost {rec['lost']}, double {rec['double_settled']}, payee Δ {rec['payee_balance_delta']} "
+                  f"(expected {rec['expected_payee_delta']})")
+    out.print(table)
+    for check in slo["checks"]:
+        mark = "[green]pass[/green]" if check["passed"] else "[red]FAIL[/red]"
+        out.print(f"  SLO {mark} {check['name']}: measured {_fmt(check['measured'])} {check['op']} bound {check['bound']}")
+    out.print(f"report: {run_dir / 'report.html'}")
+
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec) if isinstance(value, (int, float)) else str(value)
+
+
+@app.command()
+def load(
+    scenario: Path,
+    users: Optional[int] = typer.Option(None, help="Locust users (concurrent paying loops)."),
+    spawn_rate: Optional[float] = typer.Option(None, help="Users started per second."),
+    duration: Optional[float] = typer.Option(None, help="Seconds of traffic."),
+    out_dir: Path = typer.Option(Path("results"), "--out", help="Root of the run folders."),
+    web: bool = typer.Option(False, help="Show Locust's web UI (on 127.0.0.1) instead of running headless."),
+    processes: int = typer.Option(1, help="Locust worker processes on this machine (master/worker mode)."),
+    max_requests: Optional[int] = typer.Option(None, help="Stop after this many paid-request attempts."),
+) -> None:
+    """Bring the world up, drive paying agents through it with Locust, write the run folder."""
+    from loadtest.runner import LoadOptions, run_load
+
+    s = load_scenario(scenario)
+    options = LoadOptions(users=users, spawn_rate=spawn_rate, duration_s=duration, processes=processes, web=web,
+                          out_root=out_dir, max_requests=max_requests)
+    with Live(f"bringing up {s.name}…", console=out, refresh_per_second=4, transient=False) as live:
+        result = run_load(s, options, on_progress=lambda p: live.update(_progress_text(p)))
+    print_result(result.summary, result.run_dir)
+    if not result.passed:
+        failed = [c["name"] for c in result.summary["slo"]["checks"] if not c["passed"]]
+        out.print(f"[red]SLO failed:[/red] {', '.join(failed)}")
+        sys.exit(1)
+
+
+@app.command()
+def demo(
+    scenario: Path = typer.Argument(Path("scenarios/smoke.yaml")),
+    duration: float = typer.Option(60.0, help="Seconds of traffic."),
+) -> None:
+    """The main job on the default scenario: a one-minute load run, then the report's path."""
+    load(scenario, users=None, spawn_rate=None, duration=duration, out_dir=Path("results"), web=False,
+         processes=1, max_requests=None)
