@@ -1,0 +1,226 @@
+"""Hostile and malformed payments against a real world, each with the status and x402 reason
+code it must get, and a ledger and chain that stay exact.
+
+Payments here are built and signed with eth_account's own EIP-712 signing, independently of
+our payer, so a bug shared by our signer and our facilitator cannot hide.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+from eth_account import Account
+
+from services.chain import Rpc
+from services.facilitator.evm import TOPIC_AUTHORIZATION_USED
+from services.facilitator.ledger import read_payments
+from services.stack import World
+from services.token import balance_of
+from x402bench.scenario import load_scenario
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    scenario = load_scenario("scenarios/smoke.yaml").with_overrides(agents={"count": 30, "funding_usdc": 1})
+    with World(scenario, workdir=tmp_path_factory.mktemp("hostile")) as w:
+        yield w
+
+
+def requirements(world: World, route: str = "weather") -> dict[str, Any]:
+    reply = httpx.get(world.info.service_urls[route])
+    assert reply.status_code == 402
+    return json.loads(base64.b64decode(reply.headers["PAYMENT-REQUIRED"]))
+
+
+def sign_authorization(key: str, domain: dict[str, Any], message: dict[str, Any]) -> str:
+    typed = {
+        "types": {
+            "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
+                             {"name": "chainId", "type": "uint256"}, {"name": "verifyingContract", "type": "address"}],
+            "TransferWithAuthorization": [
+                {"name": "from", "type": "address"}, {"name": "to", "type": "address"},
+                {"name": "value", "type": "uint256"}, {"name": "validAfter", "type": "uint256"},
+                {"name": "validBefore", "type": "uint256"}, {"name": "nonce", "type": "bytes32"}],
+        },
+        "primaryType": "TransferWithAuthorization",
+        "domain": domain,
+        "message": message,
+    }
+    return "0x" + Account.from_key(key).sign_typed_data(full_message=typed).signature.hex()
+
+
+def build_payment(world: World, agent: int, required: dict[str, Any], *, key: str | None = None,
+                  auth: dict[str, Any] | None = None, domain: dict[str, Any] | None = None,
+                  accepted: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A v2 PaymentPayload, correct unless a keyword overrides part of it."""
+    accepts = required["accepts"][0]
+    payer = world.agents[agent]
+    message = {"from": payer.address, "to": accepts["payTo"], "value": int(accepts["amount"]), "validAfter": 0,
+               "validBefore": int(time.time()) + 300, "nonce": "0x" + os.urandom(32).hex(), **(auth or {})}
+    sign_domain = {"name": accepts["extra"]["name"], "version": accepts["extra"]["version"],
+                   "chainId": int(accepts["network"].split(":")[1]), "verifyingContract": accepts["asset"],
+                   **(domain or {})}
+    signature = sign_authorization(key or payer.key_hex, sign_domain, message)
+    wire_auth = {k: (str(v) if k in ("value", "validAfter", "validBefore") else v) for k, v in message.items()}
+    return {"x402Version": 2, "payload": {"signature": signature, "authorization": wire_auth},
+            "accepted": {**accepts, **(accepted or {})}, "resource": required["resource"]}
+
+
+def encode(payload: dict[str, Any]) -> str:
+    return base64.b64encode(json.dumps(payload).encode()).decode()
+
+
+def pay(world: World, header: str, route: str = "weather") -> httpx.Response:
+    return httpx.get(world.info.service_urls[route], headers={"PAYMENT-SIGNATURE": header}, timeout=60)
+
+
+def reason(response: httpx.Response) -> str | None:
+    if "PAYMENT-REQUIRED" in response.headers:
+        return json.loads(base64.b64decode(response.headers["PAYMENT-REQUIRED"])).get("error")
+    return response.json().get("error")
+
+
+def settled_nonces(world: World) -> list[str]:
+    return [row["nonce"] for row in read_payments(world.info.ledger_path) if row["state"] == "settled"]
+
+
+# --- through the priced service: what a real client sees ------------------------------------
+
+HOSTILE = {
+    "bad signature": (dict(key="0x" + "11" * 32), "invalid_exact_evm_payload_signature"),
+    "wrong recipient": (dict(auth={"to": "0x" + "22" * 20}), "invalid_exact_evm_payload_recipient_mismatch"),
+    "wrong amount": (dict(auth={"value": 999}), "invalid_exact_evm_payload_authorization_value_mismatch"),
+    "expired": (dict(auth={"validBefore": int(time.time()) - 10}), "invalid_exact_evm_payload_authorization_valid_before"),
+    "not yet valid": (dict(auth={"validAfter": int(time.time()) + 3600}), "invalid_exact_evm_payload_authorization_valid_after"),
+    "signed for another chain": (dict(domain={"chainId": 1}), "invalid_exact_evm_payload_signature"),
+    "signed for another token": (dict(domain={"verifyingContract": "0x" + "33" * 20}), "invalid_exact_evm_payload_signature"),
+    "signed with wrong token name": (dict(domain={"name": "USDC"}), "invalid_exact_evm_payload_signature"),
+    "signed with wrong token version": (dict(domain={"version": "1"}), "invalid_exact_evm_payload_signature"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_payment_is_refused_with_its_reason(world: World, case: str) -> None:
+    overrides, expected = HOSTILE[case]
+    before = len(settled_nonces(world))
+    response = pay(world, encode(build_payment(world, 2, requirements(world), **overrides)))
+    assert response.status_code == 402
+    assert reason(response) == expected
+    assert len(settled_nonces(world)) == before
+
+
+@pytest.mark.parametrize("field,value", [
+    ("network", "eip155:1"), ("asset", "0x" + "44" * 20), ("payTo", "0x" + "55" * 20), ("amount", "1"),
+    ("extra", {"name": "Wrong", "version": "2"}), ("extra", {"name": "USD Coin", "version": "9"}),
+])
+def test_payment_for_other_terms_matches_no_requirement(world: World, field: str, value: Any) -> None:
+    """The SDK middleware itself refuses a payload whose `accepted` terms differ from what it quoted."""
+    response = pay(world, encode(build_payment(world, 3, requirements(world), accepted={field: value})))
+    assert response.status_code == 402
+    assert reason(response) == "No matching payment requirements"
+
+
+def test_insufficient_balance_is_refused(world: World) -> None:
+    broke = Account.create()
+    payload = build_payment(world, 0, requirements(world), key=broke.key.hex(), auth={"from": broke.address})
+    response = pay(world, encode(payload))
+    assert response.status_code == 402
+    assert reason(response) == "invalid_exact_evm_insufficient_balance"
+
+
+def test_sequential_replay_is_refused_and_settles_once(world: World) -> None:
+    header = encode(build_payment(world, 4, requirements(world)))
+    first, second = pay(world, header), pay(world, header)
+    assert first.status_code == 200
+    assert second.status_code == 402 and reason(second) == "invalid_exact_evm_nonce_already_used"
+
+
+def test_twenty_concurrent_copies_settle_exactly_once(world: World) -> None:
+    info = world.info
+    payload = build_payment(world, 5, requirements(world))
+    nonce = payload["payload"]["authorization"]["nonce"]
+    payee_before = balance_of(info.rpc_url, info.token["address"], info.pay_to)
+    header = encode(payload)
+    with ThreadPoolExecutor(20) as pool:
+        responses = list(pool.map(lambda _: pay(world, header), range(20)))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(200) == 1 and statuses.count(402) == 19, statuses
+    assert {reason(r) for r in responses if r.status_code == 402} == {"invalid_exact_evm_nonce_already_used"}
+    assert settled_nonces(world).count(nonce.lower()) == 1
+    logs = Rpc(info.rpc_url).call("eth_getLogs", {"address": info.token["address"], "fromBlock": "0x0",
+                                                   "toBlock": "latest", "topics": [TOPIC_AUTHORIZATION_USED]})
+    assert sum(1 for log in logs if log["topics"][2].lower() == nonce.lower()) == 1
+    assert balance_of(info.rpc_url, info.token["address"], info.pay_to) - payee_before == info.prices["weather"]
+
+
+MALFORMED = {
+    "not base64": "this is not base64!!",
+    "not JSON": base64.b64encode(b"{not json").decode(),
+    "missing fields": base64.b64encode(json.dumps({"x402Version": 2, "payload": {}}).encode()).decode(),
+    "oversized": base64.b64encode(b"{" + b" " * 20_000 + b"}").decode(),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_header_gets_400_invalid_payload(world: World, case: str) -> None:
+    response = pay(world, MALFORMED[case])
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_payload"
+
+
+# --- the facilitator itself: reason codes for requirements a service might get wrong --------
+
+def facilitator(world: World, path: str, body: Any) -> httpx.Response:
+    return httpx.post(world.info.facilitator_url + path, json=body, timeout=60)
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("network", "eip155:1", "invalid_network"),
+    ("asset", "0x" + "44" * 20, "invalid_payment_requirements"),
+    ("extra", {"name": "Wrong", "version": "2"}, "invalid_exact_evm_token_name_mismatch"),
+    ("extra", {"name": "USD Coin", "version": "9"}, "invalid_exact_evm_token_version_mismatch"),
+    ("extra", {}, "missing_eip712_domain"),
+    ("scheme", "upto", "unsupported_scheme"),
+])
+def test_facilitator_refuses_requirements_it_cannot_settle(world: World, field: str, value: Any, expected: str) -> None:
+    payload = build_payment(world, 6, requirements(world), accepted={field: value})
+    reqs = payload["accepted"]
+    verdict = facilitator(world, "/verify", {"x402Version": 2, "paymentPayload": payload, "paymentRequirements": reqs})
+    assert verdict.status_code in (200, 400) and verdict.json()["isValid"] is False
+    assert verdict.json()["invalidReason"] == expected
+    settled = facilitator(world, "/settle", {"x402Version": 2, "paymentPayload": payload, "paymentRequirements": reqs})
+    assert settled.json()["success"] is False and settled.json()["errorReason"] == expected
+
+
+def test_facilitator_network_mismatch_between_payload_and_requirements(world: World) -> None:
+    payload = build_payment(world, 6, requirements(world), accepted={"network": "eip155:1"})
+    reqs = {**payload["accepted"], "network": "eip155:31337"}
+    verdict = facilitator(world, "/verify", {"x402Version": 2, "paymentPayload": payload, "paymentRequirements": reqs})
+    assert verdict.json()["invalidReason"] == "network_mismatch"
+
+
+@pytest.mark.parametrize("body,expected", [
+    ({"x402Version": 1, "paymentPayload": {}, "paymentRequirements": {}}, "invalid_x402_version"),
+    ({"x402Version": 2, "paymentPayload": {"x402Version": 2}, "paymentRequirements": {}}, "invalid_payload"),
+    ("not an object", "invalid_payload"),
+])
+def test_facilitator_answers_malformed_requests_with_400(world: World, body: Any, expected: str) -> None:
+    verdict = facilitator(world, "/verify", body)
+    assert verdict.status_code == 400
+    assert verdict.json()["invalidReason"] == expected
+
+
+def test_facilitator_verify_accepts_a_good_payment_without_settling_it(world: World) -> None:
+    payload = build_payment(world, 7, requirements(world))
+    before = len(read_payments(world.info.ledger_path))
+    verdict = facilitator(world, "/verify", {"x402Version": 2, "paymentPayload": payload,
+                                             "paymentRequirements": payload["accepted"]})
+    assert verdict.status_code == 200 and verdict.json() == {"isValid": True, "payer": world.agents[7].address}
+    assert len(read_payments(world.info.ledger_path)) == before
