@@ -1,8 +1,8 @@
 """The mock USDC on the local chain: deploy it, fund agents with it, read balances.
 
-Everything goes through batched JSON-RPC (services.chain.Rpc) with locally signed transactions,
-so deploying is one send plus a receipt wait, and funding 10,000 agents is a handful of
-`mintBatch` transactions sent in one HTTP request. Works whatever Anvil's mining mode is: in
+Everything goes through JSON-RPC (services.chain.Rpc, batched for reads) with locally signed
+transactions sent back to back, so deploying is four sends plus one receipt wait, and funding
+10,000 agents is twenty `mintBatch` transactions. Works whatever Anvil's mining mode is: in
 automine and interval mode we wait for the receipts, in manual mode we mine them ourselves.
 
 Deploying and funding sign with DEV_PRIVATE_KEY (deployer, owner, master minter and minter) at
@@ -86,9 +86,9 @@ def mining_mode(rpc: Rpc) -> str:
 
 
 def send_transactions(
-    rpc_url: str, private_key: str, txs: Sequence[TxRequest], timeout_s: float = 120.0
+    rpc_url: str, private_key: str | bytes, txs: Sequence[TxRequest], timeout_s: float = 120.0
 ) -> list[dict[str, Any]]:
-    """Sign `txs` with consecutive nonces, send them in one batch, return their receipts in order.
+    """Sign `txs` with consecutive nonces, send them back to back, return their receipts in order.
 
     Raises TokenError naming the revert reason if any of them failed.
     """
@@ -111,7 +111,10 @@ def send_transactions(
         if tx.get("to"):
             fields["to"] = tx["to"]
         raw.append("0x" + account.sign_transaction(fields).raw_transaction.hex())
-    hashes = rpc.batch([("eth_sendRawTransaction", [r]) for r in raw])
+    # One request per transaction, in nonce order. Not a JSON-RPC batch: Anvil may handle a batch's
+    # items out of order, and in automine mode a transaction that arrived before its predecessor
+    # then sits in the pool unmined (seen with 20 mintBatch transactions in one batch).
+    hashes = [rpc.call("eth_sendRawTransaction", r) for r in raw]
     receipts = wait_for_receipts(rpc, hashes, timeout_s)
     for tx, receipt in zip(txs, receipts):
         if int(receipt["status"], 16) != 1:
