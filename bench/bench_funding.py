@@ -2,8 +2,8 @@
 
 Why: every live run starts by funding its agents, so this is fixed overhead on each run. Prints
 wall time for 1,000 and 10,000 agents with `fund` (mintBatch chunks) in automine, 0.2 s and 2 s
-interval, and manual mining, and, as a reference measured in the same run, one plain `mint` transaction per
-agent for 1,000 agents, with the ratio.
+interval, and manual mining, and, as a reference measured in the same run, one plain `mint`
+transaction per agent for 1,000 agents, with the ratio.
 
     .venv/bin/python bench/bench_funding.py
 """
