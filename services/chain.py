@@ -190,5 +190,17 @@ class Anvil:
         for start in range(0, len(addresses), chunk):
             self.rpc.batch([("anvil_setBalance", [a, hex(wei)]) for a in addresses[start : start + chunk]])
 
+    def switch_mining(self, mining: str, block_time_s: float | None = None) -> None:
+        """Change the mining mode of the running node (interval only in whole seconds, as Anvil takes it)."""
+        if mining == "auto":
+            self.rpc.call("evm_setAutomine", True)
+        elif mining == "manual":
+            self.rpc.call("evm_setAutomine", False)
+        elif block_time_s is not None and float(block_time_s).is_integer():
+            self.rpc.call("evm_setIntervalMining", int(block_time_s))
+        else:
+            raise ChainError(f"Anvil can only switch to whole-second intervals, not {block_time_s} s")
+        self.mining, self.block_time_s = mining, block_time_s
+
     def block_number(self) -> int:
         return int(self.rpc.call("eth_blockNumber"), 16)

@@ -89,7 +89,11 @@ class World:
     def _start(self) -> None:
         s = self.scenario
         chain = s.chain
-        self.anvil = Anvil(chain_id=chain.chain_id, mining=chain.mining, block_time_s=chain.block_time_s,
+        # Deploy and fund on an automining chain (seconds, not a block wait per funding tx), then
+        # switch to the scenario's mode; only sub-second intervals must be set at start-up.
+        switch_later = chain.mining == "manual" or (chain.block_time_s or 0).is_integer()
+        self.anvil = Anvil(chain_id=chain.chain_id, mining="auto" if switch_later else chain.mining,
+                           block_time_s=None if switch_later else chain.block_time_s,
                            gas_limit=chain.gas_limit, log_path=self.workdir / "anvil.log").start()
         rpc_url = self.anvil.url
         token_address = deploy_usdc(rpc_url, s.token.name, s.token.version, s.token.decimals, s.token.symbol)
@@ -99,6 +103,8 @@ class World:
         self.anvil.set_balances([a.address for a in signers], SIGNER_ETH_WEI)
         fund(rpc_url, token_address, [a.address for a in self.agents], int(s.agents.funding_usdc * 10**s.token.decimals))
         fund(rpc_url, token_address, [payee.address], PAYEE_STARTING_ATOMIC)
+        if switch_later and chain.mining != "auto":
+            self.anvil.switch_mining(chain.mining, chain.block_time_s)
 
         token = TokenInfo(token_address, s.token.name, s.token.version, s.token.decimals)
         facilitator_config = FacilitatorConfig(
