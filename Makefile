@@ -15,8 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # --ignore-scripts: the Anvil package ships its native binary; nothing is downloaded at install or run time.
+# `npm ci` refuses a lock file without Anvil's other-platform optional packages, which a registry
+# mirror may lack; `npm install` then installs the same pinned versions from the same lock file.
 node_modules/.installed: package.json package-lock.json
-	npm ci --ignore-scripts --no-audit --no-fund
+	npm ci --ignore-scripts --no-audit --no-fund || npm install --ignore-scripts --no-audit --no-fund
+	test -x node_modules/@foundry-rs/anvil-*/bin/anvil && test -f node_modules/solc/soljson.js
 	touch $@
 
 demo: setup
