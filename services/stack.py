@@ -91,7 +91,7 @@ class World:
         chain = s.chain
         # Deploy and fund on an automining chain (seconds, not a block wait per funding tx), then
         # switch to the scenario's mode; only sub-second intervals must be set at start-up.
-        switch_later = chain.mining == "manual" or (chain.block_time_s or 0).is_integer()
+        switch_later = chain.mining != "interval" or float(chain.block_time_s or 0).is_integer()
         self.anvil = Anvil(chain_id=chain.chain_id, mining="auto" if switch_later else chain.mining,
                            block_time_s=None if switch_later else chain.block_time_s,
                            gas_limit=chain.gas_limit, log_path=self.workdir / "anvil.log").start()

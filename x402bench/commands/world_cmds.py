@@ -54,3 +54,56 @@ def up(
     finally:
         world.stop()
         out.print("stopped; nothing left running.")
+
+
+@app.command()
+def pay(
+    url: str,
+    world_json: Optional[Path] = typer.Option(None, "--world", help="World JSON from `up --json`: agent key, RPC."),
+    scenario: Optional[Path] = typer.Option(None, help="Scenario whose seed and chain give the agent and network."),
+    key: Optional[str] = typer.Option(None, help="Pay with this private key instead (local test keys only)."),
+    agent: int = typer.Option(0, help="Which of the world's agents pays."),
+    rpc: Optional[str] = typer.Option(None, help="Chain RPC URL, to show the settlement's gas."),
+) -> None:
+    """Make one paid request and show status, transaction, gas used and where the time went."""
+    import json
+
+    import httpx
+
+    from services.payer.client import PayerCore
+
+    network = "eip155:31337"
+    if world_json:
+        info = json.loads(world_json.read_text())
+        key = key or info["agents"][agent]["private_key"]
+        network, rpc = info["network"], rpc or info["rpc_url"]
+    elif scenario:
+        from services.payer.agents import derive_agents
+
+        s = load_scenario(scenario)
+        key = key or derive_agents(s.seed, agent + 1)[agent].key_hex
+        network = s.network
+    if not key:
+        raise typer.BadParameter("give --world, --scenario or --key: somebody has to pay")
+    with httpx.Client(timeout=120) as http:
+        def send(method: str, target: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+            reply = http.request(method, target, headers=headers)
+            return reply.status_code, {k.lower(): v for k, v in reply.headers.items()}, reply.content
+
+        result = PayerCore(key, network, cache=False).pay(send, "GET", url)
+    colour = "green" if result.status == 200 else "red"
+    out.print(f"status       [{colour}]{result.status}[/{colour}] {result.error or ''}")
+    out.print(f"payer        {result.payer}  paid {result.amount} atomic units")
+    out.print(f"transaction  {result.transaction or '-'}")
+    if rpc and result.transaction:
+        from services.chain import Rpc
+
+        receipt = Rpc(rpc).call("eth_getTransactionReceipt", result.transaction)
+        if receipt:
+            out.print(f"gas used     {int(receipt['gasUsed'], 16)} in block {int(receipt['blockNumber'], 16)}")
+    out.print(f"latency      402 challenge {result.challenge_s * 1000:.1f} ms, signing {result.sign_s * 1000:.2f} ms, "
+              f"paid round trip {result.paid_s * 1000:.1f} ms")
+    if result.server_timing:
+        out.print("server       " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in result.server_timing.items()))
+    if result.status != 200:
+        raise typer.Exit(1)
