@@ -1,0 +1,155 @@
+"""PNG plots of a run, drawn with matplotlib's Agg canvas (no pyplot, no display, no global
+backend switch), each one readable with empty data: a "no data" figure, never a crash."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from x402bench.results.economics import gas_stats
+from x402bench.results.metrics import error_reason
+from x402bench.results.records import RequestRecord, SettlementRecord
+from x402bench.results.stats import ecdf, finite, percentile
+
+#: File name -> title, in report order.
+PLOTS = {
+    "throughput.png": "Paid throughput over time",
+    "request_latency_cdf.png": "Request latency CDF",
+    "settlement_latency_cdf.png": "Settlement latency CDF",
+    "gas_per_payment.png": "Gas per payment",
+    "errors.png": "Errors by reason",
+}
+_SIZE = (7.0, 3.6)
+_DPI = 100
+
+
+def _figure(ncols: int = 1) -> tuple[Figure, list]:
+    fig = Figure(figsize=_SIZE, dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    return fig, axes
+
+
+def _no_data(ax, title: str, why: str) -> None:
+    ax.set_title(title)
+    ax.text(0.5, 0.5, f"no data\n{why}", ha="center", va="center", transform=ax.transAxes, color="#888")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, format="png", metadata={"Software": None})
+    return path
+
+
+def throughput_plot(path: Path, requests: Sequence[RequestRecord], window: tuple[float, float] | None) -> Path:
+    """Paid 200s per 1 s bin of response time; the warmup is shaded and the steady mean drawn."""
+    fig, (ax,) = _figure()
+    ends = finite(r.t_end for r in requests if r.paid)
+    ends = [t for t in ends if t >= 0]
+    if not ends:
+        _no_data(ax, PLOTS["throughput.png"], "no paid request")
+        return _save(fig, path)
+    bins = Counter(int(math.floor(t)) for t in ends)
+    last = max(bins)
+    xs = list(range(last + 1))
+    ax.bar(xs, [bins.get(x, 0) for x in xs], width=1.0, align="edge", color="#3b7dd8", label="paid 200s per second")
+    if window is not None:
+        start, end = window
+        if start > 0:
+            ax.axvspan(0, start, color="#ccc", alpha=0.5, label="warmup (excluded)")
+        length = end - start
+        if length > 0:
+            rate = sum(1 for t in ends if start <= t <= end) / length
+            ax.hlines(rate, start, end, colors="#d83b3b", label=f"steady mean {rate:.2f}/s")
+    ax.set_xlabel("seconds since start")
+    ax.set_ylabel("paid requests / s")
+    ax.set_title(PLOTS["throughput.png"])
+    ax.legend(loc="lower right", fontsize="small")
+    return _save(fig, path)
+
+
+def cdf_plot(path: Path, values: Sequence[float], title: str, xlabel: str, why: str) -> Path:
+    """Empirical CDF with p50/p95/p99 marked."""
+    fig, (ax,) = _figure()
+    xs, ys = ecdf(values)
+    if not xs:
+        _no_data(ax, title, why)
+        return _save(fig, path)
+    ax.step(xs, ys, where="post", color="#3b7dd8")
+    for q, style in ((50, ":"), (95, "--"), (99, "-.")):
+        p = percentile(xs, q)
+        ax.axvline(p, color="#d83b3b", linestyle=style, linewidth=1, label=f"p{q} {p:.3f} s")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("fraction")
+    ax.set_title(f"{title} (n={len(xs)})")
+    ax.legend(loc="lower right", fontsize="small")
+    return _save(fig, path)
+
+
+def gas_plot(path: Path, settlements: Sequence[SettlementRecord]) -> Path:
+    """Per settlement tx: histogram of gas per payment, and gas per payment against batch size."""
+    stats = gas_stats(settlements)
+    per_tx = [t.gas_per_payment for t in stats.txs]
+    sizes = [t.payments for t in stats.txs]
+    if not per_tx:
+        fig, (ax,) = _figure()
+        _no_data(ax, PLOTS["gas_per_payment.png"], "no settled payment with a receipt")
+        return _save(fig, path)
+    fig, (left, right) = _figure(2)
+    left.hist(per_tx, bins=min(30, max(1, len(set(per_tx)))), color="#3b7dd8")
+    left.set_xlabel("gas per payment (per tx)")
+    left.set_ylabel("transactions")
+    left.set_title("Distribution")
+    right.scatter(sizes, per_tx, s=10, color="#3b7dd8", alpha=0.6)
+    if stats.gas_per_payment is not None:
+        right.axhline(stats.gas_per_payment, color="#d83b3b", linewidth=1,
+                      label=f"amortised {stats.gas_per_payment:,.0f}")
+        right.legend(loc="upper right", fontsize="small")
+    right.set_xlabel("payments in the tx (batch size)")
+    right.set_ylabel("gas per payment")
+    right.set_title("By batch size")
+    fig.suptitle(PLOTS["gas_per_payment.png"])
+    return _save(fig, path)
+
+
+def errors_plot(path: Path, requests: Sequence[RequestRecord]) -> Path:
+    """Horizontal bars: failed requests per reason code, most frequent on top."""
+    fig, (ax,) = _figure()
+    counts = Counter(error_reason(r) for r in requests if not r.paid)
+    if not counts:
+        _no_data(ax, PLOTS["errors.png"], "no failed request" if requests else "no request")
+        return _save(fig, path)
+    items = sorted(counts.items(), key=lambda kv: (kv[1], kv[0]))
+    ax.barh([k for k, _ in items], [v for _, v in items], color="#d83b3b")
+    ax.set_xlabel("requests")
+    ax.set_title(f"{PLOTS['errors.png']} (of {len(requests)} requests)")
+    return _save(fig, path)
+
+
+def render_plots(out_dir: Path, requests: Sequence[RequestRecord], settlements: Sequence[SettlementRecord],
+                 window: tuple[float, float] | None = None) -> dict[str, Path]:
+    """Write every plot into out_dir; returns file name -> path in report order."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = window[0] if window else 0.0
+    request_latency = [r.latency_s for r in requests if r.paid and r.t_start >= start]
+    settle_latency = [s.settlement_latency_s for s in settlements
+                      if s.state == "settled" and s.t_accepted >= start and s.settlement_latency_s is not None]
+    return {
+        "throughput.png": throughput_plot(out_dir / "throughput.png", requests, window),
+        "request_latency_cdf.png": cdf_plot(out_dir / "request_latency_cdf.png", request_latency,
+                                            PLOTS["request_latency_cdf.png"], "seconds (first byte to paid 200)",
+                                            "no paid request in the steady window"),
+        "settlement_latency_cdf.png": cdf_plot(out_dir / "settlement_latency_cdf.png", settle_latency,
+                                               PLOTS["settlement_latency_cdf.png"], "seconds (accepted to block)",
+                                               "no settlement included in the steady window"),
+        "gas_per_payment.png": gas_plot(out_dir / "gas_per_payment.png", settlements),
+        "errors.png": errors_plot(out_dir / "errors.png", requests),
+    }

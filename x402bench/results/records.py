@@ -1,0 +1,91 @@
+"""The raw records every run produces, live or simulated: the one contract between
+traffic (Locust or SimPy) and the summary, plots and report built from them.
+
+Times are seconds. `t_*` fields are relative to the run's start (time zero is when
+traffic began), so live and simulated runs line up on the same axes.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Iterable, TypeVar
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One paid-request attempt by one agent, from its first byte to its final answer."""
+
+    t_start: float                 # first byte sent, seconds since run start
+    t_end: float                   # final response received
+    route: str                     # service name from the scenario
+    agent: int                     # agent index
+    status: int                    # final HTTP status (200 paid, 402, 400, 500; 0 = transport error)
+    error: str = ""                # x402 reason code or harness error code; "" when paid
+    challenge_s: float = 0.0       # the unpaid 402 round trip, 0 when requirements were cached
+    sign_s: float = 0.0            # building and signing the EIP-3009 authorization
+    paid_s: float = 0.0            # the paid round trip (PAYMENT-SIGNATURE request to response)
+    verify_s: float = 0.0          # facilitator /verify as seen by the service (Server-Timing)
+    handler_s: float = 0.0         # the route's own work (Server-Timing)
+    settle_s: float = 0.0          # facilitator /settle as seen by the service (Server-Timing)
+    amount: int = 0                # atomic units paid (0 when not paid)
+    payer: str = ""                # agent address
+    nonce: str = ""                # EIP-3009 nonce, 0x-hex: the payment's identity
+    tx_hash: str = ""              # settlement tx from PAYMENT-RESPONSE
+
+    @property
+    def latency_s(self) -> float:
+        return self.t_end - self.t_start
+
+    @property
+    def paid(self) -> bool:
+        return self.status == 200
+
+
+@dataclass(slots=True)
+class SettlementRecord:
+    """One payment the facilitator accepted, and what became of it on chain."""
+
+    nonce: str                     # EIP-3009 nonce, 0x-hex
+    payer: str
+    payee: str
+    amount: int                    # atomic units
+    t_accepted: float              # facilitator accepted the payment for settlement (run clock)
+    t_submitted: float = -1.0      # tx broadcast (-1: never)
+    t_included: float = -1.0       # timestamp of the block holding the transfer (-1: not included)
+    state: str = "pending"         # settled | pending | failed
+    tx_hash: str = ""
+    block_number: int = -1
+    gas_used: int = 0              # gasUsed of the tx that settled it (whole tx, not amortized)
+    effective_gas_price: int = 0   # wei
+    batch_size: int = 1            # payments settled by that tx (gas per payment = gas_used / batch_size)
+    error: str = ""                # reason code when failed
+
+    @property
+    def settlement_latency_s(self) -> float | None:
+        if self.t_included < 0:
+            return None
+        return self.t_included - self.t_accepted
+
+
+R = TypeVar("R", RequestRecord, SettlementRecord)
+
+
+def write_csv(path: Path, records: Iterable[R], kind: type[R]) -> None:
+    names = [f.name for f in fields(kind)]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=names)
+        writer.writeheader()
+        for record in records:
+            writer.writerow(asdict(record))
+
+
+def read_csv(path: Path, kind: type[R]) -> list[R]:
+    types = {f.name: f.type for f in fields(kind)}
+    casts = {"int": int, "float": float, "str": str}
+    out = []
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            out.append(kind(**{k: casts[str(types[k])](v) for k, v in row.items()}))
+    return out

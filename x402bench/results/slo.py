@@ -1,0 +1,70 @@
+"""Service-level objectives: turn a run into pass/fail for CI.
+
+Every bound set in the scenario's `slo` becomes one check; when reconciliation is given,
+no lost payment, no double settlement and a payee balance that moved by exactly what was
+served are checked too. A check whose figure is missing (no data) fails with a message
+saying so: an SLO must never pass because nothing was measured.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from x402bench.scenario import Slo
+
+#: slo field -> (dotted metric path, operator, what "no data" means)
+SLO_METRICS: dict[str, tuple[str, str, str]] = {
+    "min_throughput_rps": ("throughput_rps", ">=", "empty steady window (warmup_s >= duration?)"),
+    "max_p95_request_s": ("request_latency_s.p95", "<=", "no paid request in the steady window"),
+    "max_p95_settlement_s": ("settlement_latency_s.p95", "<=", "no settlement included on chain in the steady window"),
+    "max_error_rate": ("error_rate", "<=", "no requests"),
+    "max_gas_per_payment": ("gas_per_payment", "<=", "no settled payment with a receipt"),
+    "max_cost_per_payment_usd": ("cost_per_payment_usd", "<=", "no settled payment with a receipt"),
+}
+
+_OPS = {
+    ">=": lambda m, b: m >= b,
+    "<=": lambda m, b: m <= b,
+    "==": lambda m, b: m == b,
+}
+
+
+def _dig(data: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(data, dict):
+            return None
+        data = data.get(part)
+    return data
+
+
+def check(name: str, measured: Any, op: str, bound: Any, no_data: str) -> dict[str, Any]:
+    """One check; `measured` None means no data, which fails."""
+    if measured is None:
+        return {"name": name, "measured": None, "op": op, "bound": bound, "passed": False,
+                "message": f"no data: {no_data}"}
+    passed = bool(_OPS[op](measured, bound))
+    verdict = "ok" if passed else "violated"
+    return {"name": name, "measured": measured, "op": op, "bound": bound, "passed": passed,
+            "message": f"{verdict}: measured {measured:g} {op} {bound:g} required"}
+
+
+def evaluate_slo(slo: Slo, metrics: dict[str, Any], reconciliation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """{passed, checks: [{name, measured, op, bound, passed, message}]}, checks in a fixed order."""
+    checks = []
+    for name, (path, op, no_data) in SLO_METRICS.items():
+        bound = getattr(slo, name)
+        if bound is not None:
+            checks.append(check(name, _dig(metrics, path), op, bound, no_data))
+    if reconciliation:
+        missing = "reconciliation did not report it"
+        checks.append(check("lost_payments", reconciliation.get("lost"), "==", 0, missing))
+        checks.append(check("double_settlements", reconciliation.get("double_settled"), "==", 0, missing))
+        actual, expected = reconciliation.get("payee_balance_delta"), reconciliation.get("expected_payee_delta")
+        if actual is not None and expected is not None:
+            checks.append(check("payee_delta_matches", actual - expected, "==", 0, missing))
+    return {"passed": all(c["passed"] for c in checks), "checks": checks}
+
+
+def failures(slo_result: dict[str, Any]) -> list[str]:
+    """One line per failed check, naming the check, the measured value and the bound (for CLI output)."""
+    return [f"{c['name']}: {c['message']}" for c in slo_result.get("checks", []) if not c["passed"]]
