@@ -1,0 +1,160 @@
+"""report.html: one self-contained page per run, readable offline and safe to attach to a CI
+job: inline CSS, plots embedded as base64 data URIs, no script, no link, no external URL.
+
+Any text that would spell a URL (an RPC address in meta, an external service in the
+scenario) is written with its colon as an HTML entity, so it reads the same but the file
+never contains "http://" or "https://".
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from x402bench.results.plots import PLOTS
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1000px;color:#222;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5em 0}td,th{padding:.25em .8em;border-bottom:1px solid #eee;text-align:left}
+td.num{text-align:right;font-variant-numeric:tabular-nums}th{background:#f6f6f6}
+.pass{background:#e3f6e3;color:#155a15}.fail{background:#fbe2e2;color:#8a1414}.muted{color:#888}
+.badge{display:inline-block;padding:.2em .7em;border-radius:.3em;font-weight:600}
+.bar{display:inline-block;height:.8em;background:#3b7dd8;vertical-align:middle}
+pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}figure{margin:1em 0}img{max-width:100%}
+"""
+
+
+def esc(value: Any) -> str:
+    """HTML-escape, and defuse URL schemes so the page never names an external address."""
+    return html.escape(str(value)).replace("://", "&#58;//")
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """Numbers for humans: None is n/a, floats get significant digits, ints get separators."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value != 0 and (abs(value) >= 1e6 or abs(value) < 1e-4):
+            return f"{value:.{digits}g}"
+        return f"{value:,.{digits}g}" if abs(value) >= 1000 else f"{value:.{digits}g}"
+    return str(value)
+
+
+def _table(rows: Iterable[tuple[Any, ...]], header: tuple[str, ...] | None = None,
+           classes: Iterable[str] | None = None) -> str:
+    out = ["<table>"]
+    if header:
+        out.append("<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>")
+    for row, cls in zip(rows, classes or iter(lambda: "", None)):
+        cells = "".join(f'<td class="num">{esc(fmt(c))}</td>' if isinstance(c, (int, float)) and not isinstance(c, bool)
+                        else f"<td>{esc(fmt(c))}</td>" for c in row)
+        out.append(f'<tr class="{cls}">{cells}</tr>' if cls else f"<tr>{cells}</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _metrics_rows(m: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = [
+        ("paid throughput (steady window, req/s)", m.get("throughput_rps")),
+        ("requests / paid", f"{fmt(m.get('requests'))} / {fmt(m.get('paid'))}"),
+        ("error rate", m.get("error_rate")),
+    ]
+    for key, label in (("request_latency_s", "request latency (s)"), ("settlement_latency_s", "settlement latency (s)")):
+        d = m.get(key) or {}
+        rows.append((label, " / ".join(f"{q} {fmt(d.get(q))}" for q in ("p50", "p95", "p99", "mean", "max"))))
+    rows += [
+        ("gas per payment (amortised)", m.get("gas_per_payment")),
+        ("mean batch size", (m.get("gas") or {}).get("mean_batch_size")),
+        ("cost per payment (USD)", m.get("cost_per_payment_usd")),
+        ("mean price paid (USD)", m.get("mean_price_usd")),
+        ("cost as a fraction of price", m.get("cost_fraction_of_price")),
+    ]
+    for fraction, price in sorted((m.get("break_even_price_usd") or {}).items(), key=lambda kv: float(kv[0])):
+        rows.append((f"price at which cost is {float(fraction):.0%} (USD)", price))
+    w = m.get("window") or {}
+    rows.append(("steady window (s)", f"{fmt(w.get('start_s'))} to {fmt(w.get('end_s'))}"))
+    return rows
+
+
+def _phase_html(phases: Mapping[str, Any]) -> str:
+    values = {k: v for k, v in phases.items() if isinstance(v, (int, float))}
+    top = max(values.values(), default=0) or 1
+    rows = []
+    for name, value in phases.items():
+        width = int(200 * (values.get(name, 0) / top))
+        bar = f'<span class="bar" style="width:{width}px"></span>' if width else ""
+        rows.append(f"<tr><td>{esc(name)}</td><td class=\"num\">{esc(fmt(None if value is None else value * 1000))}"
+                    f" ms</td><td>{bar}</td></tr>")
+    return "<table><tr><th>phase</th><th>mean</th><th></th></tr>" + "".join(rows) + "</table>"
+
+
+def _cpu_html(cpu: Mapping[str, Any] | None) -> str:
+    if not cpu:
+        return '<p class="muted">no CPU figures for this run</p>'
+    per_paid = cpu.get("ms_per_paid_request") or {}
+    rows = [(role, s, per_paid.get(role)) for role, s in sorted((cpu.get("seconds") or {}).items())]
+    rows.append(("total", cpu.get("total_seconds"), cpu.get("total_ms_per_paid_request")))
+    return _table(rows, ("process", "CPU seconds", "CPU ms per paid request"))
+
+
+def _img(name: str, data: bytes) -> str:
+    b64 = base64.b64encode(data).decode("ascii")
+    return (f'<figure><img alt="{esc(PLOTS.get(name, name))}" src="data:image/png;base64,{b64}">'
+            f"<figcaption>{esc(PLOTS.get(name, name))}</figcaption></figure>")
+
+
+def render_report(summary: Mapping[str, Any], plots: Mapping[str, bytes | Path]) -> str:
+    """The whole HTML page for a summary and its plots (file name -> PNG bytes or path)."""
+    m = summary.get("metrics") or {}
+    rec = summary.get("reconciliation") or {}
+    slo = summary.get("slo") or {"passed": True, "checks": []}
+    scenario = summary.get("scenario") or {}
+    name = scenario.get("name", "?")
+    verdict = "pass" if slo.get("passed") else "fail"
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>x402bench: {esc(name)} {esc(summary.get('run_id') or '')}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{esc(name)} <span class=\"muted\">({esc(summary.get('mode'))} run)</span></h1>",
+        f"<p>run {esc(summary.get('run_id') or 'n/a')} · started {esc(summary.get('started_at') or 'n/a')} · "
+        f"seed {esc(summary.get('seed'))} · SLO <span class=\"badge {verdict}\">{verdict.upper()}</span> · "
+        f"reconciliation <span class=\"badge {'pass' if rec.get('exact') else 'fail'}\">"
+        f"{'exact' if rec.get('exact') else ('not exact' if rec else 'n/a')}</span></p>",
+        "<h2>Key metrics</h2>", _table(_metrics_rows(m)),
+        "<h2>SLO checks</h2>",
+        _table([(c.get("name"), c.get("measured"), c.get("op"), c.get("bound"), "pass" if c.get("passed") else "FAIL",
+                 c.get("message", "")) for c in slo.get("checks", [])],
+               ("check", "measured", "op", "bound", "verdict", "detail"),
+               ["pass" if c.get("passed") else "fail" for c in slo.get("checks", [])])
+        if slo.get("checks") else '<p class="muted">no SLO set in the scenario</p>',
+        "<h2>Reconciliation</h2>",
+        _table([(k, v if not isinstance(v, (list, dict)) else ", ".join(map(str, v)) or "none")
+                for k, v in sorted(rec.items())], ("figure", "value"))
+        if rec else '<p class="muted">no reconciliation for this run</p>',
+        "<h2>Phase split (paid requests, steady window)</h2>", _phase_html(m.get("phase_s") or {}),
+        "<h2>Errors</h2>",
+        _table(sorted((m.get("errors") or {}).items()), ("reason", "requests"))
+        if m.get("errors") else '<p class="muted">no failed request</p>',
+        "<h2>CPU</h2>", _cpu_html(m.get("cpu")),
+        "<h2>Plots</h2>",
+    ]
+    for file_name in PLOTS:
+        if file_name in plots:
+            data = plots[file_name]
+            parts.append(_img(file_name, data if isinstance(data, bytes) else Path(data).read_bytes()))
+    parts += [
+        "<h2>Versions</h2>", _table(sorted((summary.get("versions") or {}).items()), ("package", "version")),
+        "<h2>Scenario</h2>",
+        f"<pre>{esc(yaml.safe_dump(scenario.get('config') or {}, sort_keys=False, allow_unicode=True))}</pre>",
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"
