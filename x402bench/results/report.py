@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -54,7 +55,7 @@ def _table(rows: Iterable[tuple[Any, ...]], header: tuple[str, ...] | None = Non
     out = ["<table>"]
     if header:
         out.append("<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>")
-    for row, cls in zip(rows, classes or iter(lambda: "", None)):
+    for row, cls in zip(rows, classes if classes is not None else repeat("")):
         cells = "".join(f'<td class="num">{esc(fmt(c))}</td>' if isinstance(c, (int, float)) and not isinstance(c, bool)
                         else f"<td>{esc(fmt(c))}</td>" for c in row)
         out.append(f'<tr class="{cls}">{cells}</tr>' if cls else f"<tr>{cells}</tr>")
