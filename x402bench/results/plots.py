@@ -10,6 +10,7 @@ from typing import Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from x402bench.results.economics import gas_stats
 from x402bench.results.metrics import error_reason
@@ -112,6 +113,7 @@ def gas_plot(path: Path, settlements: Sequence[SettlementRecord]) -> Path:
         right.axhline(stats.gas_per_payment, color="#d83b3b", linewidth=1,
                       label=f"amortised {stats.gas_per_payment:,.0f}")
         right.legend(loc="upper right", fontsize="small")
+    right.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.set_xlabel("payments in the tx (batch size)")
     right.set_ylabel("gas per payment")
     right.set_title("By batch size")

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from x402bench.results.metrics import PHASES
 from x402bench.results.plots import PLOTS
 
 _CSS = """
@@ -44,9 +45,9 @@ def fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        if value != 0 and (abs(value) >= 1e6 or abs(value) < 1e-4):
-            return f"{value:.{digits}g}"
-        return f"{value:,.{digits}g}" if abs(value) >= 1000 else f"{value:.{digits}g}"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}g}"
     return str(value)
 
 
@@ -87,6 +88,8 @@ def _metrics_rows(m: Mapping[str, Any]) -> list[tuple[Any, ...]]:
 
 
 def _phase_html(phases: Mapping[str, Any]) -> str:
+    order = [p for p in PHASES if p in phases] + sorted(p for p in phases if p not in PHASES)
+    phases = {p: phases[p] for p in order}
     values = {k: v for k, v in phases.items() if isinstance(v, (int, float))}
     top = max(values.values(), default=0) or 1
     rows = []

@@ -45,7 +45,7 @@ def check(name: str, measured: Any, op: str, bound: Any, no_data: str) -> dict[s
     passed = bool(_OPS[op](measured, bound))
     verdict = "ok" if passed else "violated"
     return {"name": name, "measured": measured, "op": op, "bound": bound, "passed": passed,
-            "message": f"{verdict}: measured {measured:g} {op} {bound:g} required"}
+            "message": f"{verdict}: measured {measured:g}, required {op} {bound:g}"}
 
 
 def evaluate_slo(slo: Slo, metrics: dict[str, Any], reconciliation: dict[str, Any] | None = None) -> dict[str, Any]:
