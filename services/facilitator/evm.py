@@ -11,7 +11,9 @@ import asyncio
 import itertools
 from typing import Any
 
-import httpx
+import json
+
+import aiohttp
 from eth_utils import keccak
 
 
@@ -61,24 +63,42 @@ class RpcError(RuntimeError):
 
 
 class AsyncRpc:
-    """JSON-RPC over one pooled httpx.AsyncClient; supports batches to save round trips."""
+    """JSON-RPC over one pooled aiohttp session; supports batches to save round trips.
+
+    aiohttp rather than httpx: profiling the facilitator under load showed httpx's
+    per-request machinery at over 70% of its CPU; aiohttp (already here through web3)
+    costs a fraction of that.
+    """
 
     def __init__(self, url: str, timeout: float = 60.0, max_connections: int = 200) -> None:
         self.url = url
         self._ids = itertools.count(1)
-        self._client = httpx.AsyncClient(
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        )
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
         self.calls = 0  # JSON-RPC calls made (a batch counts each call): the cost figure operators ask for
 
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:  # created lazily: a session must be born inside the running loop
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, connector=aiohttp.TCPConnector(limit=self._max_connections),
+                json_serialize=json.dumps,
+            )
+        return self._session
+
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _post(self, body: Any) -> Any:
+        async with self._client().post(self.url, data=json.dumps(body).encode(),
+                                       headers={"Content-Type": "application/json"}) as response:
+            return json.loads(await response.read())
 
     async def call(self, method: str, *params: Any) -> Any:
         self.calls += 1
-        body = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": list(params)}
-        reply = (await self._client.post(self.url, json=body)).json()
+        reply = await self._post({"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": list(params)})
         if "error" in reply:
             raise RpcError(method, reply["error"])
         return reply["result"]
@@ -90,7 +110,7 @@ class AsyncRpc:
         body = [{"jsonrpc": "2.0", "id": first + i, "method": m, "params": p} for i, (m, p) in enumerate(calls)]
         for _ in range(len(calls) - 1):
             next(self._ids)
-        replies = {r["id"]: r for r in (await self._client.post(self.url, json=body)).json()}
+        replies = {r["id"]: r for r in await self._post(body)}
         out: list[Any | RpcError] = []
         for i, (method, _) in enumerate(calls):
             reply = replies[first + i]
