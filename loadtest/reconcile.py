@@ -39,6 +39,8 @@ def _topic_address(topic: str) -> str:
 
 def read_chain(rpc: Rpc, token: str, payee: str, from_block: int, to_block: int) -> ChainView:
     """One eth_getLogs per event, then receipts and block headers in batched calls."""
+    if to_block < from_block:  # no block was mined during the run: nothing can have settled
+        return ChainView([], {}, {}, 0)
     span = {"address": token, "fromBlock": hex(from_block), "toBlock": hex(to_block)}
     used_logs = rpc.call("eth_getLogs", {**span, "topics": [TOPIC_AUTHORIZATION_USED]})
     payee_topic = "0x" + payee.lower().removeprefix("0x").rjust(64, "0")
