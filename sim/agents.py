@@ -1,0 +1,213 @@
+"""Who pays when: arrival streams for the whole population, without an object per idle agent.
+
+Two drivers:
+- `open` (default): agents act on their own clocks, the world as it is. N Poisson agents of
+  rate r are one Poisson stream of rate N*r with a uniformly drawn agent (superposition),
+  constant agents are one sorted cycle of phases, bursts are a Poisson stream of bursts,
+  ramp is a Poisson stream with a time-changed clock. An agent whose payment is in flight
+  may start another (it does not wait), except `closed` agents, which loop back to back.
+  Memory is a few bytes per agent whatever N is.
+- `locust`: what the live harness does, for validation: `run.users` users spawned at
+  `run.spawn_rate`, each speaking for every agent congruent to it modulo the user count,
+  one request at a time, waiting after each answer as loadtest/behaviour.py's Pacer does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from sim.dists import choice, exponential, integers, stream, uniform
+from sim.engine import Clock
+from sim.world import Req, World
+from x402bench.scenario import Scenario
+
+
+class Stopper:
+    """When arrivals stop: the run's duration, its request cap, or nobody able to pay."""
+
+    def __init__(self, world: World, duration: float, max_requests: int | None) -> None:
+        self.world = world
+        self.duration = duration
+        self.max_requests = max_requests
+
+    def open(self, now: float) -> bool:
+        w = self.world
+        if now >= self.duration or w.broke_count >= w.agents:
+            return False
+        return self.max_requests is None or w.started < self.max_requests
+
+
+class OpenDriver:
+    """Open arrivals of the whole population as one stream of events."""
+
+    def __init__(self, clock: Clock, world: World, scenario: Scenario, stopper: Stopper) -> None:
+        self.clock = clock
+        self.world = world
+        self.stop = stopper
+        arrivals = scenario.agents.arrivals
+        self.kind = arrivals.kind
+        self.n = world.agents
+        self.rate = arrivals.rate_per_agent_s
+        seed = scenario.seed
+        self.route = _route_draw(world, seed)
+        self.pick = integers(stream(seed, "arrivals.agent"), self.n)
+        self.burst = arrivals.burst_size
+        self.ramp_s = arrivals.ramp_s
+        if self.kind in ("poisson", "ramp"):
+            self.gap = exponential(stream(seed, "arrivals.gap"), 1.0 / (self.n * self.rate))
+        elif self.kind == "bursts":
+            self.gap = exponential(stream(seed, "arrivals.gap"), self.burst / (self.n * self.rate))
+        self._cycle = 0
+        self._unit = 0.0  # ramp: arrivals on the unit-rate clock
+
+    def start(self) -> None:
+        if self.kind == "constant":
+            rng = stream(self.world.scenario.seed, "arrivals.phase")
+            period = 1.0 / self.rate
+            phases = rng.random(self.n) * period
+            self.order = np.argsort(phases, kind="stable").tolist()
+            self.phases = np.sort(phases).tolist()
+            self.period = period
+            self.clock.at(self.phases[0], self._constant, 0)
+        elif self.kind == "closed":
+            starts = uniform(stream(self.world.scenario.seed, "arrivals.phase"))
+            for agent in range(self.n):
+                self.clock.at(starts(), self._closed, agent)
+        elif self.kind == "ramp":
+            self._unit = self.gap() * self.n * self.rate
+            self.clock.at(self._ramp_time(self._unit), self._ramp)
+        else:
+            self.clock.at(self.gap(), self._poisson if self.kind == "poisson" else self._bursts)
+
+    def done(self, r: Req, t_end: float) -> None:
+        if self.kind == "closed":
+            self.clock.at(t_end - self.clock.now, self._closed, r.agent)
+
+    def _try(self, agent: int) -> None:
+        if not self.world.broke[agent]:
+            self.world.start(agent, self.route())
+
+    def _poisson(self, _: object) -> None:
+        if not self.stop.open(self.clock.now):
+            return
+        self._try(self.pick())
+        self.clock.at(self.gap(), self._poisson)
+
+    def _bursts(self, _: object) -> None:
+        if not self.stop.open(self.clock.now):
+            return
+        agent = self.pick()
+        for _ in range(self.burst):
+            if self.world.broke[agent] or not self.stop.open(self.clock.now):
+                break
+            self.world.start(agent, self.route())
+        self.clock.at(self.gap(), self._bursts)
+
+    def _ramp_time(self, unit: float) -> float:
+        """Invert the cumulative intensity N*r*min(1, t/ramp_s)."""
+        full = self.n * self.rate
+        knee = full * self.ramp_s / 2
+        if unit < knee:
+            return math.sqrt(2 * self.ramp_s * unit / full)
+        return self.ramp_s + (unit - knee) / full
+
+    def _ramp(self, _: object) -> None:
+        if not self.stop.open(self.clock.now):
+            return
+        self._try(self.pick())
+        self._unit += self.gap() * self.n * self.rate
+        self.clock.at(self._ramp_time(self._unit) - self.clock.now, self._ramp)
+
+    def _constant(self, i: int) -> None:
+        if not self.stop.open(self.clock.now):
+            return
+        self._try(self.order[i])
+        i += 1
+        if i == self.n:
+            i = 0
+            self._cycle += 1
+        self.clock.at(self.phases[i] + self._cycle * self.period - self.clock.now, self._constant, i)
+
+    def _closed(self, agent: int) -> None:
+        if self.stop.open(self.clock.now) and not self.world.broke[agent]:
+            if not self.world.start(agent, self.route()):
+                return
+
+
+class _User:
+    __slots__ = ("agents", "turn", "t0", "mean_gap", "in_burst")
+
+    def __init__(self, agents: range, t0: float, mean_gap: float) -> None:
+        self.agents = agents
+        self.turn = 0
+        self.t0 = t0
+        self.mean_gap = mean_gap
+        self.in_burst = 0
+
+
+class LocustDriver:
+    """Locust's users: closed loops with the Pacer's waits, as the live load mode runs them."""
+
+    def __init__(self, clock: Clock, world: World, scenario: Scenario, stopper: Stopper) -> None:
+        self.clock = clock
+        self.world = world
+        self.stop = stopper
+        self.arrivals = scenario.agents.arrivals
+        self.route = _route_draw(world, scenario.seed)
+        self.exp = exponential(stream(scenario.seed, "arrivals.gap"), 1.0)
+        n = world.agents
+        users = min(scenario.run.users, n)
+        spawn = scenario.run.spawn_rate
+        rate = self.arrivals.rate_per_agent_s
+        self.users = [_User(range(u, n, users), u / spawn, 1.0 / (len(range(u, n, users)) * rate))
+                      for u in range(users)]
+
+    def start(self) -> None:
+        for user in self.users:
+            self.clock.at(user.t0, self._task, user)
+
+    def done(self, r: Req, t_end: float) -> None:
+        user: _User = r.user
+        self.clock.at(t_end + self._wait(user, t_end) - self.clock.now, self._task, user)
+
+    def _wait(self, user: _User, t: float) -> float:
+        a = self.arrivals
+        if a.kind == "closed":
+            return 0.0
+        if a.kind == "constant":
+            return user.mean_gap
+        if a.kind == "poisson":
+            return self.exp() * user.mean_gap
+        if a.kind == "ramp":
+            fraction = min(1.0, max(t - user.t0, 1e-3) / a.ramp_s)
+            return self.exp() * user.mean_gap / fraction
+        user.in_burst += 1
+        if user.in_burst < a.burst_size:
+            return 0.0
+        user.in_burst = 0
+        return self.exp() * user.mean_gap * a.burst_size
+
+    def _task(self, user: _User) -> None:
+        now = self.clock.now
+        if not self.stop.open(now):
+            return
+        agents = user.agents
+        for _ in range(len(agents)):
+            agent = agents[user.turn % len(agents)]
+            user.turn += 1
+            if not self.world.broke[agent]:
+                break
+        else:
+            return  # every agent of this user is out of money: the user stops
+        if not self.world.start(agent, self.route(), user):
+            self.clock.at(self._wait(user, now), self._task, user)
+
+
+def _route_draw(world: World, seed: int) -> Callable[[], int]:
+    return choice(stream(seed, "arrivals.route"), world.weights)
+
+
+DRIVERS = {"open": OpenDriver, "locust": LocustDriver}

@@ -1,0 +1,218 @@
+"""The calibration file: every timing and gas figure the sim needs that a scenario does not say.
+
+A scenario describes the world (block time, prices, work times, agents); how long the
+facilitator spends verifying, how long a signer key holds its nonce lock, how often
+receipts are polled and what a settlement costs in gas are properties of the software
+and the chain, measured on a live run by `x402bench calibrate` and stored here as JSON.
+Without a file the sim uses the documented defaults below (`default_calibration()`),
+which come from design.md's anchors and from reading the SDK and our facilitator.
+
+Every time is in seconds. A `Dist` is a constant, a lognormal (median, p99) or, when
+measured, an empirical distribution given by evenly spaced quantiles.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CALIBRATION_VERSION = 1
+
+Strategy = Literal["sdk", "sync", "pipelined", "batched"]
+
+
+class CalibrationError(Exception):
+    """A calibration file that cannot be used; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Dist(_Strict):
+    """A time distribution in seconds."""
+
+    median: float = Field(0.0, ge=0)
+    p99: float | None = Field(None, ge=0, description="Lognormal when given; constant at the median otherwise.")
+    quantiles: list[float] | None = Field(
+        None, description="Measured: evenly spaced quantiles q0..q100 (at least 2); overrides median/p99."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Dist":
+        if self.p99 is not None and self.p99 < self.median:
+            raise ValueError(f"p99 ({self.p99}) is below the median ({self.median})")
+        if self.quantiles is not None:
+            if len(self.quantiles) < 2:
+                raise ValueError("quantiles needs at least 2 values (q0 and q100)")
+            if any(b < a for a, b in zip(self.quantiles, self.quantiles[1:])) or self.quantiles[0] < 0:
+                raise ValueError("quantiles must be non-negative and non-decreasing")
+        return self
+
+    @property
+    def sigma(self) -> float:
+        if self.p99 is None or self.median <= 0 or self.p99 == self.median:
+            return 0.0
+        return math.log(self.p99 / self.median) / 2.3263478740408408
+
+    @property
+    def mean(self) -> float:
+        """Expected value, for capacity formulas."""
+        if self.quantiles is not None:
+            q = self.quantiles
+            return sum((a + b) / 2 for a, b in zip(q, q[1:])) / (len(q) - 1)
+        return self.median * math.exp(self.sigma**2 / 2)
+
+    @classmethod
+    def const(cls, seconds: float) -> "Dist":
+        return cls(median=seconds)
+
+    @classmethod
+    def from_ms(cls, median_ms: float, p99_ms: float | None = None) -> "Dist":
+        return cls(median=median_ms / 1000, p99=None if p99_ms is None else p99_ms / 1000)
+
+
+class StrategyTiming(_Strict):
+    """How one settlement strategy spends its time; see sim/facilitator.py for the flow."""
+
+    threads: int | None = Field(
+        None, ge=1, description="Handlers that may run at once (sdk: FastAPI's 40-thread pool); null = async."
+    )
+    verify_cpu_s: Dist = Field(description="Facilitator CPU per /verify (one core: a Python process and its GIL).")
+    verify_io_s: Dist = Field(description="Waiting on RPC during /verify (eth_getCode, eth_call).")
+    settle_cpu_s: Dist = Field(description="Facilitator CPU per /settle, receipt handling included.")
+    settle_io_s: Dist = Field(description="Waiting on RPC before the tx goes out (nonce, gas price, balance).")
+    submit_s: Dist = Field(description="Held under the signer key's nonce lock: sign the tx and send it.")
+    receipt: Literal["watcher", "poll"] = Field(
+        "watcher", description="watcher: one poller per process every receipt_poll_s; poll: each settle polls from its send."
+    )
+    receipt_poll_s: float | None = Field(None, gt=0, description="null: the scenario's facilitator.receipt_poll_s.")
+    answer_after: Literal["included", "submitted", "accepted"] = Field(
+        "included", description="When /settle answers: after the receipt (x402's default), after the send, at once."
+    )
+
+
+class Network(_Strict):
+    """Round trips that are not CPU: client to service, service to facilitator."""
+
+    rtt_s: Dist | None = Field(None, description="Client <-> service round trip; null: the scenario's agents.rtt_ms.")
+    hop_s: Dist = Field(default_factory=lambda: Dist.const(0.0003), description="Service <-> facilitator, one way.")
+
+
+class Client(_Strict):
+    """The paying side."""
+
+    sign_s: Dist | None = Field(None, description="Signing one authorization; null: the scenario's agents.sign_ms.")
+    cpu_s: Dist = Field(
+        default_factory=lambda: Dist.const(0.0012),
+        description="Load generator CPU per paid request besides signing (driver 'locust' only).",
+    )
+    cores: int = Field(1, ge=1, description="Load generator processes (driver 'locust' only).")
+
+
+class Service(_Strict):
+    """The resource server process (the SDK middleware around the routes)."""
+
+    cpu_s: Dist = Field(default_factory=lambda: Dist.const(0.0015), description="CPU per paid request.")
+    challenge_cpu_s: Dist = Field(default_factory=lambda: Dist.const(0.0004), description="CPU per unpaid 402.")
+    cores: int = Field(1, ge=1)
+
+
+class Chain(_Strict):
+    automine_tx_s: float = Field(0.00154, ge=0, description="Anvil automine: time to mine a one-tx block (651 tx/s).")
+    automine_slowdown_s_per_block: float = Field(
+        1.33e-6, ge=0, description="Anvil automine slows as blocks pile up (651 -> 181 tx/s over 3,000 blocks)."
+    )
+    block_phase_s: float | None = Field(None, ge=0, description="First block after run start; null: random.")
+    receipt_delay_s: float = Field(0.0, ge=0, description="From a block to its receipts being served.")
+
+
+class Gas(_Strict):
+    """Gas per settlement tx (real USDC's figures; design.md anchors)."""
+
+    transfer_existing: int = Field(85_704, ge=21_000, description="transferWithAuthorization to a payee holding USDC.")
+    transfer_new: int = Field(102_792, ge=21_000, description="... to a payee with no USDC yet.")
+    batch_fixed: int = Field(40_000, ge=21_000, description="Batch tx: base cost whatever its size.")
+    batch_per_item: int = Field(48_000, ge=0, description="Batch tx: per authorization (≈48,400/payment at 100).")
+    batch_new_recipient_extra: int = Field(17_088, ge=0, description="Extra per first payment to a new payee.")
+    payees_prefunded: bool = Field(False, description="Payees already hold USDC, so no first payment is 'new'.")
+
+
+def _default_strategies() -> dict[str, StrategyTiming]:
+    ms = Dist.from_ms
+    own = dict(verify_cpu_s=ms(1.5), verify_io_s=ms(1.5), settle_cpu_s=ms(2.5), settle_io_s=ms(1.0), submit_s=ms(1.2))
+    return {
+        # 24 ms of CPU per payment in all (anchor: CPU-bound at ~40/s with automine), 40 threads,
+        # web3's wait_for_transaction_receipt polling every 0.1 s from the send.
+        "sdk": StrategyTiming(threads=40, verify_cpu_s=ms(6.0), verify_io_s=ms(2.0), settle_cpu_s=ms(18.0),
+                              settle_io_s=ms(4.0), submit_s=ms(2.0), receipt="poll", receipt_poll_s=0.1),
+        "sync": StrategyTiming(**own),
+        "pipelined": StrategyTiming(**own, answer_after="submitted"),
+        "batched": StrategyTiming(**own),
+    }
+
+
+class Calibration(_Strict):
+    """Everything the sim takes from measurement rather than from the scenario."""
+
+    version: Literal[1] = CALIBRATION_VERSION
+    source: str = Field("defaults", description="'defaults', or the live run folder it was measured on.")
+    scenario: str | None = Field(None, description="Name of the scenario it was measured with.")
+    facilitator_cores: int = Field(1, ge=1, description="CPU servers of the facilitator (one process: 1, the GIL).")
+    strategies: dict[Strategy, StrategyTiming] = Field(default_factory=_default_strategies)
+    network: Network = Field(default_factory=Network)
+    client: Client = Field(default_factory=Client)
+    service: Service = Field(default_factory=Service)
+    chain: Chain = Field(default_factory=Chain)
+    gas: Gas = Field(default_factory=Gas)
+    max_timeout_s: float = Field(300.0, gt=6, description="Authorization validity (validBefore = sign time + this).")
+    t_included: Literal["block", "receipt"] = Field(
+        "block", description="Record inclusion at the block's time, or when the facilitator saw the receipt (as live)."
+    )
+    measured: dict[str, float] = Field(
+        default_factory=dict, description="Live figures it was measured against (throughput_rps, settlement p50...)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_strategies(cls, data: object) -> object:
+        """A file may give only the strategies it measured; the others keep their defaults."""
+        if isinstance(data, dict) and isinstance(data.get("strategies"), dict):
+            merged: dict[str, object] = dict(_default_strategies())
+            merged.update(data["strategies"])
+            return {**data, "strategies": merged}
+        return data
+
+    def strategy(self, name: str) -> StrategyTiming:
+        return self.strategies[name]  # type: ignore[index]
+
+    def dump(self, path: str | Path) -> None:
+        Path(path).write_text(self.model_dump_json(indent=2, exclude_none=True) + "\n")
+
+
+def default_calibration() -> Calibration:
+    return Calibration()
+
+
+def load_calibration(path: str | Path | None) -> Calibration:
+    """Read a calibration file; None gives the defaults."""
+    if path is None:
+        return default_calibration()
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise CalibrationError(f"{path}: cannot read the calibration file ({exc.strerror})") from None
+    except ValueError as exc:
+        raise CalibrationError(f"{path}: not valid JSON: {exc}") from None
+    if isinstance(data, dict) and data.get("version") not in (None, CALIBRATION_VERSION):
+        raise CalibrationError(f"{path}: calibration version {data.get('version')!r}; this sim reads version 1")
+    try:
+        return Calibration.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise CalibrationError(f"{path}: invalid calibration\n" + "\n".join(lines)) from None

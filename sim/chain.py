@@ -1,0 +1,116 @@
+"""The chain: a mempool, blocks on a schedule (or one per tx with automine), a gas limit.
+
+Interval mining: a block every `block_time_s`, filled in arrival order with every tx
+sent by then until the next one would pass the block gas limit; the rest wait for the
+next block. Automine (Anvil's default): each tx is mined into its own block when it
+arrives, one at a time, a little slower as blocks pile up (design.md's anchor).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable
+
+from sim.calibration import Calibration
+from sim.engine import Clock, Station
+from x402bench.scenario import Scenario
+
+
+@dataclass(slots=True)
+class Tx:
+    """One settlement tx: one payment (sync) or many (batched)."""
+
+    id: int
+    gas: int
+    lane: int
+    t_sent: float
+    requests: list = field(default_factory=list)  # the in-flight requests it settles (sim.world.Req)
+
+
+Included = Callable[[Tx, float, int], None]  # (tx, block time, block number)
+
+
+class Chain:
+    """Blocks and inclusion; calls `on_included(tx, block_time, number)` for every tx it mines."""
+
+    def __init__(self, clock: Clock, scenario: Scenario, calibration: Calibration, phase: float,
+                 on_included: Included) -> None:
+        self.clock = clock
+        self.mining = scenario.chain.mining
+        if self.mining == "manual":
+            raise ValueError("chain.mining 'manual' has no block schedule to simulate; use 'interval' or 'auto'")
+        self.block_time = scenario.chain.block_time_s or 0.0
+        self.gas_limit = scenario.chain.gas_limit
+        self.cal = calibration.chain
+        self.on_included = on_included
+        self.number = 0
+        self._pool: list[tuple[float, int, Tx]] = []
+        self._seq = itertools.count()
+        self._miner = Station(1)
+        self.blocks_with_txs = 0
+        self.txs = 0
+        self.gas_used = 0
+        self.full_blocks = 0  # blocks that left txs behind for lack of gas
+        self.max_block_gas = 0
+        self._stopped = False
+        if self.mining == "interval":
+            clock.at(phase % self.block_time, self._block)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pool)
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def send(self, tx: Tx) -> float:
+        """The tx reaches the node at tx.t_sent; returns when the send call returns (after mining with automine)."""
+        if tx.gas > self.gas_limit:
+            raise ValueError(f"a settlement tx of {tx.gas} gas can never fit the block gas limit {self.gas_limit}")
+        if self.mining == "auto":
+            mine_s = self.cal.automine_tx_s + self.cal.automine_slowdown_s_per_block * self.number
+            mined = self._miner.enter(tx.t_sent, mine_s) + mine_s
+            self.number += 1
+            self._account(1, tx.gas)
+            self.on_included(tx, mined, self.number)
+            return mined
+        heapq.heappush(self._pool, (tx.t_sent, next(self._seq), tx))
+        return tx.t_sent
+
+    def _block(self, _: object = None) -> None:
+        now = self.clock.now
+        self.number += 1
+        room = self.gas_limit
+        pool = self._pool
+        included = 0
+        while pool and pool[0][0] <= now and pool[0][2].gas <= room:
+            _, _, tx = heapq.heappop(pool)
+            room -= tx.gas
+            included += 1
+            self.on_included(tx, now, self.number)
+        if pool and pool[0][0] <= now:
+            self.full_blocks += 1
+        if included:
+            self._account(included, self.gas_limit - room)
+        if not self._stopped:
+            self.clock.at(self.block_time, self._block)
+
+    def _account(self, txs: int, gas: int) -> None:
+        self.blocks_with_txs += 1
+        self.txs += txs
+        self.gas_used += gas
+        if gas > self.max_block_gas:
+            self.max_block_gas = gas
+
+    def stats(self) -> dict[str, float]:
+        return {
+            "blocks": self.number,
+            "blocks_with_txs": self.blocks_with_txs,
+            "txs": self.txs,
+            "gas_used": self.gas_used,
+            "max_block_gas_fraction": self.max_block_gas / self.gas_limit,
+            "blocks_full": self.full_blocks,
+            "mempool_left": len(self._pool),
+        }

@@ -1,0 +1,129 @@
+"""The event machinery under the model: SimPy's clock and heap, plus two cheap resources.
+
+SimPy processes (generators) and `simpy.Resource` cost three or four events per use;
+at tens of thousands of payments per second that is most of the budget. The model
+instead schedules plain callbacks on SimPy's own event heap (`Clock.at`) and uses:
+
+- `Station`: FIFO servers whose service time is known when a job arrives. Lindley's
+  recursion gives each job its start time at arrival, so queueing costs no event at
+  all; only the arrival itself has to happen at its true time, in time order.
+- `Pool`: a semaphore for holds of unknown length (a thread waiting for its block),
+  with a FIFO queue of continuations run when a holder releases.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from typing import Any, Callable
+
+import simpy
+from simpy.core import NORMAL
+from simpy.events import Event
+
+Callback = Callable[[Any], None]
+
+
+def _dispatch(event: Event) -> None:
+    fn, arg = event._value
+    fn(arg)
+
+
+class Clock:
+    """SimPy's environment with a fast "call fn(arg) after delay" and an event counter."""
+
+    def __init__(self) -> None:
+        self.env = simpy.Environment()
+        self.events = 0
+        self._schedule = self.env.schedule
+
+    @property
+    def now(self) -> float:
+        return self.env._now
+
+    def at(self, delay: float, fn: Callback, arg: Any = None) -> None:
+        """Run fn(arg) `delay` seconds from now (delay >= 0)."""
+        event = Event(self.env)
+        event._ok = True
+        event._value = (fn, arg)
+        event.callbacks.append(_dispatch)
+        self._schedule(event, NORMAL, delay)
+        self.events += 1
+
+    def run(self, until: float) -> None:
+        if until > self.env._now:
+            self.env.run(until=until)
+
+    def idle(self) -> bool:
+        """No event left to process."""
+        return self.env.peek() == float("inf")
+
+
+class Station:
+    """`servers` FIFO servers; `enter(t, s)` returns when a job arriving at t starts service.
+
+    Jobs must enter in order of their arrival time t (call it from an event at time t).
+    """
+
+    __slots__ = ("servers", "_free", "_next", "busy_s", "jobs", "wait_s")
+
+    def __init__(self, servers: int) -> None:
+        if servers < 1:
+            raise ValueError("a station needs at least one server")
+        self.servers = servers
+        self._free = [0.0] * servers  # heap of the times each server becomes free (servers > 1)
+        self._next = 0.0  # the single server's free time (servers == 1)
+        self.busy_s = 0.0
+        self.jobs = 0
+        self.wait_s = 0.0
+
+    def enter(self, t: float, service: float) -> float:
+        self.busy_s += service
+        self.jobs += 1
+        if self.servers == 1:
+            start = self._next if self._next > t else t
+            self._next = start + service
+        else:
+            free = self._free[0]
+            start = free if free > t else t
+            heapq.heapreplace(self._free, start + service)
+        self.wait_s += start - t
+        return start
+
+    def hold_until(self, t: float) -> None:
+        """Single server: keep it busy until t (a lock held past its own work, e.g. automine)."""
+        if t > self._next:
+            self.busy_s += t - self._next
+            self._next = t
+
+    @property
+    def free_at(self) -> float:
+        return self._next if self.servers == 1 else self._free[0]
+
+
+class Pool:
+    """A counting semaphore with FIFO waiters: `acquire(fn, arg)` runs fn(arg) once a slot is free."""
+
+    __slots__ = ("size", "free", "waiting", "peak_waiting")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.free = size
+        self.waiting: deque[tuple[Callback, Any]] = deque()
+        self.peak_waiting = 0
+
+    def acquire(self, fn: Callback, arg: Any) -> None:
+        if self.free:
+            self.free -= 1
+            fn(arg)
+        else:
+            self.waiting.append((fn, arg))
+            if len(self.waiting) > self.peak_waiting:
+                self.peak_waiting = len(self.waiting)
+
+    def release(self) -> None:
+        if self.waiting:
+            fn, arg = self.waiting.popleft()
+            fn(arg)
+        else:
+            self.free += 1

@@ -1,0 +1,247 @@
+"""The facilitator: verify and settle service times, per strategy, on one process's resources.
+
+Resources: one CPU (`Calibration.facilitator_cores` servers; a Python process and its
+GIL is one), an optional handler pool (the SDK facilitator's 40 threads, each /settle
+holding its thread until the receipt), and one lane per signer key whose nonce lock is
+held while a tx is signed and sent (so a key pushes at most 1/submit_s txs per second).
+
+Flows (times are what the strategy's `StrategyTiming` says):
+  /verify: [thread] -> CPU verify_cpu -> RPC verify_io -> answer
+  /settle: accept -> [thread] -> CPU settle_cpu -> RPC settle_io ->
+      sdk/sync/pipelined: the least busy lane signs and sends one tx
+      batched: into the batch, sent as one tx when max_size is reached or max_age_s passed
+  and answers after the receipt ("included", x402's default flow), after the send
+  ("submitted"), or at once ("accepted"). Receipts are seen by one watcher polling every
+  receipt_poll_s ("watcher") or by each /settle polling from its own send ("poll", web3).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import TYPE_CHECKING
+
+from sim.calibration import Calibration
+from sim.chain import Chain, Tx
+from sim.dists import sampler, stream
+from sim.engine import Clock, Pool, Station
+from sim.store import FAILED, SETTLED
+from x402bench.scenario import Scenario
+
+if TYPE_CHECKING:
+    from sim.world import Req, World
+
+#: The SDK facilitator refuses an authorization whose validBefore is less than this far away.
+VALID_BEFORE_BUFFER_S = 6.0
+ERR_VALID_BEFORE = 1
+
+
+class Facilitator:
+    def __init__(self, clock: Clock, scenario: Scenario, cal: Calibration, world: "World") -> None:
+        self.clock = clock
+        self.world = world
+        strategy = scenario.facilitator.strategy
+        self.strategy = strategy
+        timing = cal.strategy(strategy)
+        seed = scenario.seed
+        self.threads = Pool(timing.threads) if timing.threads else None
+        self.cpu = Station(cal.facilitator_cores)
+        self.verify_cpu = sampler(timing.verify_cpu_s, stream(seed, "fac.verify_cpu"))
+        self.verify_io = sampler(timing.verify_io_s, stream(seed, "fac.verify_io"))
+        self.settle_cpu = sampler(timing.settle_cpu_s, stream(seed, "fac.settle_cpu"))
+        self.settle_io = sampler(timing.settle_io_s, stream(seed, "fac.settle_io"))
+        self.submit = sampler(timing.submit_s, stream(seed, "fac.submit"))
+        self.hop = sampler(cal.network.hop_s, stream(seed, "net.hop"))
+        self.answer_after = timing.answer_after
+        self.poll_each = timing.receipt == "poll"
+        self.poll_s = timing.receipt_poll_s or scenario.facilitator.receipt_poll_s
+        phase_rng = stream(seed, "fac.phase")
+        self.watch_phase = float(phase_rng.random()) * self.poll_s
+        self.receipt_delay = cal.chain.receipt_delay_s
+        self.receipt_at_block = cal.t_included == "block"
+        keys = scenario.facilitator.signer_keys
+        self.lanes = [Station(1) for _ in range(keys)]
+        self.in_flight = [0] * keys
+        self._turn = itertools.cycle(range(keys))
+        gas = cal.gas
+        self.gas = gas
+        self.new_payee = [not gas.payees_prefunded] * len(scenario.services)
+        self.batched = strategy == "batched"
+        batch = scenario.facilitator.batch
+        self.batch_size = batch.max_size if (self.batched and batch) else 1
+        self.batch_age = batch.max_age_s if (self.batched and batch) else 0.0
+        self._batch: list[Req] = []
+        self._batch_gen = 0
+        phase = cal.chain.block_phase_s
+        if phase is None and scenario.chain.block_time_s:
+            phase = float(phase_rng.random()) * scenario.chain.block_time_s
+        self.chain = Chain(clock, scenario, cal, phase or 0.0, self._included)
+        if self.batched:
+            worst = gas.batch_fixed + self.batch_size * (gas.batch_per_item + gas.batch_new_recipient_extra)
+            if worst > scenario.chain.gas_limit:
+                raise ValueError(f"a full batch of {self.batch_size} may need {worst} gas, over the block gas limit "
+                                 f"{scenario.chain.gas_limit}: lower facilitator.batch.max_size")
+
+    # ---- /verify -------------------------------------------------------------------------
+
+    def on_verify(self, r: "Req") -> None:
+        """A /verify request arrives (now)."""
+        if self.clock.now + VALID_BEFORE_BUFFER_S > r.valid_before:
+            self.clock.at(self.hop(), self.world.rejected, (r, ERR_VALID_BEFORE))
+        elif self.threads is None:
+            self._verify(r)
+        else:
+            self.threads.acquire(self._verify, r)
+
+    def _verify(self, r: "Req") -> None:
+        now = self.clock.now
+        cpu = self.verify_cpu()
+        done = self.cpu.enter(now, cpu) + cpu + self.verify_io()
+        if self.threads is None:
+            self.clock.at(done - now + self.hop(), self.world.after_verify, r)
+        else:
+            self.clock.at(done - now, self._verify_release, r)
+
+    def _verify_release(self, r: "Req") -> None:
+        self.threads.release()  # type: ignore[union-attr]
+        self.clock.at(self.hop(), self.world.after_verify, r)
+
+    # ---- /settle -------------------------------------------------------------------------
+
+    def on_settle(self, r: "Req") -> None:
+        """A /settle request arrives (now): the payment is accepted for settlement."""
+        now = self.clock.now
+        if now + VALID_BEFORE_BUFFER_S > r.valid_before:
+            self.clock.at(self.hop(), self.world.rejected, (r, ERR_VALID_BEFORE))
+            return
+        r.row = self.world.settlements.accept(r.seq, r.agent, r.route, r.amount, now)
+        if self.threads is None:
+            self._settle(r)
+        else:
+            self.threads.acquire(self._settle, r)
+
+    def _settle(self, r: "Req") -> None:
+        now = self.clock.now
+        cpu = self.settle_cpu()
+        ready = self.cpu.enter(now, cpu) + cpu + self.settle_io()
+        if self.answer_after == "accepted":
+            self._answer(r, ready)
+        self.clock.at(ready - now, self._batch_add if self.batched else self._send_one, r)
+
+    def _send_one(self, r: "Req") -> None:
+        route = r.route
+        if self.new_payee[route]:
+            self.new_payee[route] = False
+            gas = self.gas.transfer_new
+        else:
+            gas = self.gas.transfer_existing
+        self._send([r], gas)
+
+    def _batch_add(self, r: "Req") -> None:
+        batch = self._batch
+        batch.append(r)
+        if len(batch) >= self.batch_size:
+            self._flush()
+        elif len(batch) == 1:
+            self.clock.at(self.batch_age, self._batch_timer, self._batch_gen)
+
+    def _batch_timer(self, generation: int) -> None:
+        if generation == self._batch_gen and self._batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        self._batch_gen += 1
+        g = self.gas
+        gas = g.batch_fixed + len(batch) * g.batch_per_item
+        for r in batch:
+            if self.new_payee[r.route]:
+                self.new_payee[r.route] = False
+                gas += g.batch_new_recipient_extra
+        self._send(batch, gas)
+
+    def _pick_lane(self) -> int:
+        """The lane with the fewest txs in flight, ties in turn (as the live LanePool)."""
+        start = next(self._turn)
+        flights = self.in_flight
+        n = len(flights)
+        best = start
+        for k in range(1, n):
+            i = (start + k) % n
+            if flights[i] < flights[best]:
+                best = i
+        return best
+
+    def _send(self, requests: list["Req"], gas: int) -> None:
+        now = self.clock.now
+        lane = self._pick_lane()
+        self.in_flight[lane] += 1
+        submit = self.submit()
+        station = self.lanes[lane]
+        sent = station.enter(now, submit) + submit
+        tx_id = self.world.txs.new(gas, len(requests))
+        tx = Tx(tx_id, gas, lane, sent, requests)
+        for r in requests:
+            r.tx = tx_id
+        returned = self.chain.send(tx)  # with automine the send returns once mined: the lock is held till then
+        if returned > sent:
+            station.hold_until(returned)
+        if self.answer_after == "submitted":
+            for r in requests:
+                self._answer(r, returned)
+        if self.chain.mining != "auto":
+            cols = self.world.settlements
+            for r in requests:
+                cols.t_submitted[r.row] = returned
+
+    def _included(self, tx: Tx, block_time: float, number: int) -> None:
+        self.in_flight[tx.lane] -= 1
+        self.world.txs.block[tx.id] = number
+        ready = block_time + self.receipt_delay
+        if self.poll_each:
+            start = tx.t_sent
+            seen = start + math.ceil(max(0.0, ready - start) / self.poll_s - 1e-9) * self.poll_s
+        else:
+            phase = self.watch_phase
+            seen = phase + math.ceil((ready - phase) / self.poll_s - 1e-9) * self.poll_s
+        t_included = block_time if self.receipt_at_block else seen
+        cols = self.world.settlements
+        for r in tx.requests:
+            row = r.row
+            if self.chain.mining == "auto":
+                cols.t_submitted[row] = block_time
+            cols.t_included[row] = t_included
+            cols.state[row] = SETTLED
+            cols.tx[row] = tx.id
+        if self.answer_after == "included":
+            for r in tx.requests:
+                self._answer(r, seen)
+
+    def _answer(self, r: "Req", t: float) -> None:
+        """/settle answers at t (>= now); the service hears it one hop later."""
+        if self.threads is None:
+            self.world.finish(r, t + self.hop())
+        else:
+            self.clock.at(t - self.clock.now, self._settle_release, r)
+
+    def _settle_release(self, r: "Req") -> None:
+        self.threads.release()  # type: ignore[union-attr]
+        self.world.finish(r, self.clock.now + self.hop())
+
+    def fail_pending(self) -> int:
+        """At the end: payments never included stay pending; count them."""
+        cols = self.world.settlements
+        return sum(1 for s in cols.state if s not in (SETTLED, FAILED))
+
+    def stats(self, elapsed: float) -> dict[str, float]:
+        span = max(elapsed, 1e-9)
+        out = {
+            "cpu_utilization": self.cpu.busy_s / (span * self.cpu.servers),
+            "cpu_mean_wait_s": self.cpu.wait_s / max(1, self.cpu.jobs),
+            "lane_utilization_max": max(l.busy_s for l in self.lanes) / span,
+            "txs": sum(l.jobs for l in self.lanes),
+        }
+        if self.threads is not None:
+            out["threads"] = self.threads.size
+            out["threads_peak_waiting"] = self.threads.peak_waiting
+        return out

@@ -1,0 +1,205 @@
+"""Run the model of one scenario and hand back the same records and summary a live run gives.
+
+`run_sim` is pure (no files): scenario + calibration + options in, records and the
+reconciliation/meta blocks out, identical for the same inputs. `simulate` adds the run
+folder through the shared results module, so sim and load runs compare side by side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from sim.agents import DRIVERS, Stopper
+from sim.calibration import Calibration, default_calibration
+from sim.engine import Clock
+from sim.store import FAILED, PENDING, SETTLED, RequestView, SettlementView
+from sim.world import World
+from x402bench.results.records import RequestRecord, SettlementRecord
+from x402bench.scenario import Scenario
+
+Driver = Literal["open", "locust"]
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    """Command-line overrides and how the sim runs (not part of the world)."""
+
+    agents: int | None = None
+    duration_s: float | None = None
+    seed: int | None = None
+    driver: Driver = "open"
+    drain_s: float = 600.0  # most simulated seconds to let in-flight payments finish after arrivals stop
+
+
+@dataclass
+class SimResult:
+    scenario: Scenario  # with the overrides applied: what really ran
+    requests: RequestView
+    settlements: SettlementView
+    reconciliation: dict[str, Any]
+    meta: dict[str, Any]  # deterministic: goes into summary.json
+    perf: dict[str, float] = field(default_factory=dict)  # wall clock figures: printed, never in summary.json
+
+    @property
+    def paid(self) -> int:
+        return int(np.count_nonzero(np.frombuffer(self.requests.cols.status, dtype=np.uint16) == 200))
+
+
+def effective_scenario(scenario: Scenario, options: SimOptions) -> Scenario:
+    """The scenario with the options' overrides, so the summary records what was simulated."""
+    sections: dict[str, Any] = {}
+    if options.agents is not None:
+        sections["agents"] = {"count": options.agents}
+    if options.duration_s is not None:
+        sections["run"] = {"duration_s": options.duration_s}
+    if options.seed is not None:
+        sections["seed"] = options.seed
+    return scenario.with_overrides(**sections) if sections else scenario
+
+
+def run_sim(scenario: Scenario, calibration: Calibration | None = None, options: SimOptions = SimOptions()) -> SimResult:
+    """Simulate the scenario: arrivals until run.duration_s, then drain in-flight payments."""
+    scenario = effective_scenario(scenario, options)
+    cal = calibration or default_calibration()
+    wall0 = time.perf_counter()
+    clock = Clock()
+    world = World(clock, scenario, cal, scenario.agents.count, loadgen=options.driver == "locust")
+    duration = scenario.run.duration_s
+    driver = DRIVERS[options.driver](clock, world, scenario, Stopper(world, duration, scenario.run.max_requests))
+    world.driver = driver
+    driver.start()
+    clock.run(duration)
+    fac = world.facilitator
+    chain = fac.chain
+    limit = duration + options.drain_s
+    step = max(1.0, scenario.chain.block_time_s or 0.0)
+    t = duration
+    while t < limit and (world.in_flight or chain.pending or fac._batch):
+        t = min(limit, t + step)
+        clock.run(t)
+    chain.stop()
+    end = clock.now
+    wall = time.perf_counter() - wall0
+
+    order = _request_order(world)
+    requests = RequestView(world.requests, world.routes, order)
+    gas_price_wei = int(round(scenario.economics.gas_price_gwei * 1e9))
+    settlements = SettlementView(world.settlements, world.txs, gas_price_wei)
+    reconciliation = _reconcile(world)
+    paid = reconciliation["paid_responses"]
+    meta = {
+        "seed": scenario.seed,
+        "duration_s": duration,
+        "run_id": None,
+        "started_at": None,
+        "cpu": {"seconds": {"facilitator": fac.cpu.busy_s, "services": world.svc_cpu.busy_s,
+                            **({"loadgen": world.loadgen.busy_s} if world.loadgen else {})}},
+        "agents_broke": world.broke_count,
+        "agents_broke_first_s": world.broke_first_t if world.broke_count else None,
+        "sim": {
+            "driver": options.driver,
+            "agents": scenario.agents.count,
+            "calibration": cal.source,
+            "calibration_sha256": _digest(cal.model_dump_json()),
+            "started_requests": world.started,
+            "unfinished_requests": world.in_flight,
+            "simulated_s": end,
+            "events": clock.events,
+            "chain": chain.stats(),
+            "facilitator": fac.stats(end),
+            "service_cpu_utilization": world.svc_cpu.busy_s / max(end, 1e-9) / world.svc_cpu.servers,
+            "route_wait_s": {world.routes[i]: (g.wait_s / g.jobs if g and g.jobs else 0.0)
+                             for i, g in enumerate(world.gates)},
+        },
+    }
+    perf = {"wall_s": wall, "paid": paid, "paid_per_wall_s": paid / wall if wall > 0 else 0.0,
+            "events": clock.events, "events_per_wall_s": clock.events / wall if wall > 0 else 0.0}
+    return SimResult(scenario, requests, settlements, reconciliation, meta, perf)
+
+
+def _request_order(world: World) -> list[int]:
+    """Records sorted by (t_start, agent), as the live runner sorts them."""
+    cols = world.requests
+    if not len(cols):
+        return []
+    t = np.frombuffer(cols.t_start, dtype=np.float64)
+    agent = np.frombuffer(cols.agent, dtype=np.int64 if cols.agent.itemsize == 8 else np.int32)
+    return np.lexsort((agent, t)).tolist()
+
+
+def _reconcile(world: World) -> dict[str, Any]:
+    """The sim's ground truth in the live reconciliation's terms."""
+    rq, st = world.requests, world.settlements
+    status = np.frombuffer(rq.status, dtype=np.uint16)
+    seq = np.frombuffer(rq.seq, dtype=np.int64)
+    amount = np.frombuffer(rq.amount, dtype=np.int64)
+    served = status == 200
+    served_seq = seq[served]
+    s_state = np.frombuffer(st.state, dtype=np.uint8)
+    s_seq = np.frombuffer(st.seq, dtype=np.int64)
+    s_amount = np.frombuffer(st.amount, dtype=np.int64)
+    settled_mask = s_state == SETTLED
+    settled_seq = s_seq[settled_mask]
+    lost = np.setdiff1d(served_seq, settled_seq)
+    not_served = np.setdiff1d(settled_seq, served_seq)
+    settled_amount = int(s_amount[settled_mask].sum())
+    return {
+        "paid_responses": int(served.sum()),
+        "settled": int(settled_mask.sum()),
+        "ledger_settled": int(settled_mask.sum()),
+        "pending": int(np.count_nonzero(s_state == PENDING)),
+        "failed": int(np.count_nonzero(s_state == FAILED)),
+        "lost": int(lost.size),
+        "lost_nonces": [f"0x{int(x):064x}" for x in lost[:20]],
+        "double_settled": 0,  # the model settles each accepted payment once by construction
+        "settled_not_served": int(not_served.size),
+        "payee_balance_delta": settled_amount,
+        "payee_transfers_in": settled_amount,
+        "expected_payee_delta": int(amount[served].sum()),
+    }
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sim_run_id(scenario: Scenario, cal: Calibration, options: SimOptions) -> str:
+    """Content-addressed: the same inputs give the same id, hence the same folder and summary."""
+    key = json.dumps([scenario.model_dump(mode="json"), cal.model_dump(mode="json"), options.driver,
+                      options.drain_s], sort_keys=True)
+    return f"sim-s{scenario.seed}-{_digest(key)[:10]}"
+
+
+def build_sim_summary(result: SimResult) -> dict[str, Any]:
+    from x402bench.results.summary import build_summary
+
+    requests: Any = result.requests
+    settlements: Any = result.settlements
+    return build_summary(result.scenario, requests, settlements, result.reconciliation, "sim", result.meta)
+
+
+def simulate(scenario: Scenario, calibration: Calibration | None = None, options: SimOptions = SimOptions(),
+             out_root: Path | str = "results", run_id: str | None = None) -> tuple[Path, dict[str, Any], SimResult]:
+    """run_sim, then summary.json, CSVs, plots and report.html under out_root/<scenario>/<run id>/."""
+    from x402bench.results.rundir import write_run
+
+    cal = calibration or default_calibration()
+    result = run_sim(scenario, cal, options)
+    run_id = run_id or sim_run_id(result.scenario, cal, options)
+    result.meta["run_id"] = run_id
+    summary = build_sim_summary(result)
+    requests: Any = result.requests
+    settlements: Any = result.settlements
+    run_dir = write_run(Path(out_root), result.scenario.name, run_id, summary, requests, settlements)
+    return run_dir, summary, result
+
+
+__all__ = ["SimOptions", "SimResult", "run_sim", "simulate", "effective_scenario", "build_sim_summary",
+           "sim_run_id", "RequestRecord", "SettlementRecord"]

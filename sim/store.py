@@ -1,0 +1,187 @@
+"""Records kept as columns, handed out as RequestRecord / SettlementRecord on demand.
+
+A simulated hour of 100,000 agents is millions of payments; as Python objects (boxed
+floats, 66-character hex strings) they would take about a kilobyte each. Columns of
+machine numbers take about 150 bytes, and the hex identities (nonce, payer, tx hash)
+are derived from indices only when a record is read.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterator, Sequence
+from typing import overload
+
+from x402bench.results.records import RequestRecord, SettlementRecord
+
+#: Error codes the sim can produce, stored as a small index.
+ERRORS = ["", "invalid_exact_evm_payload_authorization_valid_before", "transaction_failed"]
+STATES = ["pending", "settled", "failed"]
+PENDING, SETTLED, FAILED = 0, 1, 2
+
+
+def nonce_hex(seq: int) -> str:
+    return f"0x{seq:064x}"
+
+
+def address_hex(kind: int, index: int) -> str:
+    """Fake but well-formed addresses: kind 0xa = agent, 0xb = payee."""
+    return f"0x{kind:x}{index:039x}"
+
+
+def tx_hex(tx_id: int) -> str:
+    return f"0x{0xfeed:04x}{tx_id:060x}"
+
+
+class RequestColumns:
+    """One row per finished request attempt."""
+
+    def __init__(self) -> None:
+        self.t_start = array("d")
+        self.t_end = array("d")
+        self.challenge = array("d")
+        self.sign = array("d")
+        self.paid = array("d")
+        self.verify = array("d")
+        self.handler = array("d")
+        self.settle = array("d")
+        self.route = array("H")
+        self.agent = array("l")
+        self.status = array("H")
+        self.error = array("B")
+        self.amount = array("q")
+        self.seq = array("q")
+        self.tx = array("q")
+
+    def __len__(self) -> int:
+        return len(self.t_start)
+
+
+class SettlementColumns:
+    """One row per payment the facilitator accepted (row index = acceptance order)."""
+
+    def __init__(self) -> None:
+        self.seq = array("q")
+        self.agent = array("l")
+        self.payee = array("H")
+        self.amount = array("q")
+        self.t_accepted = array("d")
+        self.t_submitted = array("d")
+        self.t_included = array("d")
+        self.state = array("B")
+        self.tx = array("q")
+        self.error = array("B")
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def accept(self, seq: int, agent: int, payee: int, amount: int, t: float) -> int:
+        row = len(self.seq)
+        self.seq.append(seq)
+        self.agent.append(agent)
+        self.payee.append(payee)
+        self.amount.append(amount)
+        self.t_accepted.append(t)
+        self.t_submitted.append(-1.0)
+        self.t_included.append(-1.0)
+        self.state.append(PENDING)
+        self.tx.append(-1)
+        self.error.append(0)
+        return row
+
+
+class TxColumns:
+    """One row per settlement tx (row index = tx id)."""
+
+    def __init__(self) -> None:
+        self.block = array("q")
+        self.gas = array("q")
+        self.size = array("l")
+
+    def new(self, gas: int, size: int) -> int:
+        self.block.append(-1)
+        self.gas.append(gas)
+        self.size.append(size)
+        return len(self.gas) - 1
+
+
+class RequestView(Sequence[RequestRecord]):
+    """Request records in (t_start, agent) order, built on access."""
+
+    def __init__(self, cols: RequestColumns, routes: list[str], order: Sequence[int]) -> None:
+        self.cols = cols
+        self.routes = routes
+        self.order = order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def _make(self, i: int) -> RequestRecord:
+        c = self.cols
+        status = c.status[i]
+        tx = c.tx[i]
+        return RequestRecord(
+            t_start=c.t_start[i], t_end=c.t_end[i], route=self.routes[c.route[i]], agent=c.agent[i], status=status,
+            error=ERRORS[c.error[i]], challenge_s=c.challenge[i], sign_s=c.sign[i], paid_s=c.paid[i],
+            verify_s=c.verify[i], handler_s=c.handler[i], settle_s=c.settle[i], amount=c.amount[i],
+            payer=address_hex(0xA, c.agent[i]), nonce=nonce_hex(c.seq[i]), tx_hash=tx_hex(tx) if tx >= 0 else "",
+        )
+
+    @overload
+    def __getitem__(self, index: int) -> RequestRecord: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[RequestRecord]: ...
+
+    def __getitem__(self, index: int | slice) -> RequestRecord | list[RequestRecord]:
+        if isinstance(index, slice):
+            return [self._make(i) for i in self.order[index]]
+        return self._make(self.order[index])
+
+    def __iter__(self) -> Iterator[RequestRecord]:
+        make = self._make
+        for i in self.order:
+            yield make(i)
+
+
+class SettlementView(Sequence[SettlementRecord]):
+    """Settlement records in acceptance order, built on access."""
+
+    def __init__(self, cols: SettlementColumns, txs: TxColumns, gas_price_wei: int) -> None:
+        self.cols = cols
+        self.txs = txs
+        self.gas_price_wei = gas_price_wei
+
+    def __len__(self) -> int:
+        return len(self.cols)
+
+    def _make(self, i: int) -> SettlementRecord:
+        c = self.cols
+        tx = c.tx[i]
+        t = self.txs
+        return SettlementRecord(
+            nonce=nonce_hex(c.seq[i]), payer=address_hex(0xA, c.agent[i]), payee=address_hex(0xB, c.payee[i]),
+            amount=c.amount[i], t_accepted=c.t_accepted[i], t_submitted=c.t_submitted[i],
+            t_included=c.t_included[i], state=STATES[c.state[i]], tx_hash=tx_hex(tx) if tx >= 0 else "",
+            block_number=t.block[tx] if tx >= 0 else -1, gas_used=t.gas[tx] if tx >= 0 else 0,
+            effective_gas_price=self.gas_price_wei if tx >= 0 else 0, batch_size=t.size[tx] if tx >= 0 else 1,
+            error=ERRORS[c.error[i]],
+        )
+
+    @overload
+    def __getitem__(self, index: int) -> SettlementRecord: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[SettlementRecord]: ...
+
+    def __getitem__(self, index: int | slice) -> SettlementRecord | list[SettlementRecord]:
+        if isinstance(index, slice):
+            return [self._make(i) for i in range(len(self))[index]]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self._make(index)
+
+    def __iter__(self) -> Iterator[SettlementRecord]:
+        make = self._make
+        for i in range(len(self)):
+            yield make(i)

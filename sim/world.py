@@ -1,0 +1,196 @@
+"""One paid request's journey, and the service that sells it.
+
+client: [402 round trip unless cached] -> sign -> half a round trip ->
+service: middleware CPU -> /verify -> route worker (queue, work) -> /settle ->
+client: half a round trip back. The facilitator and the chain are in their own modules.
+
+Only arrivals at a contended resource are events; pure delays are added up, and FIFO
+queues are resolved at arrival (sim/engine.py), so a payment costs a handful of events.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from sim.calibration import Calibration, Dist
+from sim.dists import sampler, stream
+from sim.engine import Clock, Station
+from sim.facilitator import Facilitator
+from sim.store import FAILED, RequestColumns, SettlementColumns, TxColumns
+from x402bench.scenario import Duration, Scenario
+
+MS = 0.001
+
+
+class Driver(Protocol):
+    def done(self, r: "Req", t_end: float) -> None: ...
+
+
+class Req:
+    """A request in flight (agent, route, and the times its record needs)."""
+
+    __slots__ = ("seq", "agent", "route", "amount", "user", "t0", "challenge", "sign", "t_send", "half",
+                 "valid_before", "t_verify", "verify", "handler", "t_settle", "row", "tx")
+
+    def __init__(self, seq: int, agent: int, route: int, amount: int, user: Any, t0: float) -> None:
+        self.seq = seq
+        self.agent = agent
+        self.route = route
+        self.amount = amount
+        self.user = user
+        self.t0 = t0
+        self.row = -1
+        self.tx = -1
+        self.verify = -1.0
+        self.handler = 0.0
+        self.t_settle = -1.0
+
+
+class World:
+    """Agents' wallets, the service, the facilitator and the chain of one scenario."""
+
+    def __init__(self, clock: Clock, scenario: Scenario, cal: Calibration, agents: int, loadgen: bool) -> None:
+        self.clock = clock
+        self.scenario = scenario
+        seed = scenario.seed
+        a = scenario.agents
+        self.routes = [s.name for s in scenario.services]
+        self.prices = [scenario.price_atomic(s) for s in scenario.services]
+        self.weights = [scenario.mix_weights()[n] for n in self.routes]
+        self.agents = agents
+        cap_usdc = min(a.funding_usdc, a.budget_usdc) if a.budget_usdc is not None else a.funding_usdc
+        self.cap = int(round(cap_usdc * 10**scenario.token.decimals))
+        self.spent = [0] * agents
+        self.broke = bytearray(agents)
+        self.broke_count = 0
+        self.broke_first_t = -1.0
+        self.cached = bytearray(agents * len(self.routes)) if a.cache_requirements else None
+        rtt = cal.network.rtt_s
+        self.rtt = sampler(rtt, stream(seed, "net.rtt")) if rtt else sampler(_ms(a.rtt_ms), stream(seed, "net.rtt"))
+        sign = cal.client.sign_s
+        self.sign = sampler(sign, stream(seed, "client.sign")) if sign else sampler(_ms(a.sign_ms), stream(seed, "client.sign"))
+        self.loadgen = Station(cal.client.cores) if loadgen else None
+        self.loadgen_cpu = sampler(cal.client.cpu_s, stream(seed, "client.cpu"))
+        self.svc_cpu = Station(cal.service.cores)
+        self.svc_cpu_s = sampler(cal.service.cpu_s, stream(seed, "svc.cpu"))
+        self.challenge_cpu = sampler(cal.service.challenge_cpu_s, stream(seed, "svc.challenge"))
+        self.gates = [Station(s.workers) if s.workers else None for s in scenario.services]
+        self.work = [sampler(_ms(s.work_ms), stream(seed, f"svc.work.{s.name}")) for s in scenario.services]
+        self.max_timeout = cal.max_timeout_s
+        self.requests = RequestColumns()
+        self.settlements = SettlementColumns()
+        self.txs = TxColumns()
+        self.started = 0
+        self.in_flight = 0
+        self.driver: Driver | None = None
+        self.facilitator = Facilitator(clock, scenario, cal, self)
+        self.hop = self.facilitator.hop
+
+    # ---- the client -------------------------------------------------------------------------
+
+    def start(self, agent: int, route: int, user: Any = None) -> bool:
+        """Agent pays for one request of `route` now; False (and broke) when it cannot afford it."""
+        price = self.prices[route]
+        spent = self.spent[agent]
+        if spent + price > self.cap:
+            if not self.broke[agent]:
+                self.broke[agent] = 1
+                self.broke_count += 1
+                if self.broke_first_t < 0:
+                    self.broke_first_t = self.clock.now
+            return False
+        self.spent[agent] = spent + price
+        now = self.clock.now
+        r = Req(self.started, agent, route, price, user, now)
+        self.started += 1
+        self.in_flight += 1
+        challenge = 0.0
+        cached = self.cached
+        if cached is None:
+            challenge = self.rtt() + self.challenge_cpu()
+        else:
+            key = agent * len(self.prices) + route
+            if not cached[key]:
+                cached[key] = 1
+                challenge = self.rtt() + self.challenge_cpu()
+        sign = self.sign()
+        t_send = now + challenge + sign
+        if self.loadgen is not None:
+            cpu = sign + self.loadgen_cpu()
+            t_send = self.loadgen.enter(now, cpu) + cpu + challenge
+        half = self.rtt() * 0.5
+        r.challenge = challenge
+        r.sign = sign
+        r.t_send = t_send
+        r.half = half
+        r.valid_before = t_send + self.max_timeout
+        self.clock.at(t_send + half - now, self.at_service, r)
+        return True
+
+    # ---- the service --------------------------------------------------------------------------
+
+    def at_service(self, r: Req) -> None:
+        """The paid request reaches the service: middleware CPU, then /verify."""
+        now = self.clock.now
+        cpu = self.svc_cpu_s()
+        sent = self.svc_cpu.enter(now, cpu) + cpu
+        r.t_verify = sent
+        self.clock.at(sent - now + self.hop(), self.facilitator.on_verify, r)
+
+    def after_verify(self, r: Req) -> None:
+        """The verify answer is back: run the route (queueing for a worker), then /settle."""
+        now = self.clock.now
+        r.verify = now - r.t_verify
+        work = self.work[r.route]()
+        gate = self.gates[r.route]
+        end = (gate.enter(now, work) if gate is not None else now) + work
+        r.handler = end - now
+        r.t_settle = end
+        self.clock.at(end - now + self.hop(), self.facilitator.on_settle, r)
+
+    def finish(self, r: Req, t_service: float) -> None:
+        """The settle answer reaches the service at t_service (>= now): the client gets its 200."""
+        t_end = t_service + r.half
+        self._record(r, t_end, 200, 0, verify=r.verify, handler=r.handler, settle=t_service - r.t_settle,
+                     amount=r.amount, tx=r.tx)
+
+    def rejected(self, arg: tuple[Req, int]) -> None:
+        """A facilitator refusal reaches the service now: the client gets a 402 with the reason."""
+        r, error = arg
+        now = self.clock.now
+        self.spent[r.agent] -= r.amount
+        if r.row >= 0:
+            self.settlements.state[r.row] = FAILED
+            self.settlements.error[r.row] = error
+        if r.t_settle < 0:  # refused at /verify
+            verify, settle = now - r.t_verify, 0.0
+        else:
+            verify, settle = r.verify, now - r.t_settle
+        self._record(r, now + r.half, 402, error, verify=verify, handler=r.handler, settle=settle, amount=0, tx=-1)
+
+    def _record(self, r: Req, t_end: float, status: int, error: int, verify: float, handler: float,
+                settle: float, amount: int, tx: int) -> None:
+        c = self.requests
+        c.t_start.append(r.t0)
+        c.t_end.append(t_end)
+        c.challenge.append(r.challenge)
+        c.sign.append(r.sign)
+        c.paid.append(t_end - r.t_send)
+        c.verify.append(verify)
+        c.handler.append(handler)
+        c.settle.append(settle)
+        c.route.append(r.route)
+        c.agent.append(r.agent)
+        c.status.append(status)
+        c.error.append(error)
+        c.amount.append(amount)
+        c.seq.append(r.seq)
+        c.tx.append(tx)
+        self.in_flight -= 1
+        if self.driver is not None:
+            self.driver.done(r, t_end)
+
+
+def _ms(duration: Duration) -> Dist:
+    """A scenario Duration (milliseconds) as a calibration Dist (seconds)."""
+    return Dist(median=duration.median * MS, p99=None if duration.p99 is None else duration.p99 * MS)
