@@ -10,8 +10,6 @@ from rich.console import Console
 from rich.table import Table
 
 from x402bench.cli import app
-from x402bench.results.compare import compare_runs
-from x402bench.results.rundir import RunDirError, rebuild_report
 
 out = Console()
 err = Console(stderr=True)
@@ -37,6 +35,8 @@ def _cell(value: Any) -> str:
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="A run folder: results/<scenario>/<run-id>/")) -> None:
     """Rebuild the plots and report.html of a run folder from its summary.json and CSVs."""
+    from x402bench.results.rundir import RunDirError, rebuild_report  # matplotlib only when needed
+
     try:
         path = rebuild_report(run_dir)
     except RunDirError as exc:
@@ -48,6 +48,9 @@ def report(run_dir: Path = typer.Argument(..., help="A run folder: results/<scen
 def compare(run_a: Path = typer.Argument(..., help="Baseline run folder (A)."),
             run_b: Path = typer.Argument(..., help="Run folder to compare with it (B).")) -> None:
     """Key metrics of two runs (load or sim) side by side, with the ratio B/A."""
+    from x402bench.results.compare import compare_runs
+    from x402bench.results.rundir import RunDirError
+
     try:
         label_a, label_b, rows = compare_runs(run_a, run_b)
     except RunDirError as exc:

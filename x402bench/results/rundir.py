@@ -11,9 +11,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from x402bench.results.plots import render_plots
 from x402bench.results.records import RequestRecord, SettlementRecord, read_csv, write_csv
-from x402bench.results.report import render_report
 from x402bench.results.summary import summary_json
 
 SUMMARY = "summary.json"
@@ -43,6 +41,9 @@ def _window(summary: dict[str, Any]) -> tuple[float, float] | None:
 
 def _render(run_dir: Path, summary: dict[str, Any], requests: Sequence[RequestRecord],
             settlements: Sequence[SettlementRecord]) -> Path:
+    from x402bench.results.plots import render_plots  # matplotlib: only when drawing, not to read a folder
+    from x402bench.results.report import render_report
+
     plots = render_plots(run_dir, requests, settlements, _window(summary))
     report = run_dir / REPORT
     report.write_text(render_report(summary, plots), encoding="utf-8")
