@@ -323,3 +323,12 @@ def test_cli_bad_run_folder_exits_2(tmp_path: Path, run_dir: Path) -> None:
         done = cli(*args)
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         assert "error:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_results_package_imports_neither_world_nor_load_nor_sim() -> None:
+    code = ("import sys, pkgutil, importlib, x402bench.results as r\n"
+            "[importlib.import_module(f'x402bench.results.{m.name}') for m in pkgutil.iter_modules(r.__path__)]\n"
+            "print(sorted({n.split('.')[0] for n in sys.modules} & {'services', 'loadtest', 'sim', 'locust', 'simpy'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
