@@ -187,6 +187,24 @@ def test_keccak_and_checksum_agree_with_eth_utils() -> None:
         assert checksum_encode(raw) == to_checksum_address(raw) == our_checksum(raw.hex())
 
 
+def test_keccak_is_correct_under_concurrent_threads() -> None:
+    """ctypes drops the GIL inside C: each call must own its hashing state."""
+    inputs = [os.urandom(n) for n in range(1, 400)]
+    expected = [keccak(d) for d in inputs]
+    wrong: list[int] = []
+
+    def work() -> None:
+        for _ in range(20):
+            wrong.extend(i for i, d in enumerate(inputs) if keccak256(d) != expected[i])
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
+
+
 # --- agents --------------------------------------------------------------------------------
 
 

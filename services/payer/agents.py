@@ -51,9 +51,10 @@ def _public_key_function():  # noqa: ANN202
     try:
         from coincurve._libsecp256k1 import ffi, lib
         from coincurve.context import GLOBAL_CONTEXT
-    except ImportError:  # pragma: no cover - other coincurve layouts
+
+        ctx, uncompressed = GLOBAL_CONTEXT.ctx, lib.SECP256K1_EC_UNCOMPRESSED
+    except (ImportError, AttributeError):  # pragma: no cover - other coincurve layouts
         return lambda key: PublicKey.from_secret(key).format(compressed=False)[1:]
-    ctx, uncompressed = GLOBAL_CONTEXT.ctx, lib.SECP256K1_EC_UNCOMPRESSED
 
     def public_xy(key: bytes) -> bytes:
         # fresh buffers per call: safe under threads; the key was range-checked by derive_key

@@ -2,8 +2,8 @@
 
 Why not `eth_utils.keccak`: it reaches pycryptodome's C keccak through two Python layers and a
 fresh hash object per call (about 9 us for a 200-byte input here). Calling the same C library
-(`Crypto/Hash/_keccak*.so`, the only keccak in the venv) directly through ctypes with a reused,
-per-thread state costs about 1.6 us. Signing an authorization needs two keccaks and deriving an
+(`Crypto/Hash/_keccak*.so`, the only keccak in the venv) directly through ctypes with pooled,
+reused states costs about 1.6 us. Signing an authorization needs two keccaks and deriving an
 address two more, so this is most of the Python-side cost. If the library cannot be loaded the
 module falls back to eth_hash (same bytes, slower); `KECCAK_BACKEND` says which one is in use.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
-import threading
 from typing import Callable
 
 __all__ = ["KECCAK_BACKEND", "keccak256", "to_checksum_address", "checksum_encode"]
@@ -30,30 +29,36 @@ def _load_raw_keccak() -> Callable[[bytes], bytes] | None:
         init, reset, absorb, digest = lib.keccak_init, lib.keccak_reset, lib.keccak_absorb, lib.keccak_digest
     except (OSError, AttributeError, ImportError, ValueError):
         return None
-    local = threading.local()  # one state per thread (greenlets cannot interleave inside a C call)
+    # A pool of (state, output buffer) pairs: each call owns one pair for its duration. ctypes
+    # releases the GIL during C calls, so a shared state would be corrupted by two threads; the
+    # pool is also safe under gevent and never grows beyond the peak number of concurrent calls.
+    # list.pop()/append() are atomic under the GIL.
+    pool: list[tuple[ctypes.c_void_p, ctypes.Array[ctypes.c_char]]] = []
 
-    def state() -> tuple[ctypes.c_void_p, ctypes.Array[ctypes.c_char]]:
+    def fresh() -> tuple[ctypes.c_void_p, ctypes.Array[ctypes.c_char]]:
         pointer = ctypes.c_void_p()
         # capacity 64 bytes (keccak-256), 24 rounds: what Crypto.Hash.keccak.new(digest_bits=256) uses
         if init(ctypes.byref(pointer), ctypes.c_size_t(64), ctypes.c_ubyte(24)):
             raise MemoryError("keccak_init failed")
-        local.state = pair = (pointer, ctypes.create_string_buffer(32))
-        return pair
+        return pointer, ctypes.create_string_buffer(32)
 
     def keccak256(data: bytes) -> bytes:
-        try:
-            pointer, out = local.state
-        except AttributeError:
-            pointer, out = state()
         if type(data) is not bytes:
             data = bytes(data)
         size = len(data)
         if size > _MAX_LEN:
             return _slow_keccak(data)
+        try:
+            pair = pool.pop()
+        except IndexError:
+            pair = fresh()
+        pointer, out = pair
         reset(pointer)
         absorb(pointer, data, size)
         digest(pointer, out, 32, 1)  # padding 0x01: original Keccak, not SHA3's 0x06
-        return out.raw
+        result = out.raw
+        pool.append(pair)
+        return result
 
     return keccak256
 
