@@ -56,6 +56,7 @@ from services.payer.signing import SECP256K1_N, AuthorizationSigner
 NETWORK = "eip155:31337"
 TOKEN = "0x" + "ab" * 20
 PAY_TO = to_checksum_address("0x" + "cd" * 20)
+BASE = "eip155:8453"
 
 
 def requirement(**over: Any) -> dict[str, Any]:
@@ -114,6 +115,10 @@ SHAPES = {
     "other networks and flows first": required(
         requirement(network="eip155:1"), requirement(extra={"name": "T", "version": "1", "paymentFlow": "upfront"}),
         requirement(amount="77")),
+    "Base USDC, empty extra (the SDK signs with its table's domain)": required(
+        requirement(network=BASE, asset="0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913", extra={})),
+    "Base USDC, extra without a domain (the SDK also echoes it)": required(
+        requirement(network=BASE, asset="0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913", extra={"k": 1})),
 }
 
 
@@ -125,12 +130,13 @@ def test_header_is_byte_identical_to_the_sdk_client(shape: str, monkeypatch: pyt
     monkeypatch.setattr(f"{sdk_client}.create_nonce", lambda: "0x" + nonce.hex())
     monkeypatch.setattr(f"{sdk_client}.time", types.SimpleNamespace(time=lambda: now))
     client = x402Client()
-    register_exact_evm_client(client, Account.from_key(agent.key), networks=NETWORK)
+    network = SHAPES[shape]["accepts"][-1]["network"]
+    register_exact_evm_client(client, Account.from_key(agent.key), networks=network)
     client.set_spend_controls(False)
     payload = asyncio.run(client.create_payment_payload(PaymentRequired.model_validate(SHAPES[shape])))
     theirs = x402HTTPClient(client).encode_payment_signature_header(payload)["PAYMENT-SIGNATURE"]
 
-    quote = Quote.from_payment_required(SHAPES[shape], NETWORK)
+    quote = Quote.from_payment_required(SHAPES[shape], network)
     fast = sign_payment(quote, agent.signer(), nonce=nonce, now=now)
     general = sign_payment(quote, agent.signer(), nonce=nonce, now=now, tamper=Tamper())  # the dict path
     assert fast.header == theirs
@@ -255,6 +261,17 @@ def test_no_matching_requirement_says_why() -> None:
         Quote.from_payment_required(required({k: v for k, v in requirement().items() if k != "payTo"}), NETWORK)
     with pytest.raises(NoMatchingRequirements, match="asset"):
         Quote.from_payment_required(required(), NETWORK, asset="0x" + "ee" * 20)
+
+
+def test_terms_completed_from_the_sdk_table_are_not_mistaken_for_stale() -> None:
+    offer = required(requirement(network=BASE, asset="0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913", extra={"k": 1}))
+    payer = PayerCore("0x" + "22" * 32, BASE)
+    quote = payer.quote(offer)
+    assert quote.requirement["extra"] == {"k": 1, "name": "USD Coin", "version": "2"} and quote.offered["extra"] == {"k": 1}
+    refusal = {"payment-required": base64.b64encode(json.dumps({**offer, "error": "insufficient_funds"}).encode()).decode()}
+    assert not payer._stale(refusal, quote)
+    moved = {**offer, "error": "insufficient_funds", "accepts": [{**offer["accepts"][0], "amount": "5"}]}
+    assert payer._stale({"payment-required": base64.b64encode(json.dumps(moved).encode()).decode()}, quote)
 
 
 def test_server_timing_parses_to_seconds() -> None:

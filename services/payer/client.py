@@ -292,7 +292,7 @@ class PayerCore:
         # the server's current terms no longer include what we paid against
         for option in required.get("accepts", []):
             try:
-                if normalize_requirement(option) == quote.requirement:
+                if normalize_requirement(option) == quote.offered:
                     return False
             except WireError:
                 continue

@@ -231,6 +231,7 @@ class Quote:
     version: str
     separator: bytes  # EIP-712 domain separator of the token
     tail: str  # ',"accepted":{..},"resource":{..},"extensions":{..}}' as the SDK serialises it
+    offered: dict[str, Any] = field(default_factory=dict, compare=False)  # as the server sent it, normalized
     _heads: dict[str, tuple[bytes, str, str]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -247,20 +248,25 @@ class Quote:
         cls, option: dict[str, Any], resource: dict[str, Any] | None = None,
         extensions: dict[str, Any] | None = None,
     ) -> "Quote":
-        requirement = copy.deepcopy(normalize_requirement(option))
+        offered = copy.deepcopy(normalize_requirement(option))
+        requirement = copy.deepcopy(offered)
         extra = requirement["extra"]
         chain_id = chain_id_of(requirement["network"])
+        domain = extra
         if "name" not in extra:
-            # the SDK signs with (and echoes) the default-asset table's name/version then
+            # The SDK signs with the default-asset table's name/version then. It writes them into
+            # `requirements.extra or {}`: a non-empty extra is the echoed object and gains them,
+            # an empty one is a throwaway dict and the echo stays {} (quirk reproduced).
             try:
                 from x402.mechanisms.evm.utils import get_asset_info
 
                 info = get_asset_info(requirement["network"], requirement["asset"])
             except (ValueError, ImportError):
                 raise WireError("EIP-712 domain parameters (name, version) required in extra") from None
-            extra["name"] = info["name"]
-            extra["version"] = info.get("version", "1")
-        name, version = extra["name"], extra.get("version", "1")
+            domain = extra if extra else {}
+            domain["name"] = info["name"]
+            domain["version"] = info.get("version", "1")
+        name, version = domain["name"], domain.get("version", "1")
         if not isinstance(name, str) or not isinstance(version, str):
             raise WireError("extra.name and extra.version must be strings")
         try:
@@ -279,7 +285,7 @@ class Quote:
             tail += ',"resource":' + encode_json(res)
         if ext:
             tail += ',"extensions":' + encode_json(ext)
-        return cls(requirement, res, ext, chain_id, name, version, separator, tail + "}")
+        return cls(requirement, res, ext, chain_id, name, version, separator, tail + "}", offered)
 
     @property
     def amount(self) -> int:
@@ -378,7 +384,8 @@ def _sign_tampered(quote: Quote, signer: AuthorizationSigner, raw_nonce: bytes, 
         chain_id = quote.chain_id
     timeout = requirement.get("maxTimeoutSeconds")
     valid_before = now_s + ((timeout or _DEFAULT_TIMEOUT_S) if isinstance(timeout, int) else quote.timeout_s)
-    domain = {"name": extra.get("name", quote.name), "version": extra.get("version", "1"), "chainId": chain_id,
+    name, version = (extra["name"], extra.get("version", "1")) if "name" in extra else (quote.name, quote.version)
+    domain = {"name": name, "version": version, "chainId": chain_id,
               "verifyingContract": requirement.get("asset", quote.requirement["asset"])}
     authorization = {
         "from": signer.address, "to": requirement.get("payTo"), "value": requirement.get("amount"),
