@@ -98,13 +98,13 @@ class Facilitator:
         cpu = self.verify_cpu()
         done = self.cpu.enter(now, cpu) + cpu + self.verify_io()
         if self.threads is None:
-            self.clock.at(done - now + self.hop(), self.world.after_verify, r)
+            self.world.verified(r, done + self.hop())
         else:
             self.clock.at(done - now, self._verify_release, r)
 
     def _verify_release(self, r: "Req") -> None:
         self.threads.release()  # type: ignore[union-attr]
-        self.clock.at(self.hop(), self.world.after_verify, r)
+        self.world.verified(r, self.clock.now + self.hop())
 
     # ---- /settle -------------------------------------------------------------------------
 

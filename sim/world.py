@@ -137,16 +137,26 @@ class World:
         r.t_verify = sent
         self.clock.at(sent - now + self.hop(), self.facilitator.on_verify, r)
 
+    def verified(self, r: Req, t: float) -> None:
+        """The verify answer will be back at t (>= now); a route without a worker limit needs no event."""
+        if self.gates[r.route] is None:
+            self._run_route(r, t)
+        else:
+            self.clock.at(t - self.clock.now, self.after_verify, r)
+
     def after_verify(self, r: Req) -> None:
-        """The verify answer is back: run the route (queueing for a worker), then /settle."""
-        now = self.clock.now
-        r.verify = now - r.t_verify
+        """The verify answer is back (now): queue for a worker of the route."""
+        self._run_route(r, self.clock.now)
+
+    def _run_route(self, r: Req, t: float) -> None:
+        """Run the route from t (queueing for a worker), then /settle."""
+        r.verify = t - r.t_verify
         work = self.work[r.route]()
         gate = self.gates[r.route]
-        end = (gate.enter(now, work) if gate is not None else now) + work
-        r.handler = end - now
+        end = (gate.enter(t, work) if gate is not None else t) + work
+        r.handler = end - t
         r.t_settle = end
-        self.clock.at(end - now + self.hop(), self.facilitator.on_settle, r)
+        self.clock.at(end - self.clock.now + self.hop(), self.facilitator.on_settle, r)
 
     def finish(self, r: Req, t_service: float) -> None:
         """The settle answer reaches the service at t_service (>= now): the client gets its 200."""

@@ -1,0 +1,207 @@
+"""`sim`, `sweep`, `capacity`, `calibrate`, `validate`: the simulated side of x402bench.
+
+The sim package never touches the live world; commands that need a live run take a
+finished run folder from `x402bench load` (--from-run / --live-run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from x402bench.cli import app
+from x402bench.scenario import load_scenario
+
+out = Console()
+err = Console(stderr=True)
+
+LIVE_LATER = ("running the live half here is not wired yet: run `x402bench load {scenario}` and pass its run "
+              "folder with {flag}")
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(2)
+
+
+def _calibration(path: Optional[Path]):  # noqa: ANN202
+    from sim.calibration import CalibrationError, load_calibration
+
+    try:
+        return load_calibration(path)
+    except CalibrationError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _driver(value: str) -> str:
+    if value not in ("open", "locust"):
+        raise _fail(f"--driver must be 'open' or 'locust', not {value!r}")
+    return value
+
+
+@app.command()
+def sim(
+    scenario: Path,
+    agents: Optional[int] = typer.Option(None, help="Number of agents (overrides agents.count)."),
+    duration: Optional[float] = typer.Option(None, help="Simulated seconds of arrivals (overrides run.duration_s)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (overrides the scenario's)."),
+    out_dir: Path = typer.Option(Path("results"), "--out", help="Root of the run folders."),
+    calibration: Optional[Path] = typer.Option(None, help="Calibration JSON from `x402bench calibrate`."),
+    driver: str = typer.Option("open", help="open: agents on their own clocks; locust: as the live harness drives them."),
+    run_id: Optional[str] = typer.Option(None, help="Run folder name (default: derived from the inputs)."),
+) -> None:
+    """Simulate the scenario with SimPy and write the same run folder as `load` (mode "sim")."""
+    from sim.run import SimOptions, simulate
+    from x402bench.commands.load_cmds import print_result
+
+    s = load_scenario(scenario)
+    cal = _calibration(calibration)
+    options = SimOptions(agents=agents, duration_s=duration, seed=seed, driver=_driver(driver))  # type: ignore[arg-type]
+    try:
+        run_dir, summary, result = simulate(s, cal, options, out_dir, run_id)
+    except ValueError as exc:
+        raise _fail(f"{scenario}: {exc}") from None
+    print_result(summary, run_dir)
+    p = result.perf
+    out.print(f"simulated {result.meta['sim']['simulated_s']:.0f} s, {p['paid']:,} paid requests in {p['wall_s']:.2f} s "
+              f"wall ({p['paid_per_wall_s']:,.0f} paid/wall-s); agents broke: {result.meta['agents_broke']}",
+              highlight=False)
+    if not summary["slo"]["passed"]:
+        failed = [c["name"] for c in summary["slo"]["checks"] if not c["passed"]]
+        out.print(f"[red]SLO failed:[/red] {', '.join(failed)}")
+        sys.exit(1)
+
+
+@app.command()
+def sweep(
+    scenario: Path,
+    grid: List[str] = typer.Option(..., help="KEY=V1,V2,... (repeatable). Keys: agents, rate, block_time_s "
+                                   "(0 = automine), strategy, signer_keys, batch_size, batch_age_s, price, workers, "
+                                   "gas_limit, gas_price_gwei, eth_usd, duration_s, users, seed, or a dotted path."),
+    out_dir: Path = typer.Option(Path("results"), "--out", help="Root of the result folders."),
+    calibration: Optional[Path] = typer.Option(None, help="Calibration JSON from `x402bench calibrate`."),
+    jobs: Optional[int] = typer.Option(None, help="Parallel processes (default: the number of cores)."),
+    driver: str = typer.Option("open", help="open or locust (see `x402bench sim --help`)."),
+) -> None:
+    """Simulate the scenario over a grid, in parallel; write a table and capacity-planning plots."""
+    from sim.overrides import parse_grid
+    from sim.run import SimOptions
+    from sim.sweep import run_sweep
+
+    s = load_scenario(scenario)
+    cal = _calibration(calibration)
+    parsed = parse_grid(grid)
+    key = hashlib.sha256(json.dumps([s.model_dump(mode="json"), cal.model_dump(mode="json"), grid, driver],
+                                    sort_keys=True, default=str).encode()).hexdigest()[:10]
+    target = out_dir / s.name / f"sweep-{key}"
+    try:
+        result = run_sweep(s, parsed, target, cal, SimOptions(driver=_driver(driver)), jobs)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise _fail(f"{scenario}: {exc}") from None
+    table = Table(title=f"sweep of {s.name} ({len(result.rows)} points)")
+    shown = [*parsed, "offered_rps", "throughput_rps", "request_p95_s", "settlement_p95_s", "gas_per_payment",
+             "cost_per_payment_usd", "error_rate"]
+    for name in shown:
+        table.add_column(name, justify="right")
+    for row in result.rows:
+        table.add_row(*(_cell(row.get(name)) for name in shown))
+    out.print(table)
+    out.print(f"table: {target / 'sweep.csv'}", highlight=False, soft_wrap=True)
+    for plot in result.plots:
+        out.print(f"plot: {plot}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def capacity(
+    scenarios: List[Path] = typer.Argument(..., help="Scenario files with open arrivals (e.g. the ecosystem trio)."),
+    peak_factor: float = typer.Option(3.0, help="Peak hour over the mean hour (an assumption; see sim/ecosystem.py)."),
+    check_s: float = typer.Option(120.0, help="Simulated seconds of the peak to check each plan (0: no check)."),
+    calibration: Optional[Path] = typer.Option(None, help="Calibration JSON from `x402bench calibrate`."),
+    out_dir: Path = typer.Option(Path("results"), "--out", help="Where capacity.md and capacity.json go."),
+) -> None:
+    """What it takes to carry each scenario's volume: peak settlements/s, processes and keys per strategy, gas and USD/day."""
+    from sim.ecosystem import capacity_report, report_markdown
+
+    cal = _calibration(calibration)
+    reports, text = [], []
+    for path in scenarios:
+        s = load_scenario(path)
+        try:
+            report = capacity_report(s, cal, peak_factor=peak_factor, check_s=check_s)
+        except ValueError as exc:
+            raise _fail(f"{path}: {exc}") from None
+        reports.append(report)
+        text.append(report_markdown(report))
+    target = out_dir / "capacity"
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "capacity.md").write_text("\n".join(text))
+    (target / "capacity.json").write_text(json.dumps(reports, indent=2, sort_keys=True) + "\n")
+    out.print("\n".join(text), highlight=False, soft_wrap=True)
+    out.print(f"written: {target / 'capacity.md'}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def calibrate(
+    scenario: Path,
+    from_run: Optional[Path] = typer.Option(None, help="A live run folder of this scenario (from `x402bench load`)."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Calibration JSON to write (default: next to the run)."),
+) -> None:
+    """Measure a calibration file (timings, CPU, gas) from a live run, for `sim --calibration`."""
+    from sim.calibrate import calibrate_from_run_dir
+    from x402bench.results.rundir import RunDirError
+
+    s = load_scenario(scenario)
+    if from_run is None:
+        raise _fail(LIVE_LATER.format(scenario=scenario, flag="--from-run"))
+    try:
+        cal = calibrate_from_run_dir(from_run)
+    except RunDirError as exc:
+        raise _fail(str(exc)) from None
+    if cal.scenario and cal.scenario != s.name:
+        err.print(f"[yellow]warning:[/yellow] the run is of scenario {cal.scenario!r}, not {s.name!r}")
+    target = out_file or from_run / "calibration.json"
+    cal.dump(target)
+    out.print(f"calibration: {target}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def validate(
+    scenario: Path,
+    live_run: Optional[Path] = typer.Option(None, help="A live run folder of this scenario (from `x402bench load`)."),
+    calibration: Optional[Path] = typer.Option(None, help="Calibration JSON (default: measured from the live run)."),
+) -> None:
+    """Live and sim side by side on the same scenario: throughput and settlement p50/p95 with relative errors."""
+    from sim.calibrate import calibrate_from_run_dir
+    from sim.validate import TOLERANCE, load_summary, passed, table_text, validate_against
+    from x402bench.results.rundir import RunDirError
+
+    load_scenario(scenario)
+    if live_run is None:
+        raise _fail(LIVE_LATER.format(scenario=scenario, flag="--live-run"))
+    try:
+        live = load_summary(live_run)
+        cal = _calibration(calibration) if calibration else calibrate_from_run_dir(live_run)
+    except RunDirError as exc:
+        raise _fail(str(exc)) from None
+    rows, _ = validate_against(live, cal)
+    out.print(table_text(rows), highlight=False)
+    if not passed(rows):
+        out.print(f"[red]validation failed:[/red] a judged metric is off by more than {TOLERANCE:.0%}")
+        sys.exit(1)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return str(value)
