@@ -14,14 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from coincurve import PublicKey
-from eth_utils import keccak, to_checksum_address
+from eth_utils import to_checksum_address
 from pydantic import ValidationError
 from x402.schemas import PaymentPayload, PaymentRequirements
 
 from services.facilitator import reasons
 from services.facilitator.config import TokenInfo
 from services.facilitator.evm import SEL_AUTHORIZATION_STATE, SEL_BALANCE_OF, AsyncRpc, RpcError, call_data
-from services.eip3009 import authorization_digest
+from services.payer.hashing import checksum_encode, keccak256
+from services.payer.signing import authorization_digest, domain_separator
 
 #: validBefore must leave at least this many seconds to land the tx (the SDK uses the same 6 s).
 VALID_BEFORE_MARGIN_S = 6
@@ -124,7 +125,7 @@ def recover_signer(digest: bytes, signature: str) -> str | None:
         public = PublicKey.from_signature_and_message(raw[:64] + bytes([v]), digest, hasher=None)
     except Exception:
         return None
-    return to_checksum_address(keccak(public.format(compressed=False)[1:])[-20:])
+    return checksum_encode(keccak256(public.format(compressed=False)[1:])[-20:])
 
 
 def check_payment(
@@ -172,7 +173,8 @@ def check_payment(
     if valid_after > now:
         raise Rejection(reasons.VALID_AFTER_FUTURE, f"validAfter {valid_after} is in the future", payer)
     digest = authorization_digest(
-        token.name, token.version, chain_id, token.address, payer, payee, value, valid_after, valid_before, nonce
+        domain_separator(token.name, token.version, chain_id, token.address),
+        payer, payee, value, valid_after, valid_before, nonce,
     )
     if recover_signer(digest, signature) != payer:
         raise Rejection(reasons.INVALID_SIGNATURE, "signature does not recover to authorization.from", payer)
