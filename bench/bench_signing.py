@@ -34,6 +34,7 @@ from x402.schemas import PaymentRequired  # noqa: E402
 
 from services.payer.agents import derive_agents  # noqa: E402
 from services.payer.hashing import KECCAK_BACKEND  # noqa: E402
+from services.payer.signing import typed_data as eip712_typed_data  # noqa: E402
 from services.payer.payload import Quote, Tamper, sign_payment  # noqa: E402
 
 NETWORK = "eip155:31337"
@@ -48,20 +49,10 @@ REQUIRED = {
 
 
 def typed_data(sender: str, nonce: bytes, valid_before: int) -> dict:
-    return {
-        "types": {
-            "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
-                             {"name": "chainId", "type": "uint256"}, {"name": "verifyingContract", "type": "address"}],
-            "TransferWithAuthorization": [
-                {"name": "from", "type": "address"}, {"name": "to", "type": "address"},
-                {"name": "value", "type": "uint256"}, {"name": "validAfter", "type": "uint256"},
-                {"name": "validBefore", "type": "uint256"}, {"name": "nonce", "type": "bytes32"}],
-        },
-        "primaryType": "TransferWithAuthorization",
-        "domain": {"name": "USD Coin", "version": "2", "chainId": 31337, "verifyingContract": TOKEN},
-        "message": {"from": sender, "to": PAY_TO, "value": 1000, "validAfter": 0, "validBefore": valid_before,
-                    "nonce": nonce},
-    }
+    return eip712_typed_data(
+        {"name": "USD Coin", "version": "2", "chainId": 31337, "verifyingContract": TOKEN},
+        {"from": sender, "to": PAY_TO, "value": 1000, "validAfter": 0, "validBefore": valid_before, "nonce": nonce},
+    )
 
 
 def rate(fn: Callable[[], object], seconds: float) -> float:

@@ -21,6 +21,7 @@ from eth_account import Account
 from services.chain import Rpc
 from services.facilitator.evm import TOPIC_AUTHORIZATION_USED
 from services.facilitator.ledger import read_payments
+from services.payer.signing import typed_data
 from services.stack import World
 from services.token import balance_of
 from x402bench.scenario import load_scenario
@@ -40,20 +41,8 @@ def requirements(world: World, route: str = "weather") -> dict[str, Any]:
 
 
 def sign_authorization(key: str, domain: dict[str, Any], message: dict[str, Any]) -> str:
-    typed = {
-        "types": {
-            "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
-                             {"name": "chainId", "type": "uint256"}, {"name": "verifyingContract", "type": "address"}],
-            "TransferWithAuthorization": [
-                {"name": "from", "type": "address"}, {"name": "to", "type": "address"},
-                {"name": "value", "type": "uint256"}, {"name": "validAfter", "type": "uint256"},
-                {"name": "validBefore", "type": "uint256"}, {"name": "nonce", "type": "bytes32"}],
-        },
-        "primaryType": "TransferWithAuthorization",
-        "domain": domain,
-        "message": message,
-    }
-    return "0x" + Account.from_key(key).sign_typed_data(full_message=typed).signature.hex()
+    """eth_account's own EIP-712 signing: independent of the payer and facilitator under test."""
+    return "0x" + Account.from_key(key).sign_typed_data(full_message=typed_data(domain, message)).signature.hex()
 
 
 def build_payment(world: World, agent: int, required: dict[str, Any], *, key: str | None = None,

@@ -51,7 +51,7 @@ from services.payer.payload import (
     decode_payment_response,
     sign_payment,
 )
-from services.payer.signing import SECP256K1_N, AuthorizationSigner
+from services.payer.signing import SECP256K1_N, AuthorizationSigner, typed_data
 
 NETWORK = "eip155:31337"
 TOKEN = "0x" + "ab" * 20
@@ -68,20 +68,6 @@ def required(*accepts: dict[str, Any], **over: Any) -> dict[str, Any]:
     return {"x402Version": 2, "error": "Payment required",
             "resource": {"url": "http://127.0.0.1:1/weather", "description": "weather", "mimeType": "application/json"},
             "accepts": list(accepts) or [requirement()], **over}
-
-
-def typed_data(domain: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "types": {
-            "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
-                             {"name": "chainId", "type": "uint256"}, {"name": "verifyingContract", "type": "address"}],
-            "TransferWithAuthorization": [
-                {"name": "from", "type": "address"}, {"name": "to", "type": "address"},
-                {"name": "value", "type": "uint256"}, {"name": "validAfter", "type": "uint256"},
-                {"name": "validBefore", "type": "uint256"}, {"name": "nonce", "type": "bytes32"}],
-        },
-        "primaryType": "TransferWithAuthorization", "domain": domain, "message": message,
-    }
 
 
 def recover_payment(payload: dict[str, Any]) -> str:
