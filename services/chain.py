@@ -37,6 +37,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def terminate(process: "subprocess.Popen[bytes] | None", grace_s: float = 10.0) -> None:
+    """Stop one child by its own PID: SIGTERM, then SIGKILL if it lingers past `grace_s`."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
 def anvil_binary() -> Path:
     """The native Anvil binary installed by `npm ci` (see package.json)."""
     override = os.environ.get("X402BENCH_ANVIL")
@@ -154,13 +166,7 @@ class Anvil:
     def stop(self) -> None:
         """Stop Anvil by its PID: SIGTERM, then SIGKILL if it lingers."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        terminate(process, grace_s=5)
         if self._log_file not in (None, subprocess.DEVNULL):
             self._log_file.close()
         self._log_file = None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from services.chain import free_port
+from services.chain import free_port, terminate
 
 
 class ServiceProcess:
@@ -65,14 +64,7 @@ class ServiceProcess:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        terminate(process)
 
 
 def serve_main(doc: str, load: Callable[[str], Any], create_app: Callable[[Any], Any]) -> None:
