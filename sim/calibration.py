@@ -60,6 +60,13 @@ class Dist(_Strict):
         return math.log(self.p99 / self.median) / 2.3263478740408408
 
     @property
+    def is_zero(self) -> bool:
+        """Always zero: a stage costing nothing, which the model skips (no queue, no event)."""
+        if self.quantiles is not None:
+            return self.quantiles[-1] == 0
+        return self.median == 0
+
+    @property
     def mean(self) -> float:
         """Expected value, for capacity formulas."""
         if self.quantiles is not None:
@@ -218,3 +225,20 @@ def load_calibration(path: str | Path | None) -> Calibration:
     except ValidationError as exc:
         lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise CalibrationError(f"{path}: invalid calibration\n" + "\n".join(lines)) from None
+
+
+def instant_calibration(**overrides: object) -> Calibration:
+    """Every time the calibration owns is zero: only the scenario's own times (work, blocks) remain.
+
+    For theory checks (queueing, block waits) and for isolating one effect in a sweep.
+    """
+    zero = Dist.const(0.0)
+    timing = StrategyTiming(verify_cpu_s=zero, verify_io_s=zero, settle_cpu_s=zero, settle_io_s=zero, submit_s=zero)
+    strategies = {name: timing.model_copy(update={"answer_after": t.answer_after})
+                  for name, t in _default_strategies().items()}
+    base = Calibration(
+        source="instant", strategies=strategies, network=Network(rtt_s=zero, hop_s=zero),
+        client=Client(sign_s=zero, cpu_s=zero), service=Service(cpu_s=zero, challenge_cpu_s=zero),
+        chain=Chain(automine_tx_s=0.0, automine_slowdown_s_per_block=0.0),
+    )
+    return base.model_copy(update=overrides) if overrides else base

@@ -55,6 +55,8 @@ class Chain:
         self.full_blocks = 0  # blocks that left txs behind for lack of gas
         self.max_block_gas = 0
         self._stopped = False
+        #: Automine with a mining time is one FIFO server: sends must reach it in time order.
+        self.mines_in_order = self.cal.automine_tx_s > 0 or self.cal.automine_slowdown_s_per_block > 0
         if self.mining == "interval":
             clock.at(phase % self.block_time, self._block)
 
@@ -70,8 +72,11 @@ class Chain:
         if tx.gas > self.gas_limit:
             raise ValueError(f"a settlement tx of {tx.gas} gas can never fit the block gas limit {self.gas_limit}")
         if self.mining == "auto":
-            mine_s = self.cal.automine_tx_s + self.cal.automine_slowdown_s_per_block * self.number
-            mined = self._miner.enter(tx.t_sent, mine_s) + mine_s
+            if self.mines_in_order:
+                mine_s = self.cal.automine_tx_s + self.cal.automine_slowdown_s_per_block * self.number
+                mined = self._miner.enter(tx.t_sent, mine_s) + mine_s
+            else:
+                mined = tx.t_sent
             self.number += 1
             self._account(1, tx.gas)
             self.on_included(tx, mined, self.number)

@@ -67,6 +67,11 @@ class Facilitator:
         self.gas = gas
         self.new_payee = [not gas.payees_prefunded] * len(scenario.services)
         self.batched = strategy == "batched"
+        # Stages that cost nothing are skipped; a stage that can queue must be entered in time order (an event).
+        self.cpu_busy = not (timing.verify_cpu_s.is_zero and timing.settle_cpu_s.is_zero)
+        self.submit_busy = not timing.submit_s.is_zero
+        self.verify_queues = self.cpu_busy or self.threads is not None
+        self.settle_queues = self.cpu_busy or self.threads is not None
         batch = scenario.facilitator.batch
         self.batch_size = batch.max_size if (self.batched and batch) else 1
         self.batch_age = batch.max_age_s if (self.batched and batch) else 0.0
@@ -76,6 +81,7 @@ class Facilitator:
         if phase is None and scenario.chain.block_time_s:
             phase = float(phase_rng.random()) * scenario.chain.block_time_s
         self.chain = Chain(clock, scenario, cal, phase or 0.0, self._included)
+        self.send_queues = self.submit_busy or (scenario.chain.mining == "auto" and self.chain.mines_in_order)
         if self.batched:
             worst = gas.batch_fixed + self.batch_size * (gas.batch_per_item + gas.batch_new_recipient_extra)
             if worst > scenario.chain.gas_limit:
@@ -84,58 +90,97 @@ class Facilitator:
 
     # ---- /verify -------------------------------------------------------------------------
 
-    def on_verify(self, r: "Req") -> None:
-        """A /verify request arrives (now)."""
-        if self.clock.now + VALID_BEFORE_BUFFER_S > r.valid_before:
-            self.clock.at(self.hop(), self.world.rejected, (r, ERR_VALID_BEFORE))
-        elif self.threads is None:
-            self._verify(r)
+    def verify(self, r: "Req", t: float) -> None:
+        """A /verify request arrives at t (>= now); an event only if it meets a queue there."""
+        if self.verify_queues:
+            self.clock.at(t - self.clock.now, self._verify_arrives, r)
         else:
-            self.threads.acquire(self._verify, r)
+            self._verify_at(r, t)
 
-    def _verify(self, r: "Req") -> None:
-        now = self.clock.now
-        cpu = self.verify_cpu()
-        done = self.cpu.enter(now, cpu) + cpu + self.verify_io()
+    def _verify_arrives(self, r: "Req") -> None:
+        if self.threads is None:
+            self._verify_at(r, self.clock.now)
+        else:
+            self.threads.acquire(self._verify_now, r)
+
+    def _verify_now(self, r: "Req") -> None:
+        self._verify_at(r, self.clock.now)
+
+    def _verify_at(self, r: "Req", t: float) -> None:
+        if t + VALID_BEFORE_BUFFER_S > r.valid_before:
+            self._release_thread_at(t)
+            self.world.rejected(r, ERR_VALID_BEFORE, t + self.hop())
+            return
+        if self.cpu_busy:
+            cpu = self.verify_cpu()
+            t = self.cpu.enter(t, cpu) + cpu
+        done = t + self.verify_io()
         if self.threads is None:
             self.world.verified(r, done + self.hop())
         else:
-            self.clock.at(done - now, self._verify_release, r)
+            self.clock.at(done - self.clock.now, self._verify_release, r)
 
     def _verify_release(self, r: "Req") -> None:
         self.threads.release()  # type: ignore[union-attr]
         self.world.verified(r, self.clock.now + self.hop())
 
+    def _release_thread_at(self, t: float) -> None:
+        if self.threads is not None:
+            self.clock.at(t - self.clock.now, self._release, None)
+
+    def _release(self, _: object) -> None:
+        self.threads.release()  # type: ignore[union-attr]
+
     # ---- /settle -------------------------------------------------------------------------
 
-    def on_settle(self, r: "Req") -> None:
-        """A /settle request arrives (now): the payment is accepted for settlement."""
-        now = self.clock.now
-        if now + VALID_BEFORE_BUFFER_S > r.valid_before:
-            self.clock.at(self.hop(), self.world.rejected, (r, ERR_VALID_BEFORE))
-            return
-        r.row = self.world.settlements.accept(r.seq, r.agent, r.route, r.amount, now)
-        if self.threads is None:
-            self._settle(r)
+    def settle(self, r: "Req", t: float) -> None:
+        """A /settle request arrives at t (>= now): the payment is accepted for settlement."""
+        if self.settle_queues:
+            self.clock.at(t - self.clock.now, self._settle_arrives, r)
         else:
-            self.threads.acquire(self._settle, r)
+            self._accept(r, t)
 
-    def _settle(self, r: "Req") -> None:
-        now = self.clock.now
-        cpu = self.settle_cpu()
-        ready = self.cpu.enter(now, cpu) + cpu + self.settle_io()
+    def _settle_arrives(self, r: "Req") -> None:
+        self._accept(r, self.clock.now)
+
+    def _accept(self, r: "Req", t: float) -> None:
+        if t + VALID_BEFORE_BUFFER_S > r.valid_before:
+            self.world.rejected(r, ERR_VALID_BEFORE, t + self.hop())
+            return
+        r.row = self.world.settlements.accept(r.seq, r.agent, r.route, r.amount, t)
+        if self.threads is None:
+            self._settle_at(r, t)
+        else:
+            self.threads.acquire(self._settle_now, r)
+
+    def _settle_now(self, r: "Req") -> None:
+        self._settle_at(r, self.clock.now)
+
+    def _settle_at(self, r: "Req", t: float) -> None:
+        if self.cpu_busy:
+            cpu = self.settle_cpu()
+            t = self.cpu.enter(t, cpu) + cpu
+        ready = t + self.settle_io()
         if self.answer_after == "accepted":
             self._answer(r, ready)
-        self.clock.at(ready - now, self._batch_add if self.batched else self._send_one, r)
+        if self.batched:
+            self.clock.at(ready - self.clock.now, self._batch_add, r)
+        elif self.send_queues:
+            self.clock.at(ready - self.clock.now, self._send_one_now, r)
+        else:
+            self._send_one(r, ready)
 
-    def _send_one(self, r: "Req") -> None:
+    def _send_one_now(self, r: "Req") -> None:
+        self._send_one(r, self.clock.now)
+
+    def _send_one(self, r: "Req", t: float) -> None:
         route = r.route
         if self.new_payee[route]:
             self.new_payee[route] = False
             gas = self.gas.transfer_new
         else:
             gas = self.gas.transfer_existing
-        self._send([r], gas)
+        self._send([r], gas, t)
 
     def _batch_add(self, r: "Req") -> None:
         batch = self._batch
@@ -158,7 +203,7 @@ class Facilitator:
             if self.new_payee[r.route]:
                 self.new_payee[r.route] = False
                 gas += g.batch_new_recipient_extra
-        self._send(batch, gas)
+        self._send(batch, gas, self.clock.now)
 
     def _pick_lane(self) -> int:
         """The lane with the fewest txs in flight, ties in turn (as the live LanePool)."""
@@ -172,19 +217,22 @@ class Facilitator:
                 best = i
         return best
 
-    def _send(self, requests: list["Req"], gas: int) -> None:
-        now = self.clock.now
+    def _send(self, requests: list["Req"], gas: int, t: float) -> None:
+        """The chosen lane signs and sends one tx at t (after its queue)."""
         lane = self._pick_lane()
         self.in_flight[lane] += 1
-        submit = self.submit()
         station = self.lanes[lane]
-        sent = station.enter(now, submit) + submit
+        if self.submit_busy:
+            submit = self.submit()
+            sent = station.enter(t, submit) + submit
+        else:
+            sent = t
         tx_id = self.world.txs.new(gas, len(requests))
         tx = Tx(tx_id, gas, lane, sent, requests)
         for r in requests:
             r.tx = tx_id
         returned = self.chain.send(tx)  # with automine the send returns once mined: the lock is held till then
-        if returned > sent:
+        if returned > sent and self.submit_busy:
             station.hold_until(returned)
         if self.answer_after == "submitted":
             for r in requests:
@@ -206,9 +254,10 @@ class Facilitator:
             seen = phase + math.ceil((ready - phase) / self.poll_s - 1e-9) * self.poll_s
         t_included = block_time if self.receipt_at_block else seen
         cols = self.world.settlements
+        auto = self.chain.mining == "auto"
         for r in tx.requests:
             row = r.row
-            if self.chain.mining == "auto":
+            if auto:
                 cols.t_submitted[row] = block_time
             cols.t_included[row] = t_included
             cols.state[row] = SETTLED

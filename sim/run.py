@@ -19,7 +19,7 @@ import numpy as np
 from sim.agents import DRIVERS, Stopper
 from sim.calibration import Calibration, default_calibration
 from sim.engine import Clock
-from sim.store import FAILED, PENDING, SETTLED, RequestView, SettlementView
+from sim.store import FAILED, PENDING, SETTLED, RequestView, SettlementView, materialize
 from sim.world import World
 from x402bench.results.records import RequestRecord, SettlementRecord
 from x402bench.scenario import Scenario
@@ -46,6 +46,14 @@ class SimResult:
     reconciliation: dict[str, Any]
     meta: dict[str, Any]  # deterministic: goes into summary.json
     perf: dict[str, float] = field(default_factory=dict)  # wall clock figures: printed, never in summary.json
+
+    _records: tuple[list[RequestRecord], list[SettlementRecord]] | None = None
+
+    def records(self) -> tuple[list[RequestRecord], list[SettlementRecord]]:
+        """Request and settlement records as lists, made once (hex strings shared between them)."""
+        if self._records is None:
+            self._records = materialize(self.requests, self.settlements)
+        return self._records
 
     @property
     def paid(self) -> int:
@@ -180,8 +188,7 @@ def sim_run_id(scenario: Scenario, cal: Calibration, options: SimOptions) -> str
 def build_sim_summary(result: SimResult) -> dict[str, Any]:
     from x402bench.results.summary import build_summary
 
-    requests: Any = result.requests
-    settlements: Any = result.settlements
+    requests, settlements = result.records()
     return build_summary(result.scenario, requests, settlements, result.reconciliation, "sim", result.meta)
 
 
@@ -195,8 +202,7 @@ def simulate(scenario: Scenario, calibration: Calibration | None = None, options
     run_id = run_id or sim_run_id(result.scenario, cal, options)
     result.meta["run_id"] = run_id
     summary = build_sim_summary(result)
-    requests: Any = result.requests
-    settlements: Any = result.settlements
+    requests, settlements = result.records()
     run_dir = write_run(Path(out_root), result.scenario.name, run_id, summary, requests, settlements)
     return run_dir, summary, result
 

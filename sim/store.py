@@ -105,26 +105,66 @@ class TxColumns:
         return len(self.gas) - 1
 
 
+class Names:
+    """Hex identities made once and shared: a payer's address by all its records, a nonce by the
+    request and the settlement it paid for, a tx hash by every payment in the tx."""
+
+    def __init__(self) -> None:
+        self._agents: dict[int, str] = {}
+        self._payees: dict[int, str] = {}
+        self._nonces: dict[int, str] = {}
+        self._txs: dict[int, str] = {}
+
+    def agent(self, i: int) -> str:
+        name = self._agents.get(i)
+        if name is None:
+            name = self._agents[i] = address_hex(0xA, i)
+        return name
+
+    def payee(self, i: int) -> str:
+        name = self._payees.get(i)
+        if name is None:
+            name = self._payees[i] = address_hex(0xB, i)
+        return name
+
+    def nonce(self, seq: int, keep: bool) -> str:
+        """keep=True while the other record of this payment is still to be made."""
+        name = self._nonces.pop(seq, None)
+        if name is None:
+            name = nonce_hex(seq)
+            if keep:
+                self._nonces[seq] = name
+        return name
+
+    def tx(self, tx_id: int) -> str:
+        if tx_id < 0:
+            return ""
+        name = self._txs.get(tx_id)
+        if name is None:
+            name = self._txs[tx_id] = tx_hex(tx_id)
+        return name
+
+
 class RequestView(Sequence[RequestRecord]):
     """Request records in (t_start, agent) order, built on access."""
 
-    def __init__(self, cols: RequestColumns, routes: list[str], order: Sequence[int]) -> None:
+    def __init__(self, cols: RequestColumns, routes: list[str], order: Sequence[int], names: Names | None = None) -> None:
         self.cols = cols
         self.routes = routes
         self.order = order
+        self.names = names or Names()
 
     def __len__(self) -> int:
         return len(self.order)
 
-    def _make(self, i: int) -> RequestRecord:
+    def _make(self, i: int, keep: bool = False) -> RequestRecord:
         c = self.cols
-        status = c.status[i]
-        tx = c.tx[i]
+        n = self.names
         return RequestRecord(
-            t_start=c.t_start[i], t_end=c.t_end[i], route=self.routes[c.route[i]], agent=c.agent[i], status=status,
-            error=ERRORS[c.error[i]], challenge_s=c.challenge[i], sign_s=c.sign[i], paid_s=c.paid[i],
-            verify_s=c.verify[i], handler_s=c.handler[i], settle_s=c.settle[i], amount=c.amount[i],
-            payer=address_hex(0xA, c.agent[i]), nonce=nonce_hex(c.seq[i]), tx_hash=tx_hex(tx) if tx >= 0 else "",
+            t_start=c.t_start[i], t_end=c.t_end[i], route=self.routes[c.route[i]], agent=c.agent[i],
+            status=c.status[i], error=ERRORS[c.error[i]], challenge_s=c.challenge[i], sign_s=c.sign[i],
+            paid_s=c.paid[i], verify_s=c.verify[i], handler_s=c.handler[i], settle_s=c.settle[i], amount=c.amount[i],
+            payer=n.agent(c.agent[i]), nonce=n.nonce(c.seq[i], keep), tx_hash=n.tx(c.tx[i]),
         )
 
     @overload
@@ -146,10 +186,11 @@ class RequestView(Sequence[RequestRecord]):
 class SettlementView(Sequence[SettlementRecord]):
     """Settlement records in acceptance order, built on access."""
 
-    def __init__(self, cols: SettlementColumns, txs: TxColumns, gas_price_wei: int) -> None:
+    def __init__(self, cols: SettlementColumns, txs: TxColumns, gas_price_wei: int, names: Names | None = None) -> None:
         self.cols = cols
         self.txs = txs
         self.gas_price_wei = gas_price_wei
+        self.names = names or Names()
 
     def __len__(self) -> int:
         return len(self.cols)
@@ -158,10 +199,11 @@ class SettlementView(Sequence[SettlementRecord]):
         c = self.cols
         tx = c.tx[i]
         t = self.txs
+        n = self.names
         return SettlementRecord(
-            nonce=nonce_hex(c.seq[i]), payer=address_hex(0xA, c.agent[i]), payee=address_hex(0xB, c.payee[i]),
+            nonce=n.nonce(c.seq[i], False), payer=n.agent(c.agent[i]), payee=n.payee(c.payee[i]),
             amount=c.amount[i], t_accepted=c.t_accepted[i], t_submitted=c.t_submitted[i],
-            t_included=c.t_included[i], state=STATES[c.state[i]], tx_hash=tx_hex(tx) if tx >= 0 else "",
+            t_included=c.t_included[i], state=STATES[c.state[i]], tx_hash=n.tx(tx),
             block_number=t.block[tx] if tx >= 0 else -1, gas_used=t.gas[tx] if tx >= 0 else 0,
             effective_gas_price=self.gas_price_wei if tx >= 0 else 0, batch_size=t.size[tx] if tx >= 0 else 1,
             error=ERRORS[c.error[i]],
@@ -185,3 +227,15 @@ class SettlementView(Sequence[SettlementRecord]):
         make = self._make
         for i in range(len(self)):
             yield make(i)
+
+
+def materialize(requests: RequestView, settlements: SettlementView) -> tuple[list[RequestRecord], list[SettlementRecord]]:
+    """Both record lists at once, sharing every hex string between them (about a third less memory)."""
+    names = Names()
+    requests.names = settlements.names = names
+    accepted = set(settlements.cols.seq.tolist())
+    seq = requests.cols.seq
+    rq = [requests._make(i, seq[i] in accepted) for i in requests.order]
+    st = list(settlements)
+    names._nonces.clear()
+    return rq, st

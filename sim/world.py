@@ -73,6 +73,7 @@ class World:
         self.loadgen_cpu = sampler(cal.client.cpu_s, stream(seed, "client.cpu"))
         self.svc_cpu = Station(cal.service.cores)
         self.svc_cpu_s = sampler(cal.service.cpu_s, stream(seed, "svc.cpu"))
+        self.svc_busy = not cal.service.cpu_s.is_zero
         self.challenge_cpu = sampler(cal.service.challenge_cpu_s, stream(seed, "svc.challenge"))
         self.gates = [Station(s.workers) if s.workers else None for s in scenario.services]
         self.work = [sampler(_ms(s.work_ms), stream(seed, f"svc.work.{s.name}")) for s in scenario.services]
@@ -124,28 +125,33 @@ class World:
         r.t_send = t_send
         r.half = half
         r.valid_before = t_send + self.max_timeout
-        self.clock.at(t_send + half - now, self.at_service, r)
+        if self.svc_busy:
+            self.clock.at(t_send + half - now, self._at_service, r)
+        else:
+            self._service(r, t_send + half)
         return True
 
     # ---- the service --------------------------------------------------------------------------
 
-    def at_service(self, r: Req) -> None:
-        """The paid request reaches the service: middleware CPU, then /verify."""
-        now = self.clock.now
-        cpu = self.svc_cpu_s()
-        sent = self.svc_cpu.enter(now, cpu) + cpu
-        r.t_verify = sent
-        self.clock.at(sent - now + self.hop(), self.facilitator.on_verify, r)
+    def _at_service(self, r: Req) -> None:
+        self._service(r, self.clock.now)
+
+    def _service(self, r: Req, t: float) -> None:
+        """The paid request reaches the service at t: middleware CPU, then /verify."""
+        if self.svc_busy:
+            cpu = self.svc_cpu_s()
+            t = self.svc_cpu.enter(t, cpu) + cpu
+        r.t_verify = t
+        self.facilitator.verify(r, t + self.hop())
 
     def verified(self, r: Req, t: float) -> None:
-        """The verify answer will be back at t (>= now); a route without a worker limit needs no event."""
+        """The verify answer is back at t (>= now); a route without a worker limit needs no event."""
         if self.gates[r.route] is None:
             self._run_route(r, t)
         else:
-            self.clock.at(t - self.clock.now, self.after_verify, r)
+            self.clock.at(t - self.clock.now, self._after_verify, r)
 
-    def after_verify(self, r: Req) -> None:
-        """The verify answer is back (now): queue for a worker of the route."""
+    def _after_verify(self, r: Req) -> None:
         self._run_route(r, self.clock.now)
 
     def _run_route(self, r: Req, t: float) -> None:
@@ -156,7 +162,7 @@ class World:
         end = (gate.enter(t, work) if gate is not None else t) + work
         r.handler = end - t
         r.t_settle = end
-        self.clock.at(end - self.clock.now + self.hop(), self.facilitator.on_settle, r)
+        self.facilitator.settle(r, end + self.hop())
 
     def finish(self, r: Req, t_service: float) -> None:
         """The settle answer reaches the service at t_service (>= now): the client gets its 200."""
@@ -164,19 +170,17 @@ class World:
         self._record(r, t_end, 200, 0, verify=r.verify, handler=r.handler, settle=t_service - r.t_settle,
                      amount=r.amount, tx=r.tx)
 
-    def rejected(self, arg: tuple[Req, int]) -> None:
-        """A facilitator refusal reaches the service now: the client gets a 402 with the reason."""
-        r, error = arg
-        now = self.clock.now
+    def rejected(self, r: Req, error: int, t: float) -> None:
+        """A facilitator refusal reaches the service at t: the client gets a 402 with the reason."""
         self.spent[r.agent] -= r.amount
         if r.row >= 0:
             self.settlements.state[r.row] = FAILED
             self.settlements.error[r.row] = error
         if r.t_settle < 0:  # refused at /verify
-            verify, settle = now - r.t_verify, 0.0
+            verify, settle = t - r.t_verify, 0.0
         else:
-            verify, settle = r.verify, now - r.t_settle
-        self._record(r, now + r.half, 402, error, verify=verify, handler=r.handler, settle=settle, amount=0, tx=-1)
+            verify, settle = r.verify, t - r.t_settle
+        self._record(r, t + r.half, 402, error, verify=verify, handler=r.handler, settle=settle, amount=0, tx=-1)
 
     def _record(self, r: Req, t_end: float, status: int, error: int, verify: float, handler: float,
                 settle: float, amount: int, tx: int) -> None:

@@ -1,0 +1,345 @@
+"""Sim mode: reproducibility, queueing theory, the chain and facilitator limits the model must honour,
+calibration files, sweeps, the ecosystem scenarios and the CLI. No Anvil needed."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sim.calibration import (Calibration, CalibrationError, Dist, default_calibration, instant_calibration,
+                             load_calibration)
+from sim.run import SimOptions, build_sim_summary, run_sim, simulate
+from x402bench.scenario import ScenarioError, load_scenario, validate_scenario
+
+SCENARIOS = Path("scenarios")
+Z99 = 2.3263478740408408
+
+
+def world(**parts: object) -> dict:
+    """A minimal scenario dict; keyword sections replace the defaults."""
+    data: dict = {
+        "name": "t", "seed": 1, "chain": {"mining": "interval", "block_time_s": 2.0},
+        "services": [{"name": "a", "path": "/a", "price": 1000}],
+        "agents": {"count": 100, "funding_usdc": 1000, "arrivals": {"kind": "poisson", "rate_per_agent_s": 0.1}},
+        "run": {"duration_s": 30},
+    }
+    data.update(parts)
+    return data
+
+
+def col(values: object) -> np.ndarray:
+    return np.asarray(values, dtype=float)
+
+
+# ---- reproducibility ------------------------------------------------------------------------------
+
+
+def test_same_seed_gives_identical_records_and_summary(tmp_path: Path) -> None:
+    s = load_scenario(SCENARIOS / "base-like.yaml")
+    options = SimOptions(agents=120, duration_s=15)
+    dirs = [simulate(s, None, options, tmp_path / name, run_id="r")[0] for name in ("a", "b")]
+    for name in ("summary.json", "requests.csv", "settlements.csv"):
+        assert (dirs[0] / name).read_bytes() == (dirs[1] / name).read_bytes(), name
+    summary = json.loads((dirs[0] / "summary.json").read_text())
+    assert summary["mode"] == "sim" and summary["reconciliation"]["lost"] == 0
+    other = simulate(s, None, SimOptions(agents=120, duration_s=15, seed=2), tmp_path / "c", run_id="r")[0]
+    assert (other / "summary.json").read_bytes() != (dirs[0] / "summary.json").read_bytes()
+
+
+# ---- queueing theory ------------------------------------------------------------------------------
+
+
+def _mg1_world(rho: float, customers: int, seed: int) -> dict:
+    """Poisson arrivals into one worker whose work time is lognormal with coefficient of variation 1:
+    the same first two moments as an exponential, so Pollaczek-Khinchine gives M/M/1's mean wait."""
+    mean_s = 0.01
+    sigma = math.sqrt(math.log(2))  # CV^2 = e^(sigma^2) - 1 = 1
+    median_ms = mean_s / math.sqrt(2) * 1000
+    lam = rho / mean_s
+    return world(
+        seed=seed, chain={"mining": "auto"},
+        services=[{"name": "q", "path": "/q", "price": 1,
+                   "work_ms": {"median": median_ms, "p99": median_ms * math.exp(Z99 * sigma)}, "workers": 1}],
+        agents={"count": 10_000, "funding_usdc": 1000, "arrivals": {"kind": "poisson", "rate_per_agent_s": lam / 10_000}},
+        run={"duration_s": customers / lam},
+    )
+
+
+@pytest.mark.parametrize("rho,customers", [(0.5, 100_000), (0.9, 1_000_000)])
+def test_mm1_like_mean_wait_matches_theory(rho: float, customers: int) -> None:
+    """Mean wait for the worker (handler time minus work) within 5% of rho/(mu - lambda)."""
+    result = run_sim(validate_scenario(_mg1_world(rho, customers, seed=0)), instant_calibration())
+    handler = np.frombuffer(result.requests.cols.handler, dtype=np.float64)
+    assert len(handler) > 0.95 * customers
+    measured = handler.mean() - 0.01
+    theory = rho * 0.01 / (1 - rho)
+    assert measured == pytest.approx(theory, rel=0.05), (measured, theory)
+
+
+def test_two_second_blocks_make_settlement_wait_uniform() -> None:
+    """With everything else instant, a payment waits for the next block: uniform on [0, 2 s]."""
+    s = validate_scenario(world(agents={"count": 1000, "funding_usdc": 1000,
+                                        "arrivals": {"kind": "poisson", "rate_per_agent_s": 0.05}},
+                                run={"duration_s": 400}))
+    result = run_sim(s, instant_calibration())
+    cols = result.settlements.cols
+    wait = col(cols.t_included) - col(cols.t_accepted)
+    assert len(wait) > 15_000 and wait.min() >= 0 and wait.max() <= 2.0 + 1e-9
+    assert wait.mean() == pytest.approx(1.0, abs=0.03)
+    for q in (10, 25, 50, 75, 90):
+        assert np.percentile(wait, q) == pytest.approx(q / 50, abs=0.05)
+    # "plus inclusion": seen by a receipt watcher polling every 0.05 s, each wait grows by less than one poll
+    # (by the same amount here: the watcher's phase against a 2 s block clock never changes)
+    seen = run_sim(s, instant_calibration(t_included="receipt"))
+    extra = (col(seen.settlements.cols.t_included) - col(seen.settlements.cols.t_accepted)) - wait
+    assert extra.min() >= -1e-9 and extra.max() < 0.05
+
+
+# ---- facilitator and chain limits ------------------------------------------------------------------
+
+
+def test_sdk_thread_pool_caps_throughput_at_40_per_block() -> None:
+    """design.md: with 2 s blocks the SDK facilitator's 40 threads cap it at 40 per 2 s (~19/s measured)."""
+    s = load_scenario(SCENARIOS / "sim-over.yaml").with_overrides(run={"duration_s": 40})
+    summary = build_sim_summary(run_sim(s, options=SimOptions(driver="locust")))
+    assert summary["metrics"]["throughput_rps"] == pytest.approx(20.0, rel=0.03)
+
+
+def test_sdk_with_automine_is_cpu_bound() -> None:
+    """design.md: with automine the SDK facilitator is CPU-bound at ~24 ms per payment (~40/s)."""
+    s = load_scenario(SCENARIOS / "sim-over.yaml").with_overrides(chain={"mining": "auto", "block_time_s": None},
+                                                                  run={"duration_s": 30})
+    result = run_sim(s, options=SimOptions(driver="locust"))
+    summary = build_sim_summary(result)
+    assert summary["metrics"]["throughput_rps"] == pytest.approx(1 / 0.024, rel=0.05)
+    assert result.meta["sim"]["facilitator"]["cpu_utilization"] > 0.95
+
+
+def test_gas_new_recipient_then_existing() -> None:
+    s = validate_scenario(world(chain={"mining": "auto"}, services=[
+        {"name": "a", "path": "/a", "price": 1000}, {"name": "b", "path": "/b", "price": 2000}]))
+    settlements = list(run_sim(s).settlements)
+    first: dict[str, int] = {}
+    for record in sorted(settlements, key=lambda r: r.block_number):
+        first.setdefault(record.payee, record.gas_used)
+    assert sorted(first.values()) == [102_792, 102_792]
+    assert sum(r.gas_used == 85_704 for r in settlements) == len(settlements) - 2
+
+
+def test_batched_gas_is_amortised_to_about_48400_at_100() -> None:
+    s = validate_scenario(world(facilitator={"strategy": "batched", "batch": {"max_size": 100, "max_age_s": 5}},
+                                agents={"count": 2000, "funding_usdc": 1000,
+                                        "arrivals": {"kind": "poisson", "rate_per_agent_s": 0.2}},
+                                run={"duration_s": 20}))
+    m = build_sim_summary(run_sim(s))["metrics"]
+    assert m["gas"]["mean_batch_size"] == pytest.approx(100, rel=0.02)
+    assert m["gas_per_payment"] == pytest.approx(48_400, rel=0.01)
+
+
+def test_block_gas_limit_caps_txs_per_block() -> None:
+    """1,000,000 gas holds 11 settlements of 85,704: 30/s offered, 11 per 1 s block carried."""
+    s = validate_scenario(world(chain={"mining": "interval", "block_time_s": 1.0, "gas_limit": 1_000_000},
+                                agents={"count": 300, "funding_usdc": 1000,
+                                        "arrivals": {"kind": "poisson", "rate_per_agent_s": 0.1}},
+                                run={"duration_s": 30}))
+    result = run_sim(s, options=SimOptions(drain_s=5))
+    per_block = np.bincount([r.block_number for r in result.settlements if r.block_number >= 0])
+    assert per_block.max() == 11
+    assert result.meta["sim"]["chain"]["blocks_full"] > 10
+    assert build_sim_summary(result)["metrics"]["throughput_rps"] < 12
+
+
+def test_agents_that_run_dry_stop_and_are_not_errors() -> None:
+    s = validate_scenario(world(agents={"count": 50, "funding_usdc": 0.01,
+                                        "arrivals": {"kind": "poisson", "rate_per_agent_s": 2}}))
+    result = run_sim(s)
+    summary = build_sim_summary(result)
+    assert summary["meta"]["agents_broke"] == 50
+    assert summary["metrics"]["errors"] == {}
+    assert summary["metrics"]["paid"] == 50 * 10  # $0.01 buys ten $0.001 requests each
+    assert summary["reconciliation"]["exact"]
+
+
+def test_expired_authorizations_are_refused_with_their_reason() -> None:
+    """A queue longer than the authorization's validity: x402 refuses late payments, nothing is lost."""
+    s = validate_scenario(world(services=[{"name": "a", "path": "/a", "price": 1000, "work_ms": 100, "workers": 1}],
+                                agents={"count": 100, "funding_usdc": 1000,
+                                        "arrivals": {"kind": "poisson", "rate_per_agent_s": 0.2}},
+                                run={"duration_s": 60}))
+    result = run_sim(s, default_calibration().model_copy(update={"max_timeout_s": 10.0}))
+    summary = build_sim_summary(result)
+    assert summary["metrics"]["errors"].get("invalid_exact_evm_payload_authorization_valid_before", 0) > 100
+    assert summary["reconciliation"]["lost"] == 0 and summary["reconciliation"]["exact"]
+
+
+def test_pipelined_answers_before_inclusion_and_loses_nothing() -> None:
+    s = validate_scenario(world(facilitator={"strategy": "pipelined"}))
+    summary = build_sim_summary(run_sim(s))
+    m = summary["metrics"]
+    assert m["request_latency_s"]["p50"] < 0.1 < m["settlement_latency_s"]["p50"]
+    assert summary["reconciliation"]["lost"] == 0 and summary["reconciliation"]["pending"] == 0
+
+
+def test_locust_driver_keeps_one_request_per_user() -> None:
+    s = validate_scenario(world(agents={"count": 40, "funding_usdc": 1000, "arrivals": {"kind": "closed"}},
+                                run={"duration_s": 20, "users": 8, "spawn_rate": 8}))
+    result = run_sim(s, options=SimOptions(driver="locust"))
+    events = sorted([(r.t_start, 1) for r in result.requests] + [(r.t_end, -1) for r in result.requests])
+    in_flight = np.cumsum([e for _, e in events])
+    assert in_flight.max() == 8
+
+
+def test_manual_mining_is_refused_clearly() -> None:
+    with pytest.raises(ValueError, match="manual"):
+        run_sim(validate_scenario(world(chain={"mining": "manual"})))
+
+
+# ---- calibration ------------------------------------------------------------------------------------
+
+
+def test_calibration_file_round_trip_and_errors(tmp_path: Path) -> None:
+    cal = default_calibration().model_copy(update={"source": "test"})
+    path = tmp_path / "cal.json"
+    cal.dump(path)
+    assert load_calibration(path) == cal
+    partial = {"version": 1, "strategies": {"sync": {**json.loads(path.read_text())["strategies"]["sync"],
+                                                     "submit_s": {"median": 0.002}}}}
+    path.write_text(json.dumps(partial))
+    loaded = load_calibration(path)
+    assert loaded.strategy("sync").submit_s.median == 0.002 and loaded.strategy("sdk").threads == 40
+    path.write_text(json.dumps({"version": 2}))
+    with pytest.raises(CalibrationError, match="version 2"):
+        load_calibration(path)
+    path.write_text(json.dumps({"version": 1, "gas": {"transfer_existing": "lots"}}))
+    with pytest.raises(CalibrationError, match="gas.transfer_existing"):
+        load_calibration(path)
+    with pytest.raises(ValueError):
+        Dist(quantiles=[0.2, 0.1])
+
+
+def test_calibration_from_a_run_folder(tmp_path: Path) -> None:
+    """The live side hands over a run folder; here a sim run stands in for it."""
+    from sim.calibrate import calibrate_from_run_dir
+
+    s = load_scenario(SCENARIOS / "sim-under.yaml").with_overrides(run={"duration_s": 20, "warmup_s": 2})
+    run_dir, summary, _ = simulate(s, None, SimOptions(driver="locust"), tmp_path, run_id="live")
+    cal = calibrate_from_run_dir(run_dir)
+    assert cal.source == str(run_dir) and cal.scenario == "sim-under" and cal.t_included == "receipt"
+    assert cal.gas.transfer_existing == 85_704 and cal.gas.transfer_new == 102_792
+    assert cal.client.sign_s is not None and cal.client.sign_s.quantiles
+    assert cal.measured["throughput_rps"] == pytest.approx(summary["metrics"]["throughput_rps"])
+    cal.dump(tmp_path / "cal.json")
+    assert load_calibration(tmp_path / "cal.json") == cal
+
+
+def test_validation_table_of_a_sim_against_itself(tmp_path: Path) -> None:
+    from sim.validate import passed, table_text, validate_against
+
+    s = load_scenario(SCENARIOS / "sim-fast.yaml").with_overrides(run={"duration_s": 20, "warmup_s": 2})
+    _, live, _ = simulate(s, None, SimOptions(driver="locust"), tmp_path, run_id="live")
+    rows, _ = validate_against(live)
+    assert passed(rows) and all(abs(r.error or 0) < 1e-9 for r in rows)
+    assert "throughput" in table_text(rows)
+
+
+# ---- sweeps -----------------------------------------------------------------------------------------
+
+
+def test_grid_keys_apply_and_bad_keys_fail_fast() -> None:
+    from sim.overrides import apply_overrides, parse_grid
+
+    grid = parse_grid(["agents=10,20", "block_time_s=0,0.2", "strategy=batched", "price=0.01", "batch_size=7"])
+    assert grid == {"agents": [10, 20], "block_time_s": [0, 0.2], "strategy": ["batched"], "price": [0.01],
+                    "batch_size": [7]}
+    base = validate_scenario(world())
+    s = apply_overrides(base, {"block_time_s": 0, "price": 0.01, "strategy": "batched", "batch_size": 7})
+    assert s.chain.mining == "auto" and s.chain.block_time_s is None
+    assert s.price_atomic(s.services[0]) == 10_000 and s.facilitator.batch.max_size == 7
+    with pytest.raises(ScenarioError, match="agents.cont"):
+        apply_overrides(base, {"agents.cont": 3})
+    with pytest.raises(ScenarioError, match="expected KEY"):
+        parse_grid(["agents"])
+
+
+def test_sweep_runs_points_in_parallel_and_writes_table_and_plots(tmp_path: Path) -> None:
+    from sim.overrides import parse_grid
+    from sim.sweep import run_sweep
+
+    base = validate_scenario(world(run={"duration_s": 10}))
+    result = run_sweep(base, parse_grid(["agents=50,200", "price=0.001,0.1"]), tmp_path, jobs=2)
+    assert len(result.rows) == 4
+    assert {p.name for p in result.plots} == {"throughput_vs_offered.png", "latency_vs_offered.png", "cost_vs_price.png"}
+    assert all(p.stat().st_size > 1000 for p in result.plots)
+    table = json.loads((tmp_path / "sweep.json").read_text())
+    assert [r["offered_rps"] for r in table["rows"]] == [5.0, 5.0, 20.0, 20.0]
+    fractions = {r["price"]: r["cost_fraction_of_price"] for r in table["rows"] if r["agents"] == 200}
+    assert fractions[0.001] == pytest.approx(fractions[0.1] * 100, rel=0.01)
+    assert (tmp_path / "sweep.csv").read_text().startswith("agents,price,offered_rps")
+
+
+# ---- the ecosystem ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix,scale", [("", 1), ("-10x", 10), ("-100x", 100)])
+def test_ecosystem_scenarios_carry_the_public_figures(suffix: str, scale: int) -> None:
+    from sim.ecosystem import mean_price_usd, mean_rate
+
+    s = load_scenario(SCENARIOS / f"x402-ecosystem-2025{suffix}.yaml")
+    assert mean_rate(s) * 30 * 86_400 == pytest.approx(1.35e6 * scale, rel=0.005)
+    assert mean_price_usd(s) == pytest.approx(1.48e6 / 1.35e6, rel=0.01)
+    if scale == 1:
+        assert s.agents.count == 72_000
+
+
+def test_capacity_report_answers_per_strategy() -> None:
+    from sim.ecosystem import capacity_report, report_markdown
+
+    s = load_scenario(SCENARIOS / "x402-ecosystem-2025-100x.yaml")
+    report = capacity_report(s, check_s=20)
+    plans = {p["strategy"]: p for p in report["plans"]}
+    assert set(plans) == {"sdk", "sync", "pipelined", "batched"}
+    assert report["settlements_per_s"]["peak_hour"] == pytest.approx(3 * 52.08, rel=0.01)
+    assert plans["sdk"]["processes"] > plans["sync"]["processes"]  # 40 threads per 2 s block vs CPU-bound
+    assert plans["batched"]["gas_per_payment"] < plans["sync"]["gas_per_payment"]
+    assert plans["sync"]["gas_per_day"] == pytest.approx(45_000 * 100 * 85_704, rel=0.01)
+    assert all(p["check"]["keeps_up"] for p in plans.values())
+    assert "| sdk |" in report_markdown(report)
+
+
+# ---- CLI and boundaries ---------------------------------------------------------------------------------
+
+
+def x402bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "x402bench", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_sim_writes_a_run_folder_and_live_halves_say_what_to_do(tmp_path: Path) -> None:
+    done = x402bench("sim", str(SCENARIOS / "smoke.yaml"), "--duration", "3", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    (summary_path,) = tmp_path.glob("smoke/*/summary.json")
+    assert json.loads(summary_path.read_text())["mode"] == "sim"
+    for command in ("calibrate", "validate"):
+        refused = x402bench(command, str(SCENARIOS / "smoke.yaml"))
+        assert refused.returncode == 2 and "x402bench load" in refused.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    refused = x402bench("sim", str(SCENARIOS / "smoke.yaml"), "--calibration", str(bad))
+    assert refused.returncode == 2 and "not valid JSON" in refused.stderr
+
+
+def test_the_sim_never_imports_the_live_world() -> None:
+    code = ("import sys, sim.run, sim.sweep, sim.ecosystem, sim.calibrate, sim.validate;"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('services', 'loadtest', 'locust', 'web3')];"
+            "print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_calibration_version_is_in_every_file() -> None:
+    assert json.loads(Calibration().model_dump_json())["version"] == 1
