@@ -99,7 +99,8 @@ def run_sim(scenario: Scenario, calibration: Calibration | None = None, options:
     order = _request_order(world)
     requests = RequestView(world.requests, world.routes, order)
     gas_price_wei = int(round(scenario.economics.gas_price_gwei * 1e9))
-    settlements = SettlementView(world.settlements, world.txs, gas_price_wei)
+    accepted = np.frombuffer(world.settlements.t_accepted, dtype=np.float64)
+    settlements = SettlementView(world.settlements, world.txs, gas_price_wei, np.argsort(accepted, kind="stable").tolist())
     reconciliation = _reconcile(world)
     paid = reconciliation["paid_responses"]
     meta = {

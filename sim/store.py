@@ -114,6 +114,11 @@ class Names:
         self._payees: dict[int, str] = {}
         self._nonces: dict[int, str] = {}
         self._txs: dict[int, str] = {}
+        self._ints: dict[int, int] = {}
+
+    def num(self, value: int) -> int:
+        """One int object per value (agent indices, amounts, gas, block numbers repeat across records)."""
+        return self._ints.setdefault(value, value)
 
     def agent(self, i: int) -> str:
         name = self._agents.get(i)
@@ -136,12 +141,15 @@ class Names:
                 self._nonces[seq] = name
         return name
 
-    def tx(self, tx_id: int) -> str:
+    def tx(self, tx_id: int, keep: bool = True) -> str:
+        """keep=False for the last record expected to name this tx (a settlement), so the table stays small."""
         if tx_id < 0:
             return ""
-        name = self._txs.get(tx_id)
+        name = self._txs.pop(tx_id, None) if not keep else self._txs.get(tx_id)
         if name is None:
-            name = self._txs[tx_id] = tx_hex(tx_id)
+            name = tx_hex(tx_id)
+            if keep:
+                self._txs[tx_id] = name
         return name
 
 
@@ -161,9 +169,10 @@ class RequestView(Sequence[RequestRecord]):
         c = self.cols
         n = self.names
         return RequestRecord(
-            t_start=c.t_start[i], t_end=c.t_end[i], route=self.routes[c.route[i]], agent=c.agent[i],
+            t_start=c.t_start[i], t_end=c.t_end[i], route=self.routes[c.route[i]], agent=n.num(c.agent[i]),
             status=c.status[i], error=ERRORS[c.error[i]], challenge_s=c.challenge[i], sign_s=c.sign[i],
-            paid_s=c.paid[i], verify_s=c.verify[i], handler_s=c.handler[i], settle_s=c.settle[i], amount=c.amount[i],
+            paid_s=c.paid[i], verify_s=c.verify[i], handler_s=c.handler[i], settle_s=c.settle[i],
+            amount=n.num(c.amount[i]),
             payer=n.agent(c.agent[i]), nonce=n.nonce(c.seq[i], keep), tx_hash=n.tx(c.tx[i]),
         )
 
@@ -184,16 +193,18 @@ class RequestView(Sequence[RequestRecord]):
 
 
 class SettlementView(Sequence[SettlementRecord]):
-    """Settlement records in acceptance order, built on access."""
+    """Settlement records in acceptance order (t_accepted, then row), built on access."""
 
-    def __init__(self, cols: SettlementColumns, txs: TxColumns, gas_price_wei: int, names: Names | None = None) -> None:
+    def __init__(self, cols: SettlementColumns, txs: TxColumns, gas_price_wei: int, order: Sequence[int],
+                 names: Names | None = None) -> None:
         self.cols = cols
         self.txs = txs
         self.gas_price_wei = gas_price_wei
+        self.order = order
         self.names = names or Names()
 
     def __len__(self) -> int:
-        return len(self.cols)
+        return len(self.order)
 
     def _make(self, i: int) -> SettlementRecord:
         c = self.cols
@@ -202,9 +213,9 @@ class SettlementView(Sequence[SettlementRecord]):
         n = self.names
         return SettlementRecord(
             nonce=n.nonce(c.seq[i], False), payer=n.agent(c.agent[i]), payee=n.payee(c.payee[i]),
-            amount=c.amount[i], t_accepted=c.t_accepted[i], t_submitted=c.t_submitted[i],
-            t_included=c.t_included[i], state=STATES[c.state[i]], tx_hash=n.tx(tx),
-            block_number=t.block[tx] if tx >= 0 else -1, gas_used=t.gas[tx] if tx >= 0 else 0,
+            amount=n.num(c.amount[i]), t_accepted=c.t_accepted[i], t_submitted=c.t_submitted[i],
+            t_included=c.t_included[i], state=STATES[c.state[i]], tx_hash=n.tx(tx, t.size[tx] > 1 if tx >= 0 else False),
+            block_number=n.num(t.block[tx]) if tx >= 0 else -1, gas_used=n.num(t.gas[tx]) if tx >= 0 else 0,
             effective_gas_price=self.gas_price_wei if tx >= 0 else 0, batch_size=t.size[tx] if tx >= 0 else 1,
             error=ERRORS[c.error[i]],
         )
@@ -216,16 +227,12 @@ class SettlementView(Sequence[SettlementRecord]):
 
     def __getitem__(self, index: int | slice) -> SettlementRecord | list[SettlementRecord]:
         if isinstance(index, slice):
-            return [self._make(i) for i in range(len(self))[index]]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        return self._make(index)
+            return [self._make(i) for i in self.order[index]]
+        return self._make(self.order[index])
 
     def __iter__(self) -> Iterator[SettlementRecord]:
         make = self._make
-        for i in range(len(self)):
+        for i in self.order:
             yield make(i)
 
 
@@ -238,4 +245,6 @@ def materialize(requests: RequestView, settlements: SettlementView) -> tuple[lis
     rq = [requests._make(i, seq[i] in accepted) for i in requests.order]
     st = list(settlements)
     names._nonces.clear()
+    names._txs.clear()
+    names._ints.clear()
     return rq, st

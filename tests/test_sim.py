@@ -343,3 +343,12 @@ def test_the_sim_never_imports_the_live_world() -> None:
 
 def test_calibration_version_is_in_every_file() -> None:
     assert json.loads(Calibration().model_dump_json())["version"] == 1
+
+
+@pytest.mark.parametrize("kind,expected", [("poisson", 6000), ("constant", 6000), ("bursts", 6000),
+                                            ("ramp", 6000 * (60 - 20 / 2) / 60)])
+def test_open_arrival_kinds_offer_the_scenario_rate(kind: str, expected: float) -> None:
+    s = validate_scenario(world(agents={"count": 500, "funding_usdc": 1000, "arrivals": {
+        "kind": kind, "rate_per_agent_s": 0.2, "burst_size": 5, "ramp_s": 20}}, run={"duration_s": 60}))
+    started = run_sim(s).meta["sim"]["started_requests"]
+    assert started == pytest.approx(expected, rel=0.05)
