@@ -95,7 +95,8 @@ class StrategyTiming(_Strict):
     settle_io_s: Dist = Field(description="Waiting on RPC before the tx goes out (nonce, gas price, balance).")
     submit_s: Dist = Field(description="Held under the signer key's nonce lock: sign the tx and send it.")
     receipt: Literal["watcher", "poll"] = Field(
-        "watcher", description="watcher: one poller per process every receipt_poll_s; poll: each settle polls from its send."
+        "watcher",
+        description="watcher: one poller per process every receipt_poll_s; poll: each settle polls from its send.",
     )
     receipt_poll_s: float | None = Field(None, gt=0, description="null: the scenario's facilitator.receipt_poll_s.")
     answer_after: Literal["included", "submitted", "accepted"] = Field(

@@ -90,4 +90,5 @@ def choice(rng: np.random.Generator, weights: list[float]) -> Callable[[], int]:
         return lambda: only
     cumulative = np.cumsum(p)
     cumulative[-1] = 1.0
-    return _Blocked(rng, lambda r, n: np.searchsorted(cumulative, r.random(n), side="right"))  # type: ignore[return-value]
+    draw = _Blocked(rng, lambda r, n: np.searchsorted(cumulative, r.random(n), side="right"))
+    return draw  # type: ignore[return-value]

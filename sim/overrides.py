@@ -92,7 +92,7 @@ def _apply(data: dict[str, Any], key: str, value: Any) -> None:
     elif key == "workers":
         for service in data["services"]:
             service["workers"] = value
-    elif key == "facilitator.batch.max_size" or key == "facilitator.batch.max_age_s" or key in ("batch_size", "batch_age_s"):
+    elif ALIASES.get(key, key).startswith("facilitator.batch."):
         data["facilitator"]["batch"] = data["facilitator"].get("batch") or {}
         _set(data, ALIASES.get(key, key), value)
     else:

@@ -72,7 +72,8 @@ def effective_scenario(scenario: Scenario, options: SimOptions) -> Scenario:
     return scenario.with_overrides(**sections) if sections else scenario
 
 
-def run_sim(scenario: Scenario, calibration: Calibration | None = None, options: SimOptions = SimOptions()) -> SimResult:
+def run_sim(scenario: Scenario, calibration: Calibration | None = None,
+            options: SimOptions = SimOptions()) -> SimResult:
     """Simulate the scenario: arrivals until run.duration_s, then drain in-flight payments."""
     scenario = effective_scenario(scenario, options)
     cal = calibration or default_calibration()
@@ -100,7 +101,8 @@ def run_sim(scenario: Scenario, calibration: Calibration | None = None, options:
     requests = RequestView(world.requests, world.routes, order)
     gas_price_wei = int(round(scenario.economics.gas_price_gwei * 1e9))
     accepted = np.frombuffer(world.settlements.t_accepted, dtype=np.float64)
-    settlements = SettlementView(world.settlements, world.txs, gas_price_wei, np.argsort(accepted, kind="stable").tolist())
+    by_acceptance = np.argsort(accepted, kind="stable").tolist()
+    settlements = SettlementView(world.settlements, world.txs, gas_price_wei, by_acceptance)
     reconciliation = _reconcile(world)
     paid = reconciliation["paid_responses"]
     meta = {

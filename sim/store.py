@@ -156,7 +156,8 @@ class Names:
 class RequestView(Sequence[RequestRecord]):
     """Request records in (t_start, agent) order, built on access."""
 
-    def __init__(self, cols: RequestColumns, routes: list[str], order: Sequence[int], names: Names | None = None) -> None:
+    def __init__(self, cols: RequestColumns, routes: list[str], order: Sequence[int],
+                 names: Names | None = None) -> None:
         self.cols = cols
         self.routes = routes
         self.order = order
@@ -214,7 +215,8 @@ class SettlementView(Sequence[SettlementRecord]):
         return SettlementRecord(
             nonce=n.nonce(c.seq[i], False), payer=n.agent(c.agent[i]), payee=n.payee(c.payee[i]),
             amount=n.num(c.amount[i]), t_accepted=c.t_accepted[i], t_submitted=c.t_submitted[i],
-            t_included=c.t_included[i], state=STATES[c.state[i]], tx_hash=n.tx(tx, t.size[tx] > 1 if tx >= 0 else False),
+            t_included=c.t_included[i], state=STATES[c.state[i]],
+            tx_hash=n.tx(tx, t.size[tx] > 1 if tx >= 0 else False),
             block_number=n.num(t.block[tx]) if tx >= 0 else -1, gas_used=n.num(t.gas[tx]) if tx >= 0 else 0,
             effective_gas_price=self.gas_price_wei if tx >= 0 else 0, batch_size=t.size[tx] if tx >= 0 else 1,
             error=ERRORS[c.error[i]],
@@ -236,7 +238,8 @@ class SettlementView(Sequence[SettlementRecord]):
             yield make(i)
 
 
-def materialize(requests: RequestView, settlements: SettlementView) -> tuple[list[RequestRecord], list[SettlementRecord]]:
+def materialize(requests: RequestView,
+                settlements: SettlementView) -> tuple[list[RequestRecord], list[SettlementRecord]]:
     """Both record lists at once, sharing every hex string between them (about a third less memory)."""
     names = Names()
     requests.names = settlements.names = names

@@ -113,7 +113,8 @@ def write_table(out_dir: Path, rows: list[dict[str, Any]], keys: list[str]) -> N
         for row in rows:
             writer.writerow({k: _plain(row.get(k)) for k in names})
     stable = [{k: _plain(v) for k, v in row.items() if k != "wall_s"} for row in rows]
-    (out_dir / "sweep.json").write_text(json.dumps({"grid_keys": keys, "rows": stable}, indent=2, sort_keys=True) + "\n")
+    text = json.dumps({"grid_keys": keys, "rows": stable}, indent=2, sort_keys=True)
+    (out_dir / "sweep.json").write_text(text + "\n")
 
 
 def _plain(value: Any) -> Any:

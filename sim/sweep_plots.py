@@ -34,6 +34,13 @@ def _line(ax: Any, rows: list[dict[str, Any]], x: str, y: str, label: str, style
         ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label, markersize=4)
 
 
+def _log_if_wide(ax: Any, values: list[Any]) -> None:
+    """Queues that blow up next to ones that do not: a log axis keeps both readable."""
+    xs = [v for v in values if v is not None and v > 0]
+    if xs and max(xs) / min(xs) > 50:
+        ax.set_yscale("log")
+
+
 def _finish(fig: Any, axes: list[Any], path: Path) -> Path:
     for ax in axes:
         ax.grid(True, alpha=0.3)
@@ -54,7 +61,8 @@ def render_sweep_plots(out_dir: Path, rows: list[dict[str, Any]], keys: list[str
     ax.plot([0, top], [0, top], ":", color="grey", label="throughput = offered")
     for label, series in load_series.items():
         _line(ax, series, "offered_rps", "throughput_rps", label)
-    ax.set(xlabel="offered load (requests/s)", ylabel="paid throughput (requests/s)", title="Throughput vs offered load")
+    ax.set(xlabel="offered load (requests/s)", ylabel="paid throughput (requests/s)",
+           title="Throughput vs offered load")
     plots.append(_finish(fig, [ax], out_dir / "throughput_vs_offered.png"))
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -63,13 +71,16 @@ def render_sweep_plots(out_dir: Path, rows: list[dict[str, Any]], keys: list[str
         _line(a2, series, "offered_rps", "settlement_p95_s", label)
     a1.set(xlabel="offered load (requests/s)", ylabel="p95 request latency (s)", title="Request latency (p95)")
     a2.set(xlabel="offered load (requests/s)", ylabel="p95 settlement latency (s)", title="Settlement latency (p95)")
+    for ax, key in ((a1, "request_p95_s"), (a2, "settlement_p95_s")):
+        _log_if_wide(ax, [r.get(key) for r in rows])
     plots.append(_finish(fig, [a1, a2], out_dir / "latency_vs_offered.png"))
 
     fig, (c1, c2) = plt.subplots(1, 2, figsize=(11, 4.5))
     for label, series in _series(rows, keys, PRICE_KEYS).items():
         _line(c1, series, "mean_price_usd", "cost_per_payment_usd", label)
         _line(c2, series, "mean_price_usd", "cost_fraction_of_price", label)
-    c1.set(xlabel="mean price paid (USD)", ylabel="settlement cost per payment (USD)", title="Cost per payment vs price")
+    c1.set(xlabel="mean price paid (USD)", ylabel="settlement cost per payment (USD)",
+           title="Cost per payment vs price")
     c2.set(xlabel="mean price paid (USD)", ylabel="cost / price", title="Cost as a fraction of the price")
     for ax in (c1, c2):
         if any((r.get("mean_price_usd") or 0) > 0 for r in rows):

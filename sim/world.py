@@ -65,10 +65,9 @@ class World:
         self.broke_count = 0
         self.broke_first_t = -1.0
         self.cached = bytearray(agents * len(self.routes)) if a.cache_requirements else None
-        rtt = cal.network.rtt_s
-        self.rtt = sampler(rtt, stream(seed, "net.rtt")) if rtt else sampler(_ms(a.rtt_ms), stream(seed, "net.rtt"))
-        sign = cal.client.sign_s
-        self.sign = sampler(sign, stream(seed, "client.sign")) if sign else sampler(_ms(a.sign_ms), stream(seed, "client.sign"))
+        # measured (calibration) when given, else the scenario's own figures
+        self.rtt = sampler(cal.network.rtt_s or _ms(a.rtt_ms), stream(seed, "net.rtt"))
+        self.sign = sampler(cal.client.sign_s or _ms(a.sign_ms), stream(seed, "client.sign"))
         self.loadgen = Station(cal.client.cores) if loadgen else None
         self.loadgen_cpu = sampler(cal.client.cpu_s, stream(seed, "client.cpu"))
         self.svc_cpu = Station(cal.service.cores)

@@ -66,7 +66,8 @@ def _mg1_world(rho: float, customers: int, seed: int) -> dict:
         seed=seed, chain={"mining": "auto"},
         services=[{"name": "q", "path": "/q", "price": 1,
                    "work_ms": {"median": median_ms, "p99": median_ms * math.exp(Z99 * sigma)}, "workers": 1}],
-        agents={"count": 10_000, "funding_usdc": 1000, "arrivals": {"kind": "poisson", "rate_per_agent_s": lam / 10_000}},
+        agents={"count": 10_000, "funding_usdc": 1000,
+                "arrivals": {"kind": "poisson", "rate_per_agent_s": lam / 10_000}},
         run={"duration_s": customers / lam},
     )
 
@@ -274,7 +275,8 @@ def test_sweep_runs_points_in_parallel_and_writes_table_and_plots(tmp_path: Path
     base = validate_scenario(world(run={"duration_s": 10}))
     result = run_sweep(base, parse_grid(["agents=50,200", "price=0.001,0.1"]), tmp_path, jobs=2)
     assert len(result.rows) == 4
-    assert {p.name for p in result.plots} == {"throughput_vs_offered.png", "latency_vs_offered.png", "cost_vs_price.png"}
+    names = {p.name for p in result.plots}
+    assert names == {"throughput_vs_offered.png", "latency_vs_offered.png", "cost_vs_price.png"}
     assert all(p.stat().st_size > 1000 for p in result.plots)
     table = json.loads((tmp_path / "sweep.json").read_text())
     assert [r["offered_rps"] for r in table["rows"]] == [5.0, 5.0, 20.0, 20.0]

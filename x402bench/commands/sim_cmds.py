@@ -54,7 +54,8 @@ def sim(
     seed: Optional[int] = typer.Option(None, help="Random seed (overrides the scenario's)."),
     out_dir: Path = typer.Option(Path("results"), "--out", help="Root of the run folders."),
     calibration: Optional[Path] = typer.Option(None, help="Calibration JSON from `x402bench calibrate`."),
-    driver: str = typer.Option("open", help="open: agents on their own clocks; locust: as the live harness drives them."),
+    driver: str = typer.Option("open", help="open: agents on their own clocks; "
+                               "locust: as the live harness drives them."),
     run_id: Optional[str] = typer.Option(None, help="Run folder name (default: derived from the inputs)."),
 ) -> None:
     """Simulate the scenario with SimPy and write the same run folder as `load` (mode "sim")."""
@@ -63,14 +64,16 @@ def sim(
 
     s = load_scenario(scenario)
     cal = _calibration(calibration)
-    options = SimOptions(agents=agents, duration_s=duration, seed=seed, driver=_driver(driver))  # type: ignore[arg-type]
+    options = SimOptions(agents=agents, duration_s=duration, seed=seed,
+                         driver=_driver(driver))  # type: ignore[arg-type]
     try:
         run_dir, summary, result = simulate(s, cal, options, out_dir, run_id)
     except ValueError as exc:
         raise _fail(f"{scenario}: {exc}") from None
     print_result(summary, run_dir)
     p = result.perf
-    out.print(f"simulated {result.meta['sim']['simulated_s']:.0f} s, {p['paid']:,} paid requests in {p['wall_s']:.2f} s "
+    out.print(f"simulated {result.meta['sim']['simulated_s']:.0f} s, {p['paid']:,} paid requests in "
+              f"{p['wall_s']:.2f} s "
               f"wall ({p['paid_per_wall_s']:,.0f} paid/wall-s); agents broke: {result.meta['agents_broke']}",
               highlight=False)
     if not summary["slo"]["passed"]:
@@ -106,10 +109,12 @@ def sweep(
     except ValueError as exc:
         raise _fail(f"{scenario}: {exc}") from None
     table = Table(title=f"sweep of {s.name} ({len(result.rows)} points)")
-    shown = [*parsed, "offered_rps", "throughput_rps", "request_p95_s", "settlement_p95_s", "gas_per_payment",
-             "cost_per_payment_usd", "error_rate"]
+    columns = {"offered_rps": "offered/s", "throughput_rps": "paid/s", "request_p95_s": "req p95 s",
+               "settlement_p95_s": "settle p95 s", "gas_per_payment": "gas/pay", "cost_per_payment_usd": "$/pay",
+               "error_rate": "errors"}
+    shown = [*parsed, *columns]
     for name in shown:
-        table.add_column(name, justify="right")
+        table.add_column(columns.get(name, name), justify="right")
     for row in result.rows:
         table.add_row(*(_cell(row.get(name)) for name in shown))
     out.print(table)
@@ -124,12 +129,14 @@ def capacity(
     peak_factor: float = typer.Option(3.0, help="Peak hour over the mean hour (an assumption; see sim/ecosystem.py)."),
     check_s: float = typer.Option(120.0, help="Simulated seconds of the peak to check each plan (0: no check)."),
     calibration: Optional[Path] = typer.Option(None, help="Calibration JSON from `x402bench calibrate`."),
+    rpc_ms: float = typer.Option(0.0, help="Round trip to a remote node, added to the calibration's RPC waits."),
     out_dir: Path = typer.Option(Path("results"), "--out", help="Where capacity.md and capacity.json go."),
 ) -> None:
-    """What it takes to carry each scenario's volume: peak settlements/s, processes and keys per strategy, gas and USD/day."""
-    from sim.ecosystem import capacity_report, report_markdown
+    """What it takes to carry each scenario's volume: peak settlements/s, processes and keys per strategy,
+    gas and USD per day."""
+    from sim.ecosystem import capacity_report, report_markdown, with_rpc_latency
 
-    cal = _calibration(calibration)
+    cal = with_rpc_latency(_calibration(calibration), rpc_ms / 1000)
     reports, text = [], []
     for path in scenarios:
         s = load_scenario(path)
@@ -151,7 +158,8 @@ def capacity(
 def calibrate(
     scenario: Path,
     from_run: Optional[Path] = typer.Option(None, help="A live run folder of this scenario (from `x402bench load`)."),
-    out_file: Optional[Path] = typer.Option(None, "--out", help="Calibration JSON to write (default: next to the run)."),
+    out_file: Optional[Path] = typer.Option(None, "--out",
+                                            help="Calibration JSON to write (default: next to the run)."),
 ) -> None:
     """Measure a calibration file (timings, CPU, gas) from a live run, for `sim --calibration`."""
     from sim.calibrate import calibrate_from_run_dir
