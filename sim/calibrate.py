@@ -7,7 +7,8 @@ What each figure is taken from (steady window, paid requests, settled payments):
 - client.cpu_s           <- metrics.cpu.ms_per_paid_request.loadgen minus signing
 - strategy CPU           <- metrics.cpu.ms_per_paid_request.facilitator, split verify:settle as the defaults
 - strategy verify_io_s   <- verify_s - 2 hops - verify CPU (median)
-- strategy settle_io_s   <- SettlementRecord t_submitted - t_accepted - settle CPU - submit (median)
+- strategy settle_io_s   <- SettlementRecord t_submitted - t_accepted - settle CPU - submit (median;
+                            sync and pipelined only: the sdk engine stamps "submitted" before it starts)
 - gas                    <- gas_used of single-payment txs (existing / new payee) and a least-squares
                             fit gas = fixed + per_item * size over batch txs
 - t_included = "receipt" (the live ledger stamps inclusion when the facilitator sees the receipt)
@@ -94,7 +95,7 @@ def calibration_from_run(summary: dict[str, Any], requests: Sequence[RequestReco
     if verifies:
         t["verify_io_s"] = Dist.const(max(0.0, statistics.median(verifies) - 2 * hop - v_cpu)).model_dump()
     pre = [s.t_submitted - s.t_accepted for s in settled if s.t_submitted >= 0]
-    if pre and strategy != "batched":
+    if pre and strategy in ("sync", "pipelined"):  # the sdk engine stamps "submitted" before its thread even starts
         io = statistics.median(pre) - s_cpu - timing.submit_s.mean
         t["settle_io_s"] = Dist.const(max(0.0, io)).model_dump()
     data["strategies"] = {strategy: StrategyTiming.model_validate(t).model_dump(exclude_none=True)}

@@ -61,10 +61,6 @@ class Clock:
         if until > self.env._now:
             self.env.run(until=until)
 
-    def idle(self) -> bool:
-        """No event left to process."""
-        return self.env.peek() == float("inf")
-
 
 class Station:
     """`servers` FIFO servers; `enter(t, s)` returns when a job arriving at t starts service.
@@ -102,10 +98,6 @@ class Station:
         if t > self._next:
             self.busy_s += t - self._next
             self._next = t
-
-    @property
-    def free_at(self) -> float:
-        return self._next if self.servers == 1 else self._free[0]
 
 
 class Pool:

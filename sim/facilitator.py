@@ -25,7 +25,7 @@ from sim.calibration import Calibration
 from sim.chain import Chain, Tx
 from sim.dists import sampler, stream
 from sim.engine import Clock, Pool, Station
-from sim.store import FAILED, SETTLED
+from sim.store import SETTLED
 from x402bench.scenario import Scenario
 
 if TYPE_CHECKING:
@@ -276,11 +276,6 @@ class Facilitator:
     def _settle_release(self, r: "Req") -> None:
         self.threads.release()  # type: ignore[union-attr]
         self.world.finish(r, self.clock.now + self.hop())
-
-    def fail_pending(self) -> int:
-        """At the end: payments never included stay pending; count them."""
-        cols = self.world.settlements
-        return sum(1 for s in cols.state if s not in (SETTLED, FAILED))
 
     def stats(self, elapsed: float) -> dict[str, float]:
         span = max(elapsed, 1e-9)

@@ -15,7 +15,7 @@ from typing import overload
 from x402bench.results.records import RequestRecord, SettlementRecord
 
 #: Error codes the sim can produce, stored as a small index.
-ERRORS = ["", "invalid_exact_evm_payload_authorization_valid_before", "transaction_failed"]
+ERRORS = ["", "invalid_exact_evm_payload_authorization_valid_before"]
 STATES = ["pending", "settled", "failed"]
 PENDING, SETTLED, FAILED = 0, 1, 2
 

@@ -160,12 +160,22 @@ def calibrate(
     from_run: Optional[Path] = typer.Option(None, help="A live run folder of this scenario (from `x402bench load`)."),
     out_file: Optional[Path] = typer.Option(None, "--out",
                                             help="Calibration JSON to write (default: next to the run)."),
+    defaults: bool = typer.Option(False, "--defaults", help="Write the documented defaults instead (a template)."),
 ) -> None:
     """Measure a calibration file (timings, CPU, gas) from a live run, for `sim --calibration`."""
     from sim.calibrate import calibrate_from_run_dir
+    from sim.calibration import default_calibration
     from x402bench.results.rundir import RunDirError
 
     s = load_scenario(scenario)
+    if defaults:
+        cal = default_calibration().model_copy(update={"scenario": s.name})
+        if out_file is None:
+            out.print(cal.model_dump_json(indent=2, exclude_none=True), highlight=False, soft_wrap=True)
+        else:
+            cal.dump(out_file)
+            out.print(f"calibration: {out_file}", highlight=False, soft_wrap=True)
+        return
     if from_run is None:
         raise _fail(LIVE_LATER.format(scenario=scenario, flag="--from-run"))
     try:
