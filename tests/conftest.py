@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -23,3 +25,31 @@ def anvil(request: pytest.FixtureRequest) -> Iterator[Anvil]:
     with chain:
         yield chain
     assert chain.process is None, "Anvil was left running"
+
+
+_WORLD_MARKERS = ("anvil-linux", "anvil-darwin", "services.facilitator", "services.resource", "loadtest/locustfile.py")
+
+
+def _world_processes() -> set[tuple[int, str]]:
+    """(pid, command line) of every live Anvil, facilitator, service or Locust process on the machine."""
+    found = set()
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and any(marker in cmd for marker in _WORLD_MARKERS):
+            found.add((int(entry.name), cmd.strip()))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_running() -> Iterator[None]:
+    """Fail the session if the tests leave any world process behind that was not there before."""
+    before = _world_processes()
+    yield
+    deadline = time.monotonic() + 10
+    while (leaked := _world_processes() - before) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not leaked, f"tests left processes running: {sorted(leaked)}"

@@ -1,0 +1,93 @@
+"""The command line as a user meets it: scenario errors, the schema, `up --json` + `pay`,
+and our payer settling through the official SDK facilitator."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from services.payer.client import PayerCore, httpx_send
+from services.stack import World
+from x402bench.scenario import load_scenario
+
+import httpx
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "x402bench", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("body,field,problem", [
+    ("name: x\nservices: [{name: a, path: /a, price: '$0.0000001'}]\n", "services.0.price", "finer than"),
+    ("name: x\nservices: [{name: a, path: /a, price: 1, wrok_ms: 3}]\n", "services.0.wrok_ms", "unknown field"),
+    ("name: x\nchain: {mining: interval}\nservices: [{name: a, path: /a, price: 1}]\n", "chain", "block_time_s"),
+    ("name: x\nagents: {mix: {b: 1}}\nservices: [{name: a, path: /a, price: 1}]\n", "", "unknown services ['b']"),
+    ("name: x\nservices: []\n", "services", "at least 1"),
+    ("- just\n- a list\n", "", "mapping at the top level"),
+    ("name: [unclosed\n", "", "not valid YAML"),
+])
+def test_bad_scenario_exits_2_naming_file_field_and_problem(tmp_path: Path, body: str, field: str, problem: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(body)
+    done = cli("check", str(path))
+    assert done.returncode == 2
+    assert str(path) in done.stderr and field in done.stderr and problem in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_shipped_scenarios_are_valid() -> None:
+    for path in sorted(Path("scenarios").glob("*.yaml")):
+        done = cli("check", str(path))
+        assert done.returncode == 0, (path, done.stderr)
+
+
+def test_schema_is_json_schema_naming_every_section() -> None:
+    schema = json.loads(cli("schema").stdout)
+    assert schema["title"] == "x402bench scenario"
+    assert {"chain", "token", "facilitator", "services", "agents", "run", "slo"} <= set(schema["properties"])
+
+
+def test_our_payer_is_settled_by_the_official_sdk_facilitator(tmp_path: Path) -> None:
+    scenario = load_scenario("scenarios/smoke.yaml").with_overrides(facilitator={"strategy": "sdk"}, agents={"count": 2})
+    with World(scenario, workdir=tmp_path) as world, httpx.Client(timeout=60) as http:
+        payer = PayerCore(world.agents[0].key_hex, world.info.network)
+        results = [payer.pay(httpx_send(http), "GET", world.info.service_urls["weather"]) for _ in range(3)]
+    assert [r.status for r in results] == [200, 200, 200]
+    assert all(r.transaction.startswith("0x") and r.response.success for r in results)
+    assert len({r.nonce for r in results}) == 3
+
+
+def test_up_json_then_pay_then_ctrl_c_leaves_nothing_running(tmp_path: Path) -> None:
+    world_json = tmp_path / "world.json"
+    up = subprocess.Popen([sys.executable, "-m", "x402bench", "up", "scenarios/smoke.yaml", "--json", str(world_json),
+                           "--agents", "3"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not world_json.exists() and time.monotonic() < deadline and up.poll() is None:
+            time.sleep(0.1)
+        assert world_json.exists(), up.stdout.read() if up.poll() is not None else "no world.json"
+        info = json.loads(world_json.read_text())
+        assert len(info["agents"]) == 3 and info["network"] == "eip155:31337"
+        paid = cli("pay", info["service_urls"]["weather"], "--world", str(world_json), "--agent", "1")
+        assert paid.returncode == 0, paid.stdout + paid.stderr
+        assert "200" in paid.stdout and "gas used" in paid.stdout and info["agents"][1]["address"] in paid.stdout
+        pids = list(info["pids"].values())
+    finally:
+        up.send_signal(signal.SIGINT)
+        output, _ = up.communicate(timeout=60)
+    assert up.returncode == 0, output
+    assert "nothing left running" in output
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower(), pid
+
+
+def test_pay_without_any_key_is_a_usage_error() -> None:
+    done = cli("pay", "http://127.0.0.1:9/x")
+    assert done.returncode == 2 and "somebody has to pay" in done.stderr + done.stdout
