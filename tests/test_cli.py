@@ -91,3 +91,13 @@ def test_up_json_then_pay_then_ctrl_c_leaves_nothing_running(tmp_path: Path) -> 
 def test_pay_without_any_key_is_a_usage_error() -> None:
     done = cli("pay", "http://127.0.0.1:9/x")
     assert done.returncode == 2 and "somebody has to pay" in done.stderr + done.stdout
+
+
+def test_validate_runs_live_and_sim_and_reports_relative_errors(tmp_path: Path) -> None:
+    done = cli("validate", "scenarios/smoke.yaml", "--duration", "5", "--users", "4", "--live-out", str(tmp_path),
+               timeout=300)
+    assert done.returncode in (0, 1), done.stdout + done.stderr  # 1 = outside the 10% target: reported, not hidden
+    assert "live run:" in done.stdout
+    for metric in ("throughput (req/s)", "settlement p50 (s)", "settlement p95 (s)"):
+        line = next(l for l in done.stdout.splitlines() if l.startswith(metric))
+        assert "%" in line, line

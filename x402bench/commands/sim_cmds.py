@@ -1,7 +1,8 @@
 """`sim`, `sweep`, `capacity`, `calibrate`, `validate`: the simulated side of x402bench.
 
-The sim package never touches the live world; commands that need a live run take a
-finished run folder from `x402bench load` (--from-run / --live-run).
+The sim package never touches the live world; `calibrate` and `validate` take a finished run
+folder from `x402bench load` (--from-run / --live-run), or, without one, make a short live
+run first: the CLI sits on top of both sides, so it may call the load runner itself.
 """
 
 from __future__ import annotations
@@ -22,8 +23,15 @@ from x402bench.scenario import load_scenario
 out = Console()
 err = Console(stderr=True)
 
-LIVE_LATER = ("running the live half here is not wired yet: run `x402bench load {scenario}` and pass its run "
-              "folder with {flag}")
+def _live_run(scenario: Path, duration: float, users: int | None, out_root: Path) -> Path:
+    """A short live load run of the scenario (SLOs not enforced): the folder calibrate/validate read."""
+    from loadtest.runner import LoadOptions, run_load
+
+    s = load_scenario(scenario)
+    with out.status(f"live run of {s.name} for {duration:.0f} s…"):
+        result = run_load(s, LoadOptions(duration_s=duration, users=users, out_root=out_root))
+    out.print(f"live run: {result.run_dir}", highlight=False, soft_wrap=True)
+    return result.run_dir
 
 
 def _fail(message: str) -> typer.Exit:
@@ -161,6 +169,9 @@ def calibrate(
     out_file: Optional[Path] = typer.Option(None, "--out",
                                             help="Calibration JSON to write (default: next to the run)."),
     defaults: bool = typer.Option(False, "--defaults", help="Write the documented defaults instead (a template)."),
+    duration: float = typer.Option(20.0, help="Seconds of the live run made when no --from-run is given."),
+    users: Optional[int] = typer.Option(None, help="Locust users of that live run (default: the scenario's)."),
+    live_out: Path = typer.Option(Path("results"), help="Where that live run's folder goes."),
 ) -> None:
     """Measure a calibration file (timings, CPU, gas) from a live run, for `sim --calibration`."""
     from sim.calibrate import calibrate_from_run_dir
@@ -177,7 +188,7 @@ def calibrate(
             out.print(f"calibration: {out_file}", highlight=False, soft_wrap=True)
         return
     if from_run is None:
-        raise _fail(LIVE_LATER.format(scenario=scenario, flag="--from-run"))
+        from_run = _live_run(scenario, duration, users, live_out)
     try:
         cal = calibrate_from_run_dir(from_run)
     except RunDirError as exc:
@@ -194,6 +205,9 @@ def validate(
     scenario: Path,
     live_run: Optional[Path] = typer.Option(None, help="A live run folder of this scenario (from `x402bench load`)."),
     calibration: Optional[Path] = typer.Option(None, help="Calibration JSON (default: measured from the live run)."),
+    duration: float = typer.Option(20.0, help="Seconds of the live run made when no --live-run is given."),
+    users: Optional[int] = typer.Option(None, help="Locust users of that live run (default: the scenario's)."),
+    live_out: Path = typer.Option(Path("results"), help="Where that live run's folder goes."),
 ) -> None:
     """Live and sim side by side on the same scenario: throughput and settlement p50/p95 with relative errors."""
     from sim.calibrate import calibrate_from_run_dir
@@ -202,7 +216,7 @@ def validate(
 
     load_scenario(scenario)
     if live_run is None:
-        raise _fail(LIVE_LATER.format(scenario=scenario, flag="--live-run"))
+        live_run = _live_run(scenario, duration, users, live_out)
     try:
         live = load_summary(live_run)
         cal = _calibration(calibration) if calibration else calibrate_from_run_dir(live_run)
