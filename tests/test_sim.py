@@ -321,14 +321,14 @@ def x402bench(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "x402bench", *args], capture_output=True, text=True, timeout=120)
 
 
-def test_cli_sim_writes_a_run_folder_and_live_halves_say_what_to_do(tmp_path: Path) -> None:
+def test_cli_sim_writes_a_run_folder_and_bad_run_folders_are_refused(tmp_path: Path) -> None:
     done = x402bench("sim", str(SCENARIOS / "smoke.yaml"), "--duration", "3", "--out", str(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr
     (summary_path,) = tmp_path.glob("smoke/*/summary.json")
     assert json.loads(summary_path.read_text())["mode"] == "sim"
-    for command in ("calibrate", "validate"):
-        refused = x402bench(command, str(SCENARIOS / "smoke.yaml"))
-        assert refused.returncode == 2 and "x402bench load" in refused.stderr
+    for command, flag in (("calibrate", "--from-run"), ("validate", "--live-run")):
+        refused = x402bench(command, str(SCENARIOS / "smoke.yaml"), flag, str(tmp_path / "no-such-run"))
+        assert refused.returncode == 2 and "no-such-run" in refused.stderr, refused.stderr
     bad = tmp_path / "bad.json"
     bad.write_text("{")
     refused = x402bench("sim", str(SCENARIOS / "smoke.yaml"), "--calibration", str(bad))
