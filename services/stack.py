@@ -23,7 +23,7 @@ from services.payer.agents import Agent, derive_agents
 from services.process import ServiceProcess
 from services.resource.app import ResourceConfig, RouteSpec
 from services.token import deploy_usdc, fund
-from x402bench.scenario import Scenario
+from x402bench.scenario import Scenario, ScenarioError
 
 SIGNER_ETH_WEI = 10_000 * 10**18
 #: The payee starts with a balance, as a real merchant does: settlement gas then matches
@@ -88,6 +88,13 @@ class World:
 
     def _start(self) -> None:
         s = self.scenario
+        from services.facilitator.engines import ENGINES
+
+        if s.facilitator.strategy not in ENGINES:
+            raise ScenarioError(
+                f"{s.name}: facilitator.strategy {s.facilitator.strategy!r} is modelled by `x402bench sim` but not "
+                f"available live yet; live strategies: {', '.join(sorted(ENGINES))}"
+            )
         chain = s.chain
         # Deploy and fund on an automining chain (seconds, not a block wait per funding tx), then
         # switch to the scenario's mode; only sub-second intervals must be set at start-up.
