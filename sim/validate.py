@@ -16,6 +16,7 @@ from typing import Any
 
 from sim.calibration import Calibration
 from sim.run import SimOptions, build_sim_summary, run_sim
+from x402bench.results.compare import dig
 from x402bench.scenario import Scenario, validate_scenario
 
 TOLERANCE = 0.10
@@ -48,14 +49,6 @@ class Row:
         if not self.judged:
             return None
         return self.error is not None and abs(self.error) <= TOLERANCE
-
-
-def dig(data: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(data, dict):
-            return None
-        data = data.get(part)
-    return data
 
 
 def compare(live: dict[str, Any], sim: dict[str, Any]) -> list[Row]:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from x402bench.cli import app
+from x402bench.results.report import fmt
 
 out = Console()
 err = Console(stderr=True)
@@ -18,18 +19,6 @@ err = Console(stderr=True)
 def _bad_input(exc: Exception) -> typer.Exit:
     err.print(f"[red]error:[/red] {exc}", highlight=False)
     return typer.Exit(2)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-    return str(value)
 
 
 @app.command()
@@ -61,5 +50,5 @@ def compare(run_a: Path = typer.Argument(..., help="Baseline run folder (A)."),
     table.add_column(f"B: {label_b}", justify="right")
     table.add_column("B/A", justify="right")
     for row in rows:
-        table.add_row(row.metric, _cell(row.a), _cell(row.b), "n/a" if row.ratio is None else f"{row.ratio:.3f}x")
+        table.add_row(row.metric, fmt(row.a), fmt(row.b), "n/a" if row.ratio is None else f"{row.ratio:.3f}x")
     out.print(table)
