@@ -20,6 +20,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from x402bench.scenario import lognormal_sigma
+
 CALIBRATION_VERSION = 1
 
 Strategy = Literal["sdk", "sync", "pipelined", "batched"]
@@ -55,9 +57,7 @@ class Dist(_Strict):
 
     @property
     def sigma(self) -> float:
-        if self.p99 is None or self.median <= 0 or self.p99 == self.median:
-            return 0.0
-        return math.log(self.p99 / self.median) / 2.3263478740408408
+        return lognormal_sigma(self.median, self.p99)
 
     @property
     def is_zero(self) -> bool:

@@ -85,6 +85,13 @@ class Facilitator(_Strict):
         return data
 
 
+def lognormal_sigma(median: float, p99: float | None) -> float:
+    """Lognormal shape putting the 99th percentile on p99 (z_0.99 = 2.3263); 0 means constant."""
+    if p99 is None or median <= 0 or p99 == median:
+        return 0.0
+    return math.log(p99 / median) / 2.3263478740408408
+
+
 class Duration(_Strict):
     """A time distribution in milliseconds: lognormal from median and p99, constant when p99 is absent."""
 
@@ -99,10 +106,7 @@ class Duration(_Strict):
 
     @property
     def sigma(self) -> float:
-        """Lognormal shape so that the 99th percentile lands on p99 (z_0.99 = 2.3263)."""
-        if self.p99 is None or self.median <= 0 or self.p99 == self.median:
-            return 0.0
-        return math.log(self.p99 / self.median) / 2.3263478740408408
+        return lognormal_sigma(self.median, self.p99)
 
 
 def _coerce_duration(value: Any) -> Any:
