@@ -8,7 +8,7 @@ Public API:
     capacity_report(scenario, calibration, peak_factor, strategies, check_s) -> dict
     Calibration, load_calibration, default_calibration, instant_calibration
     calibration_from_run(summary, requests, settlements) / calibrate_from_run_dir(run_dir) -> Calibration
-    validate_against(live_summary, calibration) -> (rows, sim_summary)
+    validate_against(live_summary, calibration, replicates=5) -> (rows, sim summaries, one per seed)
 """
 
 from sim.calibrate import calibrate_from_run_dir, calibration_from_run

@@ -5,10 +5,16 @@ What each figure is taken from (steady window, paid requests, settled payments):
 - network.rtt_s          <- paid_s - verify_s - handler_s - settle_s - service CPU per request
 - service.cpu_s          <- summary metrics.cpu.ms_per_paid_request.services
 - client.cpu_s           <- metrics.cpu.ms_per_paid_request.loadgen minus signing
-- strategy CPU           <- metrics.cpu.ms_per_paid_request.facilitator, split verify:settle as the defaults
+- strategy CPU           <- sdk: its worker threads' CPU clocks per verify, per settle and per receipt
+                            poll (meta.facilitator.sdk_threads), the process's remaining CPU (event
+                            loop, HTTP) split over the two calls; ours: metrics.cpu.ms_per_paid_request
+                            .facilitator, split verify:settle as the defaults
 - strategy verify_io_s   <- verify_s - 2 hops - verify CPU (median)
 - strategy settle_io_s   <- SettlementRecord t_submitted - t_accepted - settle CPU - submit (median;
                             sync and pipelined only: the sdk engine stamps "submitted" before it starts)
+  Both are waits on RPC, and only a quiet facilitator shows them: when its CPU was busy over
+  BUSY of the run, every latency sample holds queueing the model adds itself, so they keep
+  their defaults (the model would otherwise count the queue twice).
 - gas                    <- gas_used of single-payment txs (existing / new payee) and a least-squares
                             fit gas = fixed + per_item * size over batch txs
 - t_included = "receipt" (the live ledger stamps inclusion when the facilitator sees the receipt)
@@ -28,6 +34,7 @@ from sim.calibration import Calibration, Dist, StrategyTiming, default_calibrati
 from x402bench.results.records import RequestRecord, SettlementRecord
 
 QUANTILES = 21  # q0, q5, ..., q100
+BUSY = 0.5  # facilitator CPU utilization above which its latencies are mostly queueing
 
 
 def quantile_dist(values: Sequence[float]) -> Dist | None:
@@ -43,6 +50,30 @@ def _ms_per_paid(summary: dict[str, Any], role: str) -> float | None:
     cpu = (summary.get("metrics") or {}).get("cpu") or {}
     value = (cpu.get("ms_per_paid_request") or {}).get(role)
     return None if value is None else float(value) / 1000
+
+
+def _facilitator_busy(summary: dict[str, Any]) -> float | None:
+    """The facilitator process's CPU utilization over the run (None when unknown)."""
+    seconds = (((summary.get("metrics") or {}).get("cpu") or {}).get("seconds") or {}).get("facilitator")
+    duration = (((summary.get("scenario") or {}).get("config") or {}).get("run") or {}).get("duration_s")
+    if seconds is None or not duration:
+        return None
+    return float(seconds) / float(duration)
+
+
+def _sdk_cpu(summary: dict[str, Any], fac_cpu: float | None) -> tuple[float, float, float] | None:
+    """(verify, settle before the receipt wait, one receipt poll) CPU seconds from the sdk probe."""
+    probe = ((summary.get("meta") or {}).get("facilitator") or {}).get("sdk_threads") or {}
+    cpu, calls, rpc = probe.get("cpu_s") or {}, probe.get("calls") or {}, probe.get("rpc_calls") or {}
+    verifies, settles, polls = calls.get("verify", 0), calls.get("settle", 0), rpc.get("eth_getTransactionReceipt", 0)
+    if not (verifies and settles and polls):
+        return None
+    verify = cpu.get("verify", 0.0) / verifies
+    settle = (cpu.get("settle", 0.0) - cpu.get("receipt_wait", 0.0)) / settles
+    poll = cpu.get("receipt_wait", 0.0) / polls
+    threads_per_payment = verify + settle + poll * polls / settles
+    loop = max(0.0, fac_cpu - threads_per_payment) / 2 if fac_cpu is not None else 0.0
+    return verify + loop, max(0.0, settle) + loop, poll
 
 
 def _fit_batches(txs: dict[str, tuple[int, int]]) -> tuple[int, int] | None:
@@ -86,16 +117,22 @@ def calibration_from_run(summary: dict[str, Any], requests: Sequence[RequestReco
     fac_cpu = _ms_per_paid(summary, "facilitator")
     t = timing.model_dump(mode="python", exclude_none=True)
     v_cpu, s_cpu = timing.verify_cpu_s.mean, timing.settle_cpu_s.mean
-    if fac_cpu is not None and v_cpu + s_cpu > 0:
+    probed = _sdk_cpu(summary, fac_cpu) if strategy == "sdk" else None
+    if probed is not None:
+        v_cpu, s_cpu, poll = probed
+        t["poll_cpu_s"] = Dist.const(poll).model_dump()
+    elif fac_cpu is not None and v_cpu + s_cpu > 0:
         share = v_cpu / (v_cpu + s_cpu)
         v_cpu, s_cpu = fac_cpu * share, fac_cpu * (1 - share)
-        t["verify_cpu_s"] = Dist.const(v_cpu).model_dump()
-        t["settle_cpu_s"] = Dist.const(s_cpu).model_dump()
+    t["verify_cpu_s"] = Dist.const(v_cpu).model_dump()
+    t["settle_cpu_s"] = Dist.const(s_cpu).model_dump()
+    busy = _facilitator_busy(summary)
+    quiet = busy is not None and busy <= BUSY
     verifies = [r.verify_s for r in paid if r.verify_s > 0]
-    if verifies:
+    if verifies and quiet:
         t["verify_io_s"] = Dist.const(max(0.0, statistics.median(verifies) - 2 * hop - v_cpu)).model_dump()
     pre = [s.t_submitted - s.t_accepted for s in settled if s.t_submitted >= 0]
-    if pre and strategy in ("sync", "pipelined"):  # the sdk engine stamps "submitted" before its thread even starts
+    if pre and quiet and strategy in ("sync", "pipelined"):  # the sdk engine stamps "submitted" before its thread starts
         io = statistics.median(pre) - s_cpu - timing.submit_s.mean
         t["settle_io_s"] = Dist.const(max(0.0, io)).model_dump()
     data["strategies"] = {strategy: StrategyTiming.model_validate(t).model_dump(exclude_none=True)}

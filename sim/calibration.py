@@ -91,7 +91,7 @@ class StrategyTiming(_Strict):
     )
     verify_cpu_s: Dist = Field(description="Facilitator CPU per /verify (one core: a Python process and its GIL).")
     verify_io_s: Dist = Field(description="Waiting on RPC during /verify (eth_getCode, eth_call).")
-    settle_cpu_s: Dist = Field(description="Facilitator CPU per /settle, receipt handling included.")
+    settle_cpu_s: Dist = Field(description="Facilitator CPU per /settle besides receipt polls (those are poll_cpu_s).")
     settle_io_s: Dist = Field(description="Waiting on RPC before the tx goes out (nonce, gas price, balance).")
     submit_s: Dist = Field(description="Held under the signer key's nonce lock: sign the tx and send it.")
     receipt: Literal["watcher", "poll"] = Field(
@@ -99,6 +99,10 @@ class StrategyTiming(_Strict):
         description="watcher: one poller per process every receipt_poll_s; poll: each settle polls from its send.",
     )
     receipt_poll_s: float | None = Field(None, gt=0, description="null: the scenario's facilitator.receipt_poll_s.")
+    poll_cpu_s: Dist = Field(
+        default_factory=lambda: Dist.const(0.0),
+        description="receipt 'poll': facilitator CPU per receipt poll, spent on its CPU while the block is awaited.",
+    )
     answer_after: Literal["included", "submitted", "accepted"] = Field(
         "included", description="When /settle answers: after the receipt (x402's default), after the send, at once."
     )
@@ -156,10 +160,13 @@ def _default_strategies() -> dict[str, StrategyTiming]:
     # one tx signed and sent under the key's lock in about a millisecond (Anvil takes ~1,000 raw txs/s).
     own = dict(verify_cpu_s=ms(2.5), verify_io_s=ms(1.5), settle_cpu_s=ms(4.5), settle_io_s=ms(1.0), submit_s=ms(1.2))
     return {
-        # 24 ms of CPU per payment in all (anchor: CPU-bound at ~40/s with automine), 40 threads,
-        # web3's wait_for_transaction_receipt polling every 0.1 s from the send.
-        "sdk": StrategyTiming(threads=40, verify_cpu_s=ms(6.0), verify_io_s=ms(2.0), settle_cpu_s=ms(18.0),
-                              settle_io_s=ms(4.0), submit_s=ms(2.0), receipt="poll", receipt_poll_s=0.1),
+        # Measured with its threads' CPU clocks (services/facilitator/sdk_probe.py) on sim-over, 2 s
+        # blocks: 13.4 ms to verify, 16.6 ms to settle up to the send, 1.9 ms per receipt poll of web3's
+        # wait_for_transaction_receipt (every 0.1 s from the send, ~9 per payment), 2.6 ms in the event
+        # loop (half to each call): ~50 ms per payment, so one process settles ~20/s on its own CPU.
+        "sdk": StrategyTiming(threads=40, verify_cpu_s=ms(14.7), verify_io_s=ms(2.0), settle_cpu_s=ms(17.9),
+                              settle_io_s=ms(4.0), submit_s=ms(2.0), receipt="poll", receipt_poll_s=0.1,
+                              poll_cpu_s=ms(1.9)),
         "sync": StrategyTiming(**own),
         "pipelined": StrategyTiming(**own, answer_after="submitted"),
         "batched": StrategyTiming(**own),

@@ -27,6 +27,8 @@ class Tx:
     lane: int
     t_sent: float
     requests: list = field(default_factory=list)  # the in-flight requests it settles (sim.world.Req)
+    ready: float = float("inf")  # when its receipt can be read (set once mined)
+    block_time: float = 0.0
 
 
 Included = Callable[[Tx, float, int], None]  # (tx, block time, block number)

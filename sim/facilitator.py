@@ -13,6 +13,9 @@ Flows (times are what the strategy's `StrategyTiming` says):
   and answers after the receipt ("included", x402's default flow), after the send
   ("submitted"), or at once ("accepted"). Receipts are seen by one watcher polling every
   receipt_poll_s ("watcher") or by each /settle polling from its own send ("poll", web3).
+  When polls cost CPU (poll_cpu_s), each is a job on the facilitator's CPU, so a busy
+  process sees its receipts late and its waiting threads slow everything else down, as
+  web3's wait_for_transaction_receipt does live: poll, and if nothing yet, sleep receipt_poll_s.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ class Facilitator:
         self.hop = sampler(cal.network.hop_s, stream(seed, "net.hop"))
         self.answer_after = timing.answer_after
         self.poll_each = timing.receipt == "poll"
+        self.poll_cpu = sampler(timing.poll_cpu_s, stream(seed, "fac.poll_cpu"))
+        self.polls_cost_cpu = self.poll_each and not timing.poll_cpu_s.is_zero
+        self.polls = 0
         self.poll_s = timing.receipt_poll_s or scenario.facilitator.receipt_poll_s
         phase_rng = stream(seed, "fac.phase")
         self.watch_phase = float(phase_rng.random()) * self.poll_s
@@ -241,17 +247,38 @@ class Facilitator:
             cols = self.world.settlements
             for r in requests:
                 cols.t_submitted[r.row] = returned
+        if self.polls_cost_cpu:
+            self.clock.at(returned - self.clock.now, self._poll, tx)
+
+    def _poll(self, tx: Tx) -> None:
+        """One receipt poll on the facilitator's CPU: found, or try again receipt_poll_s later."""
+        self.polls += 1
+        cpu = self.poll_cpu()
+        done = self.cpu.enter(self.clock.now, cpu) + cpu
+        if tx.ready <= done:
+            self._settled(tx, done)
+        else:
+            self.clock.at(done + self.poll_s - self.clock.now, self._poll, tx)
 
     def _included(self, tx: Tx, block_time: float, number: int) -> None:
         self.in_flight[tx.lane] -= 1
         self.world.txs.block[tx.id] = number
+        tx.block_time = block_time
         ready = block_time + self.receipt_delay
+        if self.polls_cost_cpu:
+            tx.ready = ready  # its own poll chain finds it
+            return
         if self.poll_each:
             start = tx.t_sent
             seen = start + math.ceil(max(0.0, ready - start) / self.poll_s - 1e-9) * self.poll_s
         else:
             phase = self.watch_phase
             seen = phase + math.ceil((ready - phase) / self.poll_s - 1e-9) * self.poll_s
+        self._settled(tx, seen)
+
+    def _settled(self, tx: Tx, seen: float) -> None:
+        """The facilitator saw the receipt at `seen`: record the settlement, answer if it waits for it."""
+        block_time = tx.block_time
         t_included = block_time if self.receipt_at_block else seen
         cols = self.world.settlements
         auto = self.chain.mining == "auto"
@@ -285,6 +312,8 @@ class Facilitator:
             "lane_utilization_max": max(l.busy_s for l in self.lanes) / span,
             "txs": sum(l.jobs for l in self.lanes),
         }
+        if self.polls_cost_cpu:
+            out["receipt_polls"] = self.polls
         if self.threads is not None:
             out["threads"] = self.threads.size
             out["threads_peak_waiting"] = self.threads.peak_waiting

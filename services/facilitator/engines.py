@@ -204,14 +204,16 @@ class SdkEngine(Engine):
     def __init__(self, config: FacilitatorConfig) -> None:
         super().__init__(config)
         from x402 import x402FacilitatorSync
-        from x402.mechanisms.evm import FacilitatorWeb3Signer
         from x402.mechanisms.evm.exact import register_exact_evm_facilitator
 
+        from services.facilitator.sdk_probe import ProbedWeb3Signer, ThreadCpuProbe
+
+        self.probe = ThreadCpuProbe()
         self._facilitators = []
         self._signers = []
         for key in config.signer_keys:
             facilitator = x402FacilitatorSync()
-            signer = FacilitatorWeb3Signer(private_key=key, rpc_url=config.rpc_url)
+            signer = ProbedWeb3Signer(self.probe, private_key=key, rpc_url=config.rpc_url)
             register_exact_evm_facilitator(facilitator, signer, networks=config.network)
             self._facilitators.append(facilitator)
             self._signers.append(signer)
@@ -222,12 +224,19 @@ class SdkEngine(Engine):
     def signer_addresses(self) -> list[str]:
         return [a for s in self._signers for a in s.get_addresses()]
 
-    async def _in_thread(self, fn, *args):  # noqa: ANN001, ANN202
-        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+    async def _in_thread(self, kind: str, fn, *args):  # noqa: ANN001, ANN202
+        def measured():  # noqa: ANN202
+            with self.probe.measure(kind):
+                return fn(*args)
+
+        return await anyio.to_thread.run_sync(measured, limiter=self._limiter)
+
+    def metrics(self) -> dict[str, Any]:
+        return {**super().metrics(), "sdk_threads": self.probe.snapshot()}
 
     async def verify(self, body: bytes) -> dict[str, Any]:
         _, payload, requirements = parse_request(body)
-        result = await self._in_thread(next(self._turn).verify, payload, requirements)
+        result = await self._in_thread("verify", next(self._turn).verify, payload, requirements)
         return result.model_dump(by_alias=True, exclude_none=True)
 
     async def settle(self, body: bytes) -> dict[str, Any]:
@@ -246,7 +255,7 @@ class SdkEngine(Engine):
         except (TypeError, ValueError) as exc:
             return self._failure(Rejection(reasons.INVALID_PAYLOAD, str(exc)))
         self.ledger.submitted([claim.id], "", -1, "")
-        result = await self._in_thread(next(self._turn).settle, payload, requirements)
+        result = await self._in_thread("settle", next(self._turn).settle, payload, requirements)
         if result.success:
             self.ledger.finished([claim], ok=True, tx_hash=result.transaction, included_at=time.time())
         elif result.error_reason == reasons.SETTLEMENT_PENDING:

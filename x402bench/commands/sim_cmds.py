@@ -205,25 +205,30 @@ def validate(
     scenario: Path,
     live_run: Optional[Path] = typer.Option(None, help="A live run folder of this scenario (from `x402bench load`)."),
     calibration: Optional[Path] = typer.Option(None, help="Calibration JSON (default: measured from the live run)."),
-    duration: float = typer.Option(20.0, help="Seconds of the live run made when no --live-run is given."),
+    duration: Optional[float] = typer.Option(
+        None, help="Seconds of the live run made when no --live-run is given (default: the scenario's run.duration_s)."),
     users: Optional[int] = typer.Option(None, help="Locust users of that live run (default: the scenario's)."),
+    replicates: int = typer.Option(5, min=1, help="Sim seeds averaged against the live figures."),
     live_out: Path = typer.Option(Path("results"), help="Where that live run's folder goes."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows as JSON here."),
 ) -> None:
     """Live and sim side by side on the same scenario: throughput and settlement p50/p95 with relative errors."""
     from sim.calibrate import calibrate_from_run_dir
-    from sim.validate import TOLERANCE, load_summary, passed, table_text, validate_against
+    from sim.validate import TOLERANCE, load_summary, passed, rows_json, table_text, validate_against
     from x402bench.results.rundir import RunDirError
 
-    load_scenario(scenario)
+    s = load_scenario(scenario)
     if live_run is None:
-        live_run = _live_run(scenario, duration, users, live_out)
+        live_run = _live_run(scenario, duration or s.run.duration_s, users, live_out)
     try:
         live = load_summary(live_run)
         cal = _calibration(calibration) if calibration else calibrate_from_run_dir(live_run)
     except RunDirError as exc:
         raise _fail(str(exc)) from None
-    rows, _ = validate_against(live, cal)
+    rows, _ = validate_against(live, cal, replicates=replicates)
     out.print(table_text(rows), highlight=False)
+    if json_out is not None:
+        json_out.write_text(rows_json(rows))
     if not passed(rows):
         out.print(f"[red]validation failed:[/red] a judged metric is off by more than {TOLERANCE:.0%}")
         sys.exit(1)
