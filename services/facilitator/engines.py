@@ -6,6 +6,11 @@ what it accepted in the same ledger, so runs of different strategies compare fai
   FastAPI serves plain `def` handlers: the reference baseline.
 - `sync`: ours, one tx per payment, answer after the receipt; async end to end, nonces
   kept locally per key, receipts resolved per block by one watcher.
+- `pipelined`: the same sends, answered as soon as the tx is out (its hash is what the
+  service gets): request latency no longer waits for a block. Inclusion is still tracked
+  per payment and written to the ledger, so settlement latency, reverts and lost payments
+  are measured exactly as for `sync`; what the seller gives up is the certainty, at answer
+  time, that the transfer landed.
 """
 
 from __future__ import annotations
@@ -92,6 +97,7 @@ class OwnEngine(Engine):
         self.pool = LanePool(
             [SignerLane(k, self.rpc, config.chain_id, config.gas_price_wei, config.tx_gas_limit) for k in config.signer_keys]
         )
+        self._tracking: set[asyncio.Task[dict[str, Any]]] = set()
 
     @property
     def signer_addresses(self) -> list[str]:
@@ -130,7 +136,7 @@ class OwnEngine(Engine):
         return await self._settle_claims([claim])
 
     async def _settle_claims(self, claims: list[Claim]) -> dict[str, Any]:
-        """Send one transferWithAuthorization and answer after its receipt."""
+        """Send one transferWithAuthorization, track its receipt, answer when the strategy says."""
         (claim,) = claims
         data = transfer_with_authorization_data(
             claim.payer, claim.payee, claim.amount, 0, claim.valid_before, claim.nonce, claim.signature
@@ -139,19 +145,36 @@ class OwnEngine(Engine):
         lane.in_flight += 1
         pending: list[asyncio.Future[dict[str, Any]]] = []
         try:
-            try:
-                sent = await lane.send(
-                    self.config.token.address, data, on_hash=lambda h: pending.append(self.watcher.expect(h))
-                )
-            except Exception as exc:
-                log.warning("send failed for %s: %s", claim.nonce, exc)
-                self.ledger.release(claim, reasons.TRANSACTION_FAILED)
-                return self._failure(Rejection(reasons.TRANSACTION_FAILED, str(exc), claim.payer))
-            self.watcher.sent()
-            self.ledger.submitted([claim.id], sent.signer, sent.nonce, sent.tx_hash)
-            return await self._await_receipt(claims, sent.tx_hash, pending[-1])
-        finally:
+            sent = await lane.send(
+                self.config.token.address, data, on_hash=lambda h: pending.append(self.watcher.expect(h))
+            )
+        except Exception as exc:
             lane.in_flight -= 1
+            log.warning("send failed for %s: %s", claim.nonce, exc)
+            self.ledger.release(claim, reasons.TRANSACTION_FAILED)
+            return self._failure(Rejection(reasons.TRANSACTION_FAILED, str(exc), claim.payer))
+        self.watcher.sent()
+        self.ledger.submitted([claim.id], sent.signer, sent.nonce, sent.tx_hash)
+        return await self._answer(claims, sent.tx_hash, self._track(claims, sent.tx_hash, pending[-1], lane))
+
+    def _track(self, claims: list[Claim], tx_hash: str, receipt: "asyncio.Future[dict[str, Any]]",
+               lane: SignerLane) -> "asyncio.Task[dict[str, Any]]":
+        """Follow the tx to its receipt and into the ledger, whether or not anyone still waits for the answer."""
+        async def follow() -> dict[str, Any]:
+            try:
+                return await self._await_receipt(claims, tx_hash, receipt)
+            finally:
+                lane.in_flight -= 1
+
+        task = asyncio.create_task(follow())
+        self._tracking.add(task)
+        task.add_done_callback(self._tracking.discard)
+        return task
+
+    async def _answer(self, claims: list[Claim], tx_hash: str,
+                      tracked: "asyncio.Task[dict[str, Any]]") -> dict[str, Any]:
+        """x402's default flow: answer with the receipt's verdict (a dropped client does not stop the tracking)."""
+        return await asyncio.shield(tracked)
 
     async def _await_receipt(
         self, claims: list[Claim], tx_hash: str, receipt_future: "asyncio.Future[dict[str, Any]]"
@@ -194,6 +217,20 @@ class OwnEngine(Engine):
                 self.ledger.finished([claim], ok=False, error=reasons.VALID_BEFORE_EXPIRED)
                 continue
             asyncio.create_task(self._settle_claims([claim]))
+
+
+class PipelinedEngine(OwnEngine):
+    """Answer once the tx is sent; its receipt is tracked and recorded in the background."""
+
+    async def _answer(self, claims: list[Claim], tx_hash: str,
+                      tracked: "asyncio.Task[dict[str, Any]]") -> dict[str, Any]:
+        return {"success": True, "transaction": tx_hash, "network": self.config.network, "payer": claims[0].payer,
+                "amount": str(claims[0].amount)}
+
+    async def stop(self) -> None:
+        if self._tracking:  # txs already answered for: a last chance for their receipts to reach the ledger
+            await asyncio.wait(set(self._tracking), timeout=min(5.0, self.config.receipt_timeout_s))
+        await super().stop()
 
 
 class SdkEngine(Engine):
@@ -267,7 +304,7 @@ class SdkEngine(Engine):
         return result.model_dump(by_alias=True, exclude_none=True)
 
 
-ENGINES: dict[str, type[Engine]] = {"sync": OwnEngine, "sdk": SdkEngine}
+ENGINES: dict[str, type[Engine]] = {"sync": OwnEngine, "pipelined": PipelinedEngine, "sdk": SdkEngine}
 
 
 def make_engine(config: FacilitatorConfig) -> Engine:
