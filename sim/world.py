@@ -116,8 +116,11 @@ class World:
         sign = self.sign()
         t_send = now + challenge + sign
         if self.loadgen is not None:
+            # The load generator's own CPU (Locust's loop, records) keeps its core busy and delays the
+            # requests queued behind it, but a request only waits for its own signing: its HTTP work is
+            # already inside the round trip measured live (calibration's rtt_s).
             cpu = sign + self.loadgen_cpu()
-            t_send = self.loadgen.enter(now, cpu) + cpu + challenge
+            t_send = self.loadgen.enter(now, cpu) + sign + challenge
         half = self.rtt() * 0.5
         r.challenge = challenge
         r.sign = sign
