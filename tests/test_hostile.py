@@ -71,8 +71,11 @@ def pay(world: World, header: str, route: str = "weather") -> httpx.Response:
 
 
 def reason(response: httpx.Response) -> str | None:
+    """The x402 reason code: refused at verify (PAYMENT-REQUIRED), at settle (PAYMENT-RESPONSE), or by the guard (body)."""
     if "PAYMENT-REQUIRED" in response.headers:
         return json.loads(base64.b64decode(response.headers["PAYMENT-REQUIRED"])).get("error")
+    if "PAYMENT-RESPONSE" in response.headers:
+        return json.loads(base64.b64decode(response.headers["PAYMENT-RESPONSE"])).get("errorReason")
     return response.json().get("error")
 
 

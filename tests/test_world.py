@@ -1,4 +1,4 @@
-"""End to end against a real world: Anvil, the mock USDC, our facilitator (both strategies),
+"""End to end against a real world: Anvil, the mock USDC, our facilitator (every live strategy),
 the priced services behind the official SDK middleware, paid by the official SDK client."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import subprocess
+import time
 
 import httpx
 import pytest
@@ -84,3 +85,49 @@ def test_world_processes_are_its_own_children(world: World) -> None:
         assert pid > 0, name
         state = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
         assert state and not state.startswith("Z"), f"{name} ({pid}) is not running"
+
+
+# ---- pipelined: answer once sent ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pipelined_world(tmp_path_factory):
+    scenario = SMOKE.with_overrides(facilitator={"strategy": "pipelined", "signer_keys": 2}, agents={"count": 4},
+                                    chain={"mining": "manual", "block_time_s": None})
+    with World(scenario, workdir=tmp_path_factory.mktemp("world-pipelined")) as w:
+        yield w
+    assert w.anvil is None and not w.processes
+
+
+def _ledger_states(world: World, tx_hashes: set[str]) -> dict[str, str]:
+    return {r["tx_hash"]: r["state"] for r in read_payments(world.info.ledger_path) if r["tx_hash"] in tx_hashes}
+
+
+def test_pipelined_answers_before_the_block_then_settles_in_it(pipelined_world: World) -> None:
+    """pipelined, live: the service is answered once the tx is out, before any block, and the ledger
+    still follows the tx to its block (manual mining makes "before" certain)."""
+    world = pipelined_world
+    info = world.info
+    rpc = Rpc(info.rpc_url)
+    token, payee = info.token["address"], info.pay_to
+    before = balance_of(info.rpc_url, token, payee)
+    block = int(rpc.call("eth_blockNumber"), 16)
+
+    responses = asyncio.run(sdk_client_get(world, info.service_urls["weather"], agent=2, times=3))
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    hashes = {decode_header(r.headers["PAYMENT-RESPONSE"])["transaction"].lower() for r in responses}
+    assert len(hashes) == 3
+    # no block yet: the answers came from the send, the transfers are still in the mempool
+    assert int(rpc.call("eth_blockNumber"), 16) == block
+    assert all(rpc.call("eth_getTransactionReceipt", h) is None for h in hashes)
+    assert set(_ledger_states(world, hashes).values()) == {"submitted"}
+    assert balance_of(info.rpc_url, token, payee) == before
+
+    rpc.call("evm_mine")
+    deadline = time.monotonic() + 10
+    while set(_ledger_states(world, hashes).values()) != {"settled"} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert set(_ledger_states(world, hashes).values()) == {"settled"}
+    assert balance_of(info.rpc_url, token, payee) - before == 3 * info.prices["weather"]
+    rows = [r for r in read_payments(info.ledger_path) if r["tx_hash"] in hashes]
+    assert {r["block_number"] for r in rows} == {block + 1} and all(r["gas_used"] > 80_000 for r in rows)
