@@ -1,6 +1,6 @@
 """Settlement strategies side by side on the same scenario, measured in one run.
 
-    python bench/bench_strategies.py [SCENARIO] [--users N] [--duration S] [--strategies sdk,sync,pipelined]
+    python bench/bench_strategies.py [SCENARIO] [--users N] [--duration S] [--strategies sdk,sync,pipelined,batched]
 
 Each strategy gets a fresh world and the same closed-loop agents (each user pays again as
 soon as its last payment answered), so the figure is the capacity of the stack, not the
@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("scenario", nargs="?", default="scenarios/base-like.yaml")
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--duration", type=float, default=30.0)
-    parser.add_argument("--strategies", default="sdk,sync,pipelined")
+    parser.add_argument("--strategies", default="sdk,sync,pipelined,batched")
     parser.add_argument("--route", default=None, help="Pay only this route (default: the scenario's cheapest), "
                         "so slow handlers do not hide the settlement path")
     args = parser.parse_args()

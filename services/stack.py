@@ -22,7 +22,7 @@ from services.facilitator.config import FacilitatorConfig, TokenInfo
 from services.payer.agents import Agent, derive_agents
 from services.process import ServiceProcess
 from services.resource.app import ResourceConfig, RouteSpec
-from services.token import deploy_usdc, fund
+from services.token import deploy_batch_settler, deploy_usdc, fund
 from x402bench.scenario import Scenario, ScenarioError
 
 SIGNER_ETH_WEI = 10_000 * 10**18
@@ -95,6 +95,15 @@ class World:
                 f"{s.name}: facilitator.strategy {s.facilitator.strategy!r} is modelled by `x402bench sim` but not "
                 f"available live yet; live strategies: {', '.join(sorted(ENGINES))}"
             )
+        if s.facilitator.strategy == "batched" and s.facilitator.batch is not None:
+            from services.facilitator.evm import batch_gas_limit
+
+            if batch_gas_limit(s.facilitator.batch.max_size) > s.chain.gas_limit:
+                raise ScenarioError(
+                    f"{s.name}: facilitator.batch.max_size {s.facilitator.batch.max_size} needs up to "
+                    f"{batch_gas_limit(s.facilitator.batch.max_size):,} gas per batch tx, over chain.gas_limit "
+                    f"{s.chain.gas_limit:,}; lower the batch size or raise the block gas limit"
+                )
         chain = s.chain
         # Deploy and fund on an automining chain (seconds, not a block wait per funding tx), then
         # switch to the scenario's mode; only sub-second intervals must be set at start-up.
@@ -104,6 +113,7 @@ class World:
                            gas_limit=chain.gas_limit, log_path=self.workdir / "anvil.log").start()
         rpc_url = self.anvil.url
         token_address = deploy_usdc(rpc_url, s.token.name, s.token.version, s.token.decimals, s.token.symbol)
+        settler = deploy_batch_settler(rpc_url) if s.facilitator.strategy == "batched" else None
         self.agents = derive_agents(s.seed, self.agent_count)
         signers = role_keys(s.seed, "signer", s.facilitator.signer_keys)
         (payee,) = role_keys(s.seed, "payee", 1)
@@ -120,6 +130,7 @@ class World:
             receipt_poll_s=s.facilitator.receipt_poll_s,
             batch_max_size=s.facilitator.batch.max_size if s.facilitator.batch else 50,
             batch_max_age_s=s.facilitator.batch.max_age_s if s.facilitator.batch else 1.0,
+            settler=settler,
         )
         facilitator_config.dump(self.workdir / "facilitator.json")
         facilitator = self._spawn("facilitator", "services.facilitator", self.workdir / "facilitator.json")

@@ -196,6 +196,13 @@ def deploy_usdc(
     return proxy
 
 
+def deploy_batch_settler(rpc_url: str) -> str:
+    """Deploy the BatchSettler the `batched` strategy relays through; returns its address."""
+    nonce = int(Rpc(rpc_url).call("eth_getTransactionCount", DEV_ADDRESS, "pending"), 16)
+    send_transactions(rpc_url, DEV_PRIVATE_KEY, [{"data": load_artifact("BatchSettler")["bytecode"], "gas": 1_000_000}])
+    return create_address(DEV_ADDRESS, nonce)
+
+
 def fund(
     rpc_url: str, token: str, addresses: Sequence[str], amount_atomic: int, chunk: int = FUND_CHUNK
 ) -> list[dict[str, Any]]:

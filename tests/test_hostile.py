@@ -19,12 +19,12 @@ import pytest
 from eth_account import Account
 
 from services.chain import Rpc
-from services.facilitator.evm import TOPIC_AUTHORIZATION_USED
+from services.facilitator.evm import TOPIC_AUTHORIZATION_USED, transfer_with_authorization_data
 from services.facilitator.ledger import read_payments
 from services.payer.signing import typed_data
 from services.stack import World
-from services.token import balance_of
-from x402bench.scenario import load_scenario
+from services.token import DEV_PRIVATE_KEY, balance_of, send_transactions
+from x402bench.scenario import ScenarioError, load_scenario
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +216,88 @@ def test_facilitator_verify_accepts_a_good_payment_without_settling_it(world: Wo
                                              "paymentRequirements": payload["accepted"]})
     assert verdict.status_code == 200 and verdict.json() == {"isValid": True, "payer": world.agents[7].address}
     assert len(read_payments(world.info.ledger_path)) == before
+
+
+# ---- batched: many authorizations per tx, and one bad item must not sink the others ------------------
+
+
+@pytest.fixture(scope="module")
+def batched_world(tmp_path_factory):
+    scenario = load_scenario("scenarios/smoke.yaml").with_overrides(
+        agents={"count": 12, "funding_usdc": 1},
+        facilitator={"strategy": "batched", "batch": {"max_size": 4, "max_age_s": 60}})
+    with World(scenario, workdir=tmp_path_factory.mktemp("batched")) as w:
+        yield w
+    assert w.anvil is None and not w.processes
+
+
+def _rows(world: World, nonces: list[str]) -> dict[str, dict[str, Any]]:
+    wanted = {n.lower() for n in nonces}
+    return {r["nonce"].lower(): r for r in read_payments(world.info.ledger_path) if r["nonce"].lower() in wanted}
+
+
+def _wait_accepted(world: World, nonces: list[str], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(_rows(world, nonces)) < len(nonces) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(_rows(world, nonces)) == len(nonces)
+
+
+def test_batched_settles_four_payments_in_one_tx(batched_world: World) -> None:
+    world = batched_world
+    info = world.info
+    before = balance_of(info.rpc_url, info.token["address"], info.pay_to)
+    required = requirements(world)
+    payloads = [build_payment(world, agent, required) for agent in range(4)]
+    with ThreadPoolExecutor(4) as pool:  # max_age is a minute: only the fourth payment can set the batch off
+        responses = list(pool.map(lambda p: pay(world, encode(p)), payloads))
+    assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
+    (tx_hash,) = {json.loads(base64.b64decode(r.headers["PAYMENT-RESPONSE"]))["transaction"] for r in responses}
+    receipt = Rpc(info.rpc_url).call("eth_getTransactionReceipt", tx_hash)
+    assert int(receipt["status"], 16) == 1
+    used = [log for log in receipt["logs"] if log["topics"][0] == TOPIC_AUTHORIZATION_USED]
+    nonces = [p["payload"]["authorization"]["nonce"] for p in payloads]
+    assert sorted(log["topics"][2].lower() for log in used) == sorted(n.lower() for n in nonces)
+    assert int(receipt["gasUsed"], 16) / 4 < 0.85 * 85_704  # amortised below a single transfer
+    rows = _rows(world, nonces)
+    assert {r["state"] for r in rows.values()} == {"settled"} and {r["tx_hash"] for r in rows.values()} == {tx_hash}
+    assert balance_of(info.rpc_url, info.token["address"], info.pay_to) - before == 4 * info.prices["weather"]
+
+
+def test_batched_item_beaten_to_the_chain_fails_alone_with_its_reason(batched_world: World) -> None:
+    """A accepted into the batch, then settled by someone else straight on the token: the batch tx skips A
+    (nonce used), settles B, C, D, and A's client hears nonce_already_used; ledger and chain agree."""
+    world = batched_world
+    info = world.info
+    rpc = Rpc(info.rpc_url)
+    required = requirements(world)
+    a, *others = [build_payment(world, agent, required) for agent in range(4, 8)]
+    auth = a["payload"]["authorization"]
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(pay, world, encode(a))
+        _wait_accepted(world, [auth["nonce"]])
+        front_run = transfer_with_authorization_data(
+            auth["from"], auth["to"], int(auth["value"]), int(auth["validAfter"]), int(auth["validBefore"]),
+            auth["nonce"], a["payload"]["signature"])
+        send_transactions(info.rpc_url, DEV_PRIVATE_KEY, [{"to": info.token["address"], "data": front_run,
+                                                           "gas": 200_000}])
+        rest = list(pool.map(lambda p: pay(world, encode(p)), others))
+        refused = first.result()
+    assert [r.status_code for r in rest] == [200] * 3
+    assert refused.status_code == 402 and reason(refused) == "invalid_exact_evm_nonce_already_used"
+    (tx_hash,) = {json.loads(base64.b64decode(r.headers["PAYMENT-RESPONSE"]))["transaction"] for r in rest}
+    receipt = rpc.call("eth_getTransactionReceipt", tx_hash)
+    assert int(receipt["status"], 16) == 1
+    assert len([log for log in receipt["logs"] if log["topics"][0] == TOPIC_AUTHORIZATION_USED]) == 3
+    rows = _rows(world, [p["payload"]["authorization"]["nonce"] for p in (a, *others)])
+    assert rows[auth["nonce"].lower()]["state"] == "failed"
+    assert rows[auth["nonce"].lower()]["error"] == "invalid_exact_evm_nonce_already_used"
+    assert sorted(r["state"] for r in rows.values()) == ["failed", "settled", "settled", "settled"]
+
+
+def test_batch_too_big_for_the_block_is_refused_before_anything_starts(tmp_path) -> None:
+    scenario = load_scenario("scenarios/smoke.yaml").with_overrides(
+        chain={"gas_limit": 30_000_000}, facilitator={"strategy": "batched", "batch": {"max_size": 1000}})
+    with pytest.raises(ScenarioError, match=r"facilitator\.batch\.max_size 1000 .* chain\.gas_limit 30,000,000"):
+        with World(scenario, workdir=tmp_path):
+            pass

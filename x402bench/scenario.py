@@ -71,7 +71,8 @@ class Batch(_Strict):
 class Facilitator(_Strict):
     strategy: Literal["sdk", "sync", "pipelined", "batched"] = Field(
         "sync", description="sdk: the official x402 facilitator; sync: one tx per payment, answer after receipt; "
-                            "pipelined: the same txs, answer once sent; batched: modelled by the sim only."
+                            "pipelined: the same txs, answer once sent; batched: many authorizations per tx "
+                            "through a settler contract, flushed at batch.max_size or batch.max_age_s."
     )
     signer_keys: int = Field(1, ge=1, le=64)
     batch: Batch | None = None

@@ -33,6 +33,7 @@ class FacilitatorConfig:
     receipt_timeout_s: float = 120.0
     batch_max_size: int = 50
     batch_max_age_s: float = 1.0
+    settler: str | None = None  # the BatchSettler contract (strategy "batched")
     extra: dict[str, object] = field(default_factory=dict)
 
     @property

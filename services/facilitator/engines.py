@@ -6,6 +6,9 @@ what it accepted in the same ledger, so runs of different strategies compare fai
   FastAPI serves plain `def` handlers: the reference baseline.
 - `sync`: ours, one tx per payment, answer after the receipt; async end to end, nonces
   kept locally per key, receipts resolved per block by one watcher.
+- `batched`: many authorizations in one tx through the BatchSettler contract, flushed at
+  batch_max_size or when the oldest waited batch_max_age_s; each /settle answers after the
+  batch's receipt with its own outcome, read from the token's AuthorizationUsed logs.
 - `pipelined`: the same sends, answered as soon as the tx is out (its hash is what the
   service gets): request latency no longer waits for a block. Inclusion is still tracked
   per payment and written to the ledger, so settlement latency, reverts and lost payments
@@ -28,7 +31,16 @@ from anyio import CapacityLimiter
 from services.facilitator import reasons
 from services.facilitator.checks import Authorization, Rejection, check_chain, check_payment, parse_request
 from services.facilitator.config import FacilitatorConfig
-from services.facilitator.evm import AsyncRpc, ReceiptWatcher, transfer_with_authorization_data
+from services.facilitator.evm import (
+    SEL_AUTHORIZATION_STATE,
+    TOPIC_AUTHORIZATION_USED,
+    AsyncRpc,
+    ReceiptWatcher,
+    batch_gas_limit,
+    batch_settle_data,
+    call_data,
+    transfer_with_authorization_data,
+)
 from services.facilitator.ledger import Claim, Ledger
 from services.facilitator.signers import LanePool, SignerLane
 
@@ -233,6 +245,121 @@ class PipelinedEngine(OwnEngine):
         await super().stop()
 
 
+class BatchedEngine(OwnEngine):
+    """Claims wait in a batch; one BatchSettler tx settles the batch, each claim learns its own fate."""
+
+    def __init__(self, config: FacilitatorConfig) -> None:
+        super().__init__(config)
+        if not config.settler:
+            raise ValueError("strategy 'batched' needs the BatchSettler's address (FacilitatorConfig.settler)")
+        self.settler = config.settler
+        self._batch: list[tuple[Claim, asyncio.Future[dict[str, Any]]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self.batches = 0
+
+    async def _settle_claims(self, claims: list[Claim]) -> dict[str, Any]:
+        (claim,) = claims
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._batch.append((claim, answer))
+        if len(self._batch) >= self.config.batch_max_size:
+            self._flush()
+        elif len(self._batch) == 1:
+            self._timer = asyncio.get_running_loop().call_later(self.config.batch_max_age_s, self._flush)
+        return await asyncio.shield(answer)  # a dropped client must not drop its payment from the batch
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._batch = self._batch, []
+        if batch:
+            task = asyncio.create_task(self._settle_batch(batch))
+            self._tracking.add(task)
+            task.add_done_callback(self._tracking.discard)
+
+    def _answer_all(self, batch: list[tuple[Claim, "asyncio.Future[dict[str, Any]]"]], answer: dict[str, Any]) -> None:
+        for claim, future in batch:
+            if not future.done():
+                future.set_result({**answer, "payer": claim.payer})
+
+    async def _settle_batch(self, batch: list[tuple[Claim, "asyncio.Future[dict[str, Any]]"]]) -> dict[str, Any]:
+        claims = [c for c, _ in batch]
+        data = batch_settle_data(self.config.token.address, [
+            (c.payer, c.payee, c.amount, 0, c.valid_before, c.nonce, c.signature) for c in claims])
+        lane = self.pool.pick()
+        lane.in_flight += 1
+        pending: list[asyncio.Future[dict[str, Any]]] = []
+        network = self.config.network
+        try:
+            try:
+                sent = await lane.send(self.settler, data, on_hash=lambda h: pending.append(self.watcher.expect(h)),
+                                       gas=batch_gas_limit(len(claims)))
+            except Exception as exc:
+                log.warning("batch of %d: send failed: %s", len(claims), exc)
+                for claim in claims:
+                    self.ledger.release(claim, reasons.TRANSACTION_FAILED)
+                self._answer_all(batch, {"success": False, "errorReason": reasons.TRANSACTION_FAILED,
+                                         "errorMessage": str(exc), "transaction": "", "network": network})
+                return {}
+            self.batches += 1
+            self.watcher.sent()
+            self.ledger.submitted([c.id for c in claims], sent.signer, sent.nonce, sent.tx_hash)
+            try:
+                receipt = await asyncio.wait_for(pending[-1], self.config.receipt_timeout_s)
+            except asyncio.TimeoutError:
+                self._answer_all(batch, {"success": False, "errorReason": reasons.SETTLEMENT_PENDING,
+                                         "transaction": sent.tx_hash, "network": network})
+                return {}
+            await self._close_batch(batch, sent.tx_hash, receipt)
+            return receipt
+        finally:
+            lane.in_flight -= 1
+
+    async def _close_batch(self, batch: list[tuple[Claim, "asyncio.Future[dict[str, Any]]"]], tx_hash: str,
+                           receipt: dict[str, Any]) -> None:
+        """Split the batch by the token's AuthorizationUsed logs: those settled, those that were not (and why)."""
+        token = self.config.token.address.lower()
+        used = {(log_["topics"][1][-40:].lower(), log_["topics"][2].lower()) for log_ in receipt.get("logs", [])
+                if log_["address"].lower() == token and log_["topics"] and log_["topics"][0] == TOPIC_AUTHORIZATION_USED}
+        settled = [(c, f) for c, f in batch if (c.payer.lower().removeprefix("0x"), c.nonce.lower()) in used]
+        settled_ids = {c.id for c, _ in settled}
+        failed = [(c, f) for c, f in batch if c.id not in settled_ids]
+        figures = dict(tx_hash=tx_hash, block_number=int(receipt["blockNumber"], 16),
+                       gas_used=int(receipt["gasUsed"], 16),
+                       effective_gas_price=int(receipt.get("effectiveGasPrice", "0x0"), 16), included_at=time.time())
+        if settled:
+            self.ledger.finished([c for c, _ in settled], ok=True, **figures)
+            for claim, future in settled:
+                if not future.done():
+                    future.set_result({"success": True, "transaction": tx_hash, "network": self.config.network,
+                                       "payer": claim.payer, "amount": str(claim.amount)})
+        for (claim, future), reason in zip(failed, await self._why_failed([c for c, _ in failed])):
+            self.ledger.finished([claim], ok=False, error=reason, **figures)
+            if not future.done():
+                future.set_result({"success": False, "errorReason": reason, "transaction": tx_hash,
+                                   "network": self.config.network, "payer": claim.payer})
+
+    async def _why_failed(self, claims: list[Claim]) -> list[str]:
+        """A skipped item whose nonce is now used was beaten to the chain; anything else failed in the transfer."""
+        if not claims:
+            return []
+        token = self.config.token.address
+        results = await self.rpc.batch([
+            ("eth_call", [{"to": token, "data": call_data(SEL_AUTHORIZATION_STATE, c.payer, c.nonce)}, "latest"])
+            for c in claims])
+        return [reasons.NONCE_ALREADY_USED if isinstance(r, str) and int(r, 16) == 1 else reasons.TRANSACTION_FAILED
+                for r in results]
+
+    async def stop(self) -> None:
+        self._flush()  # what waits in the batch goes out now rather than never
+        if self._tracking:
+            await asyncio.wait(set(self._tracking), timeout=min(5.0, self.config.receipt_timeout_s))
+        await super().stop()
+
+    def metrics(self) -> dict[str, Any]:
+        return {**super().metrics(), "batches": self.batches}
+
+
 class SdkEngine(Engine):
     """The official SDK facilitator, unchanged; our ledger only wraps it to count and dedupe."""
 
@@ -304,7 +431,9 @@ class SdkEngine(Engine):
         return result.model_dump(by_alias=True, exclude_none=True)
 
 
-ENGINES: dict[str, type[Engine]] = {"sync": OwnEngine, "pipelined": PipelinedEngine, "sdk": SdkEngine}
+ENGINES: dict[str, type[Engine]] = {
+    "sync": OwnEngine, "pipelined": PipelinedEngine, "batched": BatchedEngine, "sdk": SdkEngine,
+}
 
 
 def make_engine(config: FacilitatorConfig) -> Engine:
