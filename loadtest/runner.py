@@ -195,6 +195,7 @@ def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | N
         "agents_broke": agents_broke,
         "processes": options.processes,
         "facilitator": facilitator_metrics,
+        "machine": {"cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()},
         "blocks": {"first": first_block, "last": last_block},
         "world": {"rpc_url": info.rpc_url, "token": info.token, "pay_to": info.pay_to, "signers": info.signers},
     }
