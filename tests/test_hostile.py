@@ -301,3 +301,20 @@ def test_batch_too_big_for_the_block_is_refused_before_anything_starts(tmp_path)
     with pytest.raises(ScenarioError, match=r"facilitator\.batch\.max_size 1000 .* chain\.gas_limit 30,000,000"):
         with World(scenario, workdir=tmp_path):
             pass
+
+
+def test_batch_calldata_is_the_abi_encoding_of_settle() -> None:
+    """Hand-built calldata (static tuples inline) against eth_abi's encoder: pure logic, so a mock-free unit test."""
+    from eth_abi import encode
+    from eth_utils import keccak
+
+    from services.facilitator.evm import batch_settle_data
+
+    token = "0x" + "11" * 20
+    items = [("0x" + f"{i:040x}", "0x" + "33" * 20, 1000 + i, 0, 10**10, "0x" + f"{i:064x}",
+              "0x" + "55" * 32 + "66" * 32 + ("1b" if i % 2 else "01")) for i in range(3)]
+    shape = "(address,address,uint256,uint256,uint256,bytes32,uint8,bytes32,bytes32)"
+    expected = keccak(text=f"settle(address,{shape}[])")[:4] + encode(["address", f"{shape}[]"], [token, [
+        (p, q, v, a, b, bytes.fromhex(n[2:]), 27 if s.endswith("1b") else 28, bytes.fromhex(s[2:66]),
+         bytes.fromhex(s[66:130])) for p, q, v, a, b, n, s in items]])
+    assert batch_settle_data(token, items) == "0x" + expected.hex()

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from x402bench.results.records import RequestRecord
 from sim.calibration import (Calibration, CalibrationError, Dist, default_calibration, instant_calibration,
                              load_calibration)
 from sim.run import SimOptions, build_sim_summary, run_sim, simulate
@@ -242,6 +243,55 @@ def test_calibration_from_a_run_folder(tmp_path: Path) -> None:
     assert cal.measured["throughput_rps"] == pytest.approx(summary["metrics"]["throughput_rps"])
     cal.dump(tmp_path / "cal.json")
     assert load_calibration(tmp_path / "cal.json") == cal
+
+
+def _sdk_summary(fac_cpu_s: float, duration_s: float = 60.0) -> dict:
+    """A live sdk run's summary as far as calibration reads it: CPU per role and the SDK thread probe."""
+    return {
+        "scenario": {"name": "sim-over", "config": {"facilitator": {"strategy": "sdk"}, "run": {"duration_s": duration_s}}},
+        "metrics": {"cpu": {"seconds": {"facilitator": fac_cpu_s},
+                            "ms_per_paid_request": {"facilitator": fac_cpu_s * 1000 / 1000}}},
+        "meta": {"facilitator": {"sdk_threads": {
+            "calls": {"verify": 1000, "settle": 1000, "receipt_wait": 1000},
+            "cpu_s": {"verify": 13.0, "settle": 34.0, "receipt_wait": 18.0},
+            "rpc_calls": {"eth_getTransactionReceipt": 9000, "eth_call": 1000}}}},
+    }
+
+
+def test_sdk_calibration_splits_thread_cpu_and_keeps_io_defaults_when_busy() -> None:
+    """1,000 payments: 13 s verifying, 16 s settling before the wait, 18 s in 9,000 receipt polls, 3 s in
+    the event loop (50 s in all). A busy facilitator's latencies are queueing: RPC waits stay the defaults."""
+    from sim.calibrate import calibration_from_run
+
+    requests = [RequestRecord(t_start=1.0, t_end=3.0, route="weather", agent=0, status=200, verify_s=0.7,
+                              paid_s=2.0, settle_s=1.2, handler_s=0.01)]
+    cal = calibration_from_run(_sdk_summary(50.0), requests, [])
+    sdk, default = cal.strategy("sdk"), default_calibration().strategy("sdk")
+    assert sdk.poll_cpu_s.mean == pytest.approx(0.002)
+    assert sdk.verify_cpu_s.mean == pytest.approx(0.013 + 0.0015)
+    assert sdk.settle_cpu_s.mean == pytest.approx(0.016 + 0.0015)
+    assert sdk.verify_io_s == default.verify_io_s  # 0.7 s of verify latency is a queue, not RPC
+    quiet = calibration_from_run(_sdk_summary(50.0, duration_s=1000.0), requests, [])  # 5% busy
+    assert quiet.strategy("sdk").verify_io_s.mean == pytest.approx(0.7 - 2 * 0.0003 - 0.0145, abs=1e-6)
+
+
+def test_receipt_polls_are_cpu_jobs_of_the_facilitator() -> None:
+    """web3-style polling every 0.1 s from the send: each poll costs poll_cpu_s on the facilitator's CPU,
+    so its busy time grows by exactly polls x poll_cpu_s, and a busier CPU answers later."""
+    s = load_scenario(SCENARIOS / "sim-over.yaml").with_overrides(run={"duration_s": 20})
+    base = default_calibration()
+    sdk = base.strategy("sdk")
+    free = base.model_copy(update={"strategies": {**base.strategies,
+                                                  "sdk": sdk.model_copy(update={"poll_cpu_s": Dist.const(0.0)})}})
+    costly = run_sim(s, base, SimOptions(driver="locust"))
+    fac = costly.meta["sim"]["facilitator"]
+    assert fac["receipt_polls"] >= 5 * fac["txs"]  # 2 s blocks polled every 0.1 s
+    without = run_sim(s, free, SimOptions(driver="locust"))
+    per_payment = sdk.verify_cpu_s.mean + sdk.settle_cpu_s.mean
+    busy = costly.meta["cpu"]["seconds"]["facilitator"]
+    assert busy == pytest.approx(fac["txs"] * per_payment + fac["receipt_polls"] * sdk.poll_cpu_s.mean, rel=0.02)
+    assert "receipt_polls" not in without.meta["sim"]["facilitator"]
+    assert without.meta["sim"]["facilitator"]["cpu_utilization"] < fac["cpu_utilization"]
 
 
 def test_validation_table_of_a_sim_against_itself(tmp_path: Path) -> None:

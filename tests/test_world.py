@@ -80,6 +80,20 @@ def test_facilitator_advertises_exact_on_the_scenario_network(world: World) -> N
     assert supported["signers"]["eip155:*"] == world.info.signers
 
 
+def test_facilitator_metrics_count_what_it_did(world: World) -> None:
+    """/metrics feeds calibration: the ledger's counts, and for the SDK engine its threads' CPU and RPC calls."""
+    asyncio.run(sdk_client_get(world, world.info.service_urls["weather"], agent=3))
+    metrics = httpx.get(world.info.facilitator_url + "/metrics").json()
+    assert metrics["ledger"]["settled"] >= 1
+    if world.info.facilitator_strategy == "sdk":
+        probe = metrics["sdk_threads"]
+        assert probe["calls"]["verify"] >= 1 and probe["calls"]["settle"] >= 1 and probe["calls"]["receipt_wait"] >= 1
+        assert 0 < probe["cpu_s"]["receipt_wait"] < probe["cpu_s"]["settle"]  # the wait is part of the settle
+        assert probe["rpc_calls"]["eth_sendRawTransaction"] >= 1 and probe["rpc_calls"]["eth_getTransactionReceipt"] >= 1
+    else:
+        assert "sdk_threads" not in metrics and metrics["rpc_calls"] > 0
+
+
 def test_world_processes_are_its_own_children(world: World) -> None:
     for name, pid in world.info.pids.items():
         assert pid > 0, name
