@@ -15,6 +15,8 @@ What each figure is taken from (steady window, paid requests, settled payments):
   Both are waits on RPC, and only a quiet facilitator shows them: when its CPU was busy over
   BUSY of the run, every latency sample holds queueing the model adds itself, so they keep
   their defaults (the model would otherwise count the queue twice).
+- machine_cores          <- meta.machine.cpus: the live world shared one host's cores
+- chain.node_cpu_s       <- metrics.cpu.ms_per_paid_request.anvil (the node's share of that host)
 - gas                    <- gas_used of single-payment txs (existing / new payee) and a least-squares
                             fit gas = fixed + per_item * size over batch txs
 - t_included = "receipt" (the live ledger stamps inclusion when the facilitator sees the receipt)
@@ -149,6 +151,13 @@ def calibration_from_run(summary: dict[str, Any], requests: Sequence[RequestReco
     fit = _fit_batches(batches)
     if fit is not None:
         data["gas"]["batch_fixed"], data["gas"]["batch_per_item"] = max(21_000, fit[0]), max(0, fit[1])
+
+    cpus = ((summary.get("meta") or {}).get("machine") or {}).get("cpus")
+    if isinstance(cpus, int) and cpus > 0:
+        data["machine_cores"] = cpus
+        node = _ms_per_paid(summary, "anvil")
+        if node is not None:
+            data["chain"]["node_cpu_s"] = node
 
     m = summary.get("metrics") or {}
     measured = {"throughput_rps": m.get("throughput_rps"),

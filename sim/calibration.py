@@ -141,6 +141,9 @@ class Chain(_Strict):
     )
     block_phase_s: float | None = Field(None, ge=0, description="First block after run start; null: random.")
     receipt_delay_s: float = Field(0.0, ge=0, description="From a block to its receipts being served.")
+    node_cpu_s: float = Field(
+        0.0, ge=0, description="The node's CPU per payment (its RPC answers, mining); counted only on a shared machine."
+    )
 
 
 class Gas(_Strict):
@@ -180,6 +183,10 @@ class Calibration(_Strict):
     source: str = Field("defaults", description="'defaults', or the live run folder it was measured on.")
     scenario: str | None = Field(None, description="Name of the scenario it was measured with.")
     facilitator_cores: int = Field(1, ge=1, description="CPU servers of the facilitator (one process: 1, the GIL).")
+    machine_cores: int | None = Field(
+        None, ge=1, description="Cores the node, facilitator, services and load generator share (a live run on one "
+                                "host); null: each has its own, as in a deployment.",
+    )
     strategies: dict[Strategy, StrategyTiming] = Field(default_factory=_default_strategies)
     network: Network = Field(default_factory=Network)
     client: Client = Field(default_factory=Client)

@@ -9,6 +9,9 @@ instead schedules plain callbacks on SimPy's own event heap (`Clock.at`) and use
   all; only the arrival itself has to happen at its true time, in time order.
 - `Pool`: a semaphore for holds of unknown length (a thread waiting for its block),
   with a FIFO queue of continuations run when a holder releases.
+- `Machine`: the host's cores, when the stations' processes share one host (a live run):
+  CPU jobs draw on a timeline of core capacity, so processes that each have a free server
+  still slow one another down once together they want more cores than the host has.
 """
 
 from __future__ import annotations
@@ -68,12 +71,13 @@ class Station:
     Jobs must enter in order of their arrival time t (call it from an event at time t).
     """
 
-    __slots__ = ("servers", "_free", "_next", "busy_s", "jobs", "wait_s")
+    __slots__ = ("servers", "_free", "_next", "busy_s", "jobs", "wait_s", "machine")
 
-    def __init__(self, servers: int) -> None:
+    def __init__(self, servers: int, machine: "Machine | None" = None) -> None:
         if servers < 1:
             raise ValueError("a station needs at least one server")
         self.servers = servers
+        self.machine = machine
         self._free = [0.0] * servers  # heap of the times each server becomes free (servers > 1)
         self._next = 0.0  # the single server's free time (servers == 1)
         self.busy_s = 0.0
@@ -81,16 +85,22 @@ class Station:
         self.wait_s = 0.0
 
     def enter(self, t: float, service: float) -> float:
+        """When a job arriving at t starts; it ends `service` later, or later still on a saturated machine."""
         self.busy_s += service
         self.jobs += 1
+        machine = self.machine
         if self.servers == 1:
             start = self._next if self._next > t else t
-            self._next = start + service
+            end = machine.run(start, service) if machine is not None else start + service
+            self._next = end
         else:
             free = self._free[0]
             start = free if free > t else t
-            heapq.heapreplace(self._free, start + service)
+            end = machine.run(start, service) if machine is not None else start + service
+            heapq.heapreplace(self._free, end)
         self.wait_s += start - t
+        if machine is not None:
+            start = end - service  # callers add `service` to get the end: hand back the stretch as a late start
         return start
 
     def hold_until(self, t: float) -> None:
@@ -98,6 +108,55 @@ class Station:
         if t > self._next:
             self.busy_s += t - self._next
             self._next = t
+
+
+class Machine:
+    """Core capacity over time, in slots of `slot_s`: each slot holds `cores * slot_s` CPU-seconds.
+
+    A job running from `start` takes what it can of each slot in turn (never more than one core's
+    worth: a job is one thread) until its CPU time is done; a slot the jobs already placed have
+    filled stretches it into later ones. This is work-conserving (no core idles while a job waits
+    for it) and needs no events; jobs are placed in the order their processes start them, which
+    near saturation favours a little the ones placed first.
+    """
+
+    __slots__ = ("cores", "slot_s", "_used", "_base")
+
+    def __init__(self, cores: int, slot_s: float = 0.005) -> None:
+        if cores < 1:
+            raise ValueError("a machine needs at least one core")
+        self.cores = cores
+        self.slot_s = slot_s
+        self._used: list[float] = []  # CPU-seconds placed per slot, from slot `_base` on
+        self._base = 0
+
+    def run(self, start: float, cpu: float) -> float:
+        """Place `cpu` seconds of one thread's work from `start`; return when it is done."""
+        if cpu <= 0:
+            return start
+        slot_s, capacity = self.slot_s, self.cores * self.slot_s
+        used, base = self._used, self._base
+        index = int(start / slot_s)
+        if index < base:  # earlier than anything kept: treat as the oldest kept slot
+            index = base
+        t = start
+        left = cpu
+        while True:
+            k = index - base
+            while k >= len(used):
+                used.append(0.0)
+            slot_end = (index + 1) * slot_s
+            room = capacity - used[k]
+            span = slot_end - t  # one thread cannot use more of this slot than remains of it
+            if room > 1e-12 and span > 0:
+                take = min(left, room, span)
+                used[k] += take
+                left -= take
+                if left <= 1e-12:
+                    # done: as far into the slot as the share it got implies
+                    return t + take * span / min(room, span) if take < span else t + take
+            index += 1
+            t = slot_end
 
 
 class Pool:

@@ -48,7 +48,9 @@ class Facilitator:
         timing = cal.strategy(strategy)
         seed = scenario.seed
         self.threads = Pool(timing.threads) if timing.threads else None
-        self.cpu = Station(cal.facilitator_cores)
+        self.cpu = Station(cal.facilitator_cores, world.machine)
+        self.node_cpu = cal.chain.node_cpu_s if world.machine is not None else 0.0
+        self.node = Station(1, world.machine) if self.node_cpu else None  # the node's work on a shared host
         self.verify_cpu = sampler(timing.verify_cpu_s, stream(seed, "fac.verify_cpu"))
         self.verify_io = sampler(timing.verify_io_s, stream(seed, "fac.verify_io"))
         self.settle_cpu = sampler(timing.settle_cpu_s, stream(seed, "fac.settle_cpu"))
@@ -74,7 +76,7 @@ class Facilitator:
         self.new_payee = [not gas.payees_prefunded] * len(scenario.services)
         self.batched = strategy == "batched"
         # Stages that cost nothing are skipped; a stage that can queue must be entered in time order (an event).
-        self.cpu_busy = not (timing.verify_cpu_s.is_zero and timing.settle_cpu_s.is_zero)
+        self.cpu_busy = not (timing.verify_cpu_s.is_zero and timing.settle_cpu_s.is_zero) or self.node is not None
         self.submit_busy = not timing.submit_s.is_zero
         self.verify_queues = self.cpu_busy or self.threads is not None
         self.settle_queues = self.cpu_busy or self.threads is not None
@@ -154,6 +156,8 @@ class Facilitator:
             self.world.rejected(r, ERR_VALID_BEFORE, t + self.hop())
             return
         r.row = self.world.settlements.accept(r.seq, r.agent, r.route, r.amount, t)
+        if self.node is not None:  # the node's share of this payment's work, on the host's cores
+            self.node.enter(t, self.node_cpu)
         if self.threads is None:
             self._settle_at(r, t)
         else:

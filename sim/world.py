@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from sim.calibration import Calibration, Dist
 from sim.dists import sampler, stream
-from sim.engine import Clock, Station
+from sim.engine import Clock, Machine, Station
 from sim.facilitator import Facilitator
 from sim.store import FAILED, RequestColumns, SettlementColumns, TxColumns
 from x402bench.scenario import Duration, Scenario
@@ -68,11 +68,12 @@ class World:
         # measured (calibration) when given, else the scenario's own figures
         self.rtt = sampler(cal.network.rtt_s or _ms(a.rtt_ms), stream(seed, "net.rtt"))
         self.sign = sampler(cal.client.sign_s or _ms(a.sign_ms), stream(seed, "client.sign"))
-        self.loadgen = Station(cal.client.cores) if loadgen else None
+        self.machine = Machine(cal.machine_cores) if cal.machine_cores else None
+        self.loadgen = Station(cal.client.cores, self.machine) if loadgen else None
         self.loadgen_cpu = sampler(cal.client.cpu_s, stream(seed, "client.cpu"))
-        self.svc_cpu = Station(cal.service.cores)
+        self.svc_cpu = Station(cal.service.cores, self.machine)
         self.svc_cpu_s = sampler(cal.service.cpu_s, stream(seed, "svc.cpu"))
-        self.svc_busy = not cal.service.cpu_s.is_zero
+        self.svc_busy = not cal.service.cpu_s.is_zero or self.machine is not None
         self.challenge_cpu = sampler(cal.service.challenge_cpu_s, stream(seed, "svc.challenge"))
         self.gates = [Station(s.workers) if s.workers else None for s in scenario.services]
         self.work = [sampler(_ms(s.work_ms), stream(seed, f"svc.work.{s.name}")) for s in scenario.services]

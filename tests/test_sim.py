@@ -128,6 +128,40 @@ def test_sdk_with_automine_is_cpu_bound() -> None:
     assert fac["cpu_utilization"] > 0.95
 
 
+def test_machine_shares_its_cores_between_threads() -> None:
+    from sim.engine import Machine
+
+    one = Machine(1, slot_s=0.01)
+    assert one.run(0.0, 1.0) == pytest.approx(1.0)
+    assert one.run(0.0, 1.0) == pytest.approx(2.0)  # the only core is taken: it waits, nothing is lost
+    two = Machine(2, slot_s=0.01)
+    ends = [two.run(0.0, 1.0) for _ in range(3)]
+    assert ends[:2] == [pytest.approx(1.0)] * 2 and ends[2] == pytest.approx(2.0)  # a thread uses one core at most
+    assert two.run(5.0, 0.003) == pytest.approx(5.003)  # an idle host: full speed
+
+
+def test_a_shared_host_bounds_throughput_by_total_cpu_per_payment() -> None:
+    """Closed-loop payers, automine, every process 2 ms of CPU per payment (+1 ms of node): on their own cores the
+    busiest process caps throughput at ~500/s; sharing one core it is one over the sum, ~1/7 ms."""
+    s = validate_scenario(world(chain={"mining": "auto"}, agents={"count": 64, "funding_usdc": 1000,
+                                                                  "arrivals": {"kind": "closed"}},
+                                run={"duration_s": 10, "warmup_s": 2, "users": 64, "spawn_rate": 1000}))
+    ms = Dist.from_ms
+    base = instant_calibration()
+    timing = base.strategy("sync").model_copy(update={"verify_cpu_s": ms(1.0), "settle_cpu_s": ms(1.0)})
+    cal = base.model_copy(update={
+        "strategies": {**base.strategies, "sync": timing},
+        "service": base.service.model_copy(update={"cpu_s": ms(2.0)}),
+        "client": base.client.model_copy(update={"cpu_s": ms(2.0)}),
+        "chain": base.chain.model_copy(update={"node_cpu_s": 0.001}),
+    })
+    apart = build_sim_summary(run_sim(s, cal, SimOptions(driver="locust")))["metrics"]["throughput_rps"]
+    shared = build_sim_summary(run_sim(s, cal.model_copy(update={"machine_cores": 1}),
+                                       SimOptions(driver="locust")))["metrics"]["throughput_rps"]
+    assert apart == pytest.approx(500, rel=0.05)
+    assert shared <= 1 / 0.007 * 1.01 and shared == pytest.approx(1 / 0.007, rel=0.08)
+
+
 def test_gas_new_recipient_then_existing() -> None:
     s = validate_scenario(world(chain={"mining": "auto"}, services=[
         {"name": "a", "path": "/a", "price": 1000}, {"name": "b", "path": "/b", "price": 2000}]))
