@@ -9,6 +9,10 @@ instead schedules plain callbacks on SimPy's own event heap (`Clock.at`) and use
   all; only the arrival itself has to happen at its true time, in time order.
 - `Pool`: a semaphore for holds of unknown length (a thread waiting for its block),
   with a FIFO queue of continuations run when a holder releases.
+- `SharedCpu`: a processor shared by its jobs (a Python process's threads under the GIL,
+  which switch every few milliseconds and at every socket wait): n jobs in progress each
+  run at 1/n speed, so a 2 ms receipt poll is not stuck behind a queue of 15 ms verifies as
+  it would be in a FIFO. Completion times depend on later arrivals, so this one needs events.
 - `Machine`: the host's cores, when the stations' processes share one host (a live run):
   CPU jobs draw on a timeline of core capacity, so processes that each have a free server
   still slow one another down once together they want more cores than the host has.
@@ -108,6 +112,69 @@ class Station:
         if t > self._next:
             self.busy_s += t - self._next
             self._next = t
+
+
+class SharedCpu:
+    """Processor sharing on `cores` cores: `run(work, fn, arg)` calls fn(arg) when the job's CPU is done.
+
+    Virtual time `v` counts the CPU-seconds every job in progress has received so far; it
+    advances at min(1, cores/n) per second with n jobs in progress (a job is one thread: one
+    core at most), and a job submitted at virtual time v0 is done when v reaches v0 + work.
+    Only the next completion is ever scheduled.
+    """
+
+    __slots__ = ("clock", "servers", "busy_s", "jobs", "wait_s", "_v", "_t", "_heap", "_seq", "_gen")
+
+    def __init__(self, clock: Clock, cores: int = 1) -> None:
+        if cores < 1:
+            raise ValueError("a shared CPU needs at least one core")
+        self.clock = clock
+        self.servers = cores
+        self.busy_s = 0.0
+        self.jobs = 0
+        self.wait_s = 0.0  # time in the processor beyond the job's own CPU time
+        self._v = 0.0
+        self._t = 0.0
+        self._heap: list[tuple[float, int, float, float, Callback, Any]] = []
+        self._seq = 0
+        self._gen = 0
+
+    def _rate(self) -> float:
+        n = len(self._heap)
+        return 1.0 if n <= self.servers else self.servers / n
+
+    def _advance(self) -> None:
+        now = self.clock.now
+        if self._heap:
+            self._v += (now - self._t) * self._rate()
+        self._t = now
+
+    def run(self, work: float, fn: Callback, arg: Any) -> None:
+        self._advance()
+        self.busy_s += work
+        self.jobs += 1
+        self._seq += 1
+        heappush(self._heap, (self._v + work, self._seq, self.clock.now, work, fn, arg))
+        self._schedule()
+
+    def _schedule(self) -> None:
+        self._gen += 1
+        if self._heap:
+            delay = max(0.0, (self._heap[0][0] - self._v) / self._rate())
+            self.clock.at(delay, self._complete, self._gen)
+
+    def _complete(self, generation: int) -> None:
+        if generation != self._gen:
+            return  # an arrival since re-planned the next completion
+        self._advance()
+        heap, done = self._heap, []
+        while heap and heap[0][0] <= self._v + 1e-12:
+            done.append(heapq.heappop(heap))
+        self._schedule()
+        now = self.clock.now
+        for _, _, submitted, work, fn, arg in done:
+            self.wait_s += now - submitted - work
+            fn(arg)
 
 
 class Machine:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from sim.calibration import Calibration
 from sim.chain import Chain, Tx
 from sim.dists import sampler, stream
-from sim.engine import Clock, Pool, Station
+from sim.engine import Clock, Pool, SharedCpu, Station
 from sim.store import SETTLED
 from x402bench.scenario import Scenario
 
@@ -48,7 +48,10 @@ class Facilitator:
         timing = cal.strategy(strategy)
         seed = scenario.seed
         self.threads = Pool(timing.threads) if timing.threads else None
-        self.cpu = Station(cal.facilitator_cores, world.machine)
+        # A thread pool under the GIL shares its core (processor sharing); an event loop runs its
+        # steps one after another (a FIFO server).
+        self.shared = SharedCpu(clock, cal.facilitator_cores) if timing.threads else None
+        self.cpu = self.shared or Station(cal.facilitator_cores, world.machine)
         self.node_cpu = cal.chain.node_cpu_s if world.machine is not None else 0.0
         self.node = Station(1, world.machine) if self.node_cpu else None  # the node's work on a shared host
         self.verify_cpu = sampler(timing.verify_cpu_s, stream(seed, "fac.verify_cpu"))
@@ -119,6 +122,9 @@ class Facilitator:
             self._release_thread_at(t)
             self.world.rejected(r, ERR_VALID_BEFORE, t + self.hop())
             return
+        if self.shared is not None:  # in a thread (t is now): the rest once its CPU is done
+            self.shared.run(self.verify_cpu(), self._verify_cpu_done, r)
+            return
         if self.cpu_busy:
             cpu = self.verify_cpu()
             t = self.cpu.enter(t, cpu) + cpu
@@ -127,6 +133,9 @@ class Facilitator:
             self.world.verified(r, done + self.hop())
         else:
             self.clock.at(done - self.clock.now, self._verify_release, r)
+
+    def _verify_cpu_done(self, r: "Req") -> None:
+        self.clock.at(self.verify_io(), self._verify_release, r)
 
     def _verify_release(self, r: "Req") -> None:
         self.threads.release()  # type: ignore[union-attr]
@@ -167,9 +176,18 @@ class Facilitator:
         self._settle_at(r, self.clock.now)
 
     def _settle_at(self, r: "Req", t: float) -> None:
+        if self.shared is not None:  # in a thread (t is now): the rest once its CPU is done
+            self.shared.run(self.settle_cpu(), self._settle_cpu_done, r)
+            return
         if self.cpu_busy:
             cpu = self.settle_cpu()
             t = self.cpu.enter(t, cpu) + cpu
+        self._after_settle_cpu(r, t)
+
+    def _settle_cpu_done(self, r: "Req") -> None:
+        self._after_settle_cpu(r, self.clock.now)
+
+    def _after_settle_cpu(self, r: "Req", t: float) -> None:
         ready = t + self.settle_io()
         if self.answer_after == "accepted":
             self._answer(r, ready)
@@ -258,11 +276,21 @@ class Facilitator:
         """One receipt poll on the facilitator's CPU: found, or try again receipt_poll_s later."""
         self.polls += 1
         cpu = self.poll_cpu()
+        if self.shared is not None:
+            self.shared.run(cpu, self._poll_done, tx)
+            return
         done = self.cpu.enter(self.clock.now, cpu) + cpu
         if tx.ready <= done:
             self._settled(tx, done)
         else:
             self.clock.at(done + self.poll_s - self.clock.now, self._poll, tx)
+
+    def _poll_done(self, tx: Tx) -> None:
+        now = self.clock.now
+        if tx.ready <= now:
+            self._settled(tx, now)
+        else:
+            self.clock.at(self.poll_s, self._poll, tx)
 
     def _included(self, tx: Tx, block_time: float, number: int) -> None:
         self.in_flight[tx.lane] -= 1

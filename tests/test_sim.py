@@ -140,6 +140,31 @@ def test_machine_shares_its_cores_between_threads() -> None:
     assert two.run(5.0, 0.003) == pytest.approx(5.003)  # an idle host: full speed
 
 
+def test_shared_cpu_is_processor_sharing() -> None:
+    """A thread pool under the GIL: a short job beside a long one finishes at twice its own length, not after it."""
+    from sim.engine import Clock, SharedCpu
+
+    clock = Clock()
+    cpu = SharedCpu(clock)
+    done: dict[str, float] = {}
+    cpu.run(1.0, lambda name: done.__setitem__(name, clock.now), "long")
+    cpu.run(0.1, lambda name: done.__setitem__(name, clock.now), "short")
+    clock.at(0.5, lambda _: cpu.run(0.2, lambda name: done.__setitem__(name, clock.now), "late"))
+    clock.run(10)
+    # 0-0.2: two jobs at half speed (short done at 0.2); 0.2-0.5: long alone (0.4 of its 1.0 done);
+    # 0.5-0.9: long and late at half speed (late done at 0.9, long at 0.6); then long alone, done at 1.3
+    assert done["short"] == pytest.approx(0.2) and done["late"] == pytest.approx(0.9)
+    assert done["long"] == pytest.approx(1.3)
+    assert cpu.busy_s == pytest.approx(1.3) and cpu.jobs == 3
+    two = SharedCpu(clock, cores=2)
+    ends: list[float] = []
+    start = clock.now
+    for _ in range(2):
+        two.run(1.0, lambda _: ends.append(clock.now - start), None)
+    clock.run(start + 10)
+    assert ends == [pytest.approx(1.0)] * 2  # two threads, two cores: no sharing
+
+
 def test_a_shared_host_bounds_throughput_by_total_cpu_per_payment() -> None:
     """Closed-loop payers, automine, every process 2 ms of CPU per payment (+1 ms of node): on their own cores the
     busiest process caps throughput at ~500/s; sharing one core it is one over the sum, ~1/7 ms."""
