@@ -38,8 +38,9 @@ class ServiceProcess:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    def start(self, timeout_s: float = 30.0) -> "ServiceProcess":
-        self.port = free_port()
+    def start(self, timeout_s: float = 30.0, port: int | None = None) -> "ServiceProcess":
+        """Start and wait for /health; `port` reuses a known one (a restart others already point at)."""
+        self.port = port or free_port()
         log = open(self.log_path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -318,3 +319,38 @@ def test_batch_calldata_is_the_abi_encoding_of_settle() -> None:
         (p, q, v, a, b, bytes.fromhex(n[2:]), 27 if s.endswith("1b") else 28, bytes.fromhex(s[2:66]),
          bytes.fromhex(s[66:130])) for p, q, v, a, b, n, s in items]])
     assert batch_settle_data(token, items) == "0x" + expected.hex()
+
+
+def test_batched_facilitator_killed_mid_batch_loses_nothing_and_settles_once(batched_world: World) -> None:
+    """SIGKILL the facilitator while two accepted payments wait in its batch; the restarted process finds them
+    in the ledger, batches them again with the next two, and every authorization is used exactly once."""
+    world = batched_world
+    info = world.info
+    before = balance_of(info.rpc_url, info.token["address"], info.pay_to)
+    required = requirements(world)
+    waiting, later = [build_payment(world, agent, required) for agent in (8, 9)], \
+        [build_payment(world, agent, required) for agent in (10, 11)]
+    nonces = [p["payload"]["authorization"]["nonce"] for p in waiting + later]
+    (facilitator,) = [p for p in world.processes if p.name == "facilitator"]
+    with ThreadPoolExecutor(2) as pool:
+        cut_off = [pool.submit(pay, world, encode(p)) for p in waiting]
+        _wait_accepted(world, nonces[:2])
+        port, process = facilitator.port, facilitator.process
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        assert all(f.result().status_code != 200 for f in cut_off)  # their answers died with the process
+    assert {r["state"] for r in _rows(world, nonces[:2]).values()} == {"accepted"}
+    facilitator.start(port=port)
+    with ThreadPoolExecutor(2) as pool:
+        served = list(pool.map(lambda p: pay(world, encode(p)), later))
+    assert [r.status_code for r in served] == [200, 200]
+    deadline = time.monotonic() + 10
+    while {r["state"] for r in _rows(world, nonces).values()} != {"settled"} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rows = _rows(world, nonces)
+    assert {r["state"] for r in rows.values()} == {"settled"} and len({r["tx_hash"] for r in rows.values()}) == 1
+    logs = Rpc(info.rpc_url).call("eth_getLogs", {"address": info.token["address"], "fromBlock": "0x0",
+                                                   "toBlock": "latest", "topics": [TOPIC_AUTHORIZATION_USED]})
+    used = [log["topics"][2].lower() for log in logs]
+    assert all(used.count(n.lower()) == 1 for n in nonces)
+    assert balance_of(info.rpc_url, info.token["address"], info.pay_to) - before == 4 * info.prices["weather"]

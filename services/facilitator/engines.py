@@ -33,9 +33,9 @@ from services.facilitator.checks import Authorization, Rejection, check_chain, c
 from services.facilitator.config import FacilitatorConfig
 from services.facilitator.evm import (
     SEL_AUTHORIZATION_STATE,
-    TOPIC_AUTHORIZATION_USED,
     AsyncRpc,
     ReceiptWatcher,
+    authorizations_used,
     batch_gas_limit,
     batch_settle_data,
     call_data,
@@ -215,20 +215,37 @@ class OwnEngine(Engine):
                 "amount": str(claims[0].amount)}
 
     async def _recover(self) -> None:
-        """Close what a crashed predecessor left open: never resend what may have landed."""
+        """Close what a crashed predecessor left open: never resend what may have landed.
+
+        A claim whose tx has a receipt is settled if the token consumed its authorization in
+        that tx (a batch may have skipped it), and failed otherwise; a claim never sent goes
+        out again while its authorization is still valid.
+        """
         for claim, state, tx_hash in self.ledger.open_claims():
             if tx_hash:
                 receipt = await self.watcher.lookup(tx_hash)
                 if receipt is not None:
-                    ok = int(receipt["status"], 16) == 1
+                    ok = (claim.payer.lower(), claim.nonce.lower()) in authorizations_used(
+                        receipt, self.config.token.address)
+                    error = None if ok else (await self._why_failed([claim]))[0]
                     self.ledger.finished([claim], ok=ok, tx_hash=tx_hash, block_number=int(receipt["blockNumber"], 16),
-                                         gas_used=int(receipt["gasUsed"], 16), included_at=time.time(),
-                                         error=None if ok else reasons.TRANSACTION_FAILED)
+                                         gas_used=int(receipt["gasUsed"], 16), included_at=time.time(), error=error)
                     continue
             if claim.valid_before <= time.time():
                 self.ledger.finished([claim], ok=False, error=reasons.VALID_BEFORE_EXPIRED)
                 continue
             asyncio.create_task(self._settle_claims([claim]))
+
+    async def _why_failed(self, claims: list[Claim]) -> list[str]:
+        """A claim whose nonce is now used was beaten to the chain; anything else failed in the transfer."""
+        if not claims:
+            return []
+        token = self.config.token.address
+        results = await self.rpc.batch([
+            ("eth_call", [{"to": token, "data": call_data(SEL_AUTHORIZATION_STATE, c.payer, c.nonce)}, "latest"])
+            for c in claims])
+        return [reasons.NONCE_ALREADY_USED if isinstance(r, str) and int(r, 16) == 1 else reasons.TRANSACTION_FAILED
+                for r in results]
 
 
 class PipelinedEngine(OwnEngine):
@@ -318,10 +335,8 @@ class BatchedEngine(OwnEngine):
     async def _close_batch(self, batch: list[tuple[Claim, "asyncio.Future[dict[str, Any]]"]], tx_hash: str,
                            receipt: dict[str, Any]) -> None:
         """Split the batch by the token's AuthorizationUsed logs: those settled, those that were not (and why)."""
-        token = self.config.token.address.lower()
-        used = {(log_["topics"][1][-40:].lower(), log_["topics"][2].lower()) for log_ in receipt.get("logs", [])
-                if log_["address"].lower() == token and log_["topics"] and log_["topics"][0] == TOPIC_AUTHORIZATION_USED}
-        settled = [(c, f) for c, f in batch if (c.payer.lower().removeprefix("0x"), c.nonce.lower()) in used]
+        used = authorizations_used(receipt, self.config.token.address)
+        settled = [(c, f) for c, f in batch if (c.payer.lower(), c.nonce.lower()) in used]
         settled_ids = {c.id for c, _ in settled}
         failed = [(c, f) for c, f in batch if c.id not in settled_ids]
         figures = dict(tx_hash=tx_hash, block_number=int(receipt["blockNumber"], 16),
@@ -338,17 +353,6 @@ class BatchedEngine(OwnEngine):
             if not future.done():
                 future.set_result({"success": False, "errorReason": reason, "transaction": tx_hash,
                                    "network": self.config.network, "payer": claim.payer})
-
-    async def _why_failed(self, claims: list[Claim]) -> list[str]:
-        """A skipped item whose nonce is now used was beaten to the chain; anything else failed in the transfer."""
-        if not claims:
-            return []
-        token = self.config.token.address
-        results = await self.rpc.batch([
-            ("eth_call", [{"to": token, "data": call_data(SEL_AUTHORIZATION_STATE, c.payer, c.nonce)}, "latest"])
-            for c in claims])
-        return [reasons.NONCE_ALREADY_USED if isinstance(r, str) and int(r, 16) == 1 else reasons.TRANSACTION_FAILED
-                for r in results]
 
     async def stop(self) -> None:
         self._flush()  # what waits in the batch goes out now rather than never

@@ -34,6 +34,14 @@ TOPIC_TRANSFER = "0x" + keccak(text="Transfer(address,address,uint256)").hex()
 TOPIC_AUTHORIZATION_USED = "0x" + keccak(text="AuthorizationUsed(address,bytes32)").hex()
 
 
+def authorizations_used(receipt: dict, token: str) -> set[tuple[str, str]]:
+    """(payer, nonce) of every EIP-3009 authorization the token consumed in this tx, lower-case 0x-hex:
+    how one payment's fate is read from a receipt, single transfer or batch alike."""
+    token = token.lower()
+    return {("0x" + log["topics"][1][-40:].lower(), log["topics"][2].lower()) for log in receipt.get("logs") or []
+            if log["address"].lower() == token and len(log["topics"]) == 3 and log["topics"][0] == TOPIC_AUTHORIZATION_USED}
+
+
 def word(value: int | str | bytes) -> str:
     """One 32-byte ABI word as 64 hex chars (addresses and bytes32 left-padded, ints big-endian)."""
     if isinstance(value, bytes):
