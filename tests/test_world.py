@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import signal
 import subprocess
 import time
+from typing import Callable
 
 import httpx
 import pytest
@@ -145,3 +148,43 @@ def test_pipelined_answers_before_the_block_then_settles_in_it(pipelined_world: 
     assert balance_of(info.rpc_url, token, payee) - before == 3 * info.prices["weather"]
     rows = [r for r in read_payments(info.ledger_path) if r["tx_hash"] in hashes]
     assert {r["block_number"] for r in rows} == {block + 1} and all(r["gas_used"] > 80_000 for r in rows)
+
+
+def _kill_and_restart_facilitator(world: World, between: Callable[[], object] = lambda: None) -> None:
+    (facilitator,) = [p for p in world.processes if p.name == "facilitator"]
+    port, process = facilitator.port, facilitator.process
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+    between()
+    facilitator.start(port=port)
+
+
+def _wait_states(world: World, hashes: set[str], state: str) -> dict[str, str]:
+    deadline = time.monotonic() + 10
+    while set(_ledger_states(world, hashes).values()) != {state} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _ledger_states(world, hashes)
+
+
+@pytest.mark.parametrize("mined", ["before the restart", "after the restart"])
+def test_pipelined_facilitator_killed_after_answering_never_sends_twice(pipelined_world: World, mined: str) -> None:
+    """Answered (tx sent), then SIGKILLed before its block. The restarted process finds the receipt (mined
+    while it was down) or follows the tx still in the node's pool; it never sends the authorization again."""
+    world = pipelined_world
+    info = world.info
+    rpc = Rpc(info.rpc_url)
+    responses = asyncio.run(sdk_client_get(world, info.service_urls["weather"], agent=3, times=2))
+    assert [r.status_code for r in responses] == [200, 200]
+    hashes = {decode_header(r.headers["PAYMENT-RESPONSE"])["transaction"].lower() for r in responses}
+    assert set(_ledger_states(world, hashes).values()) == {"submitted"}
+    if mined == "before the restart":
+        _kill_and_restart_facilitator(world, between=lambda: rpc.call("evm_mine"))
+    else:
+        _kill_and_restart_facilitator(world)
+        time.sleep(0.3)  # give a wrong recovery the time to send again
+        rpc.call("evm_mine")
+    assert set(_wait_states(world, hashes, "settled").values()) == {"settled"}
+    block = rpc.call("eth_getBlockByNumber", "latest", False)
+    assert {h.lower() for h in block["transactions"]} == hashes  # the two txs, and nothing sent again
+    rpc.call("evm_mine")
+    assert rpc.call("eth_getBlockByNumber", "latest", False)["transactions"] == []

@@ -225,16 +225,29 @@ class OwnEngine(Engine):
             if tx_hash:
                 receipt = await self.watcher.lookup(tx_hash)
                 if receipt is not None:
-                    ok = (claim.payer.lower(), claim.nonce.lower()) in authorizations_used(
-                        receipt, self.config.token.address)
-                    error = None if ok else (await self._why_failed([claim]))[0]
-                    self.ledger.finished([claim], ok=ok, tx_hash=tx_hash, block_number=int(receipt["blockNumber"], 16),
-                                         gas_used=int(receipt["gasUsed"], 16), included_at=time.time(), error=error)
+                    await self._close_from_receipt(claim, tx_hash, receipt)
+                    continue
+                if await self.rpc.call("eth_getTransactionByHash", tx_hash) is not None:
+                    # still in the node's pool: follow it; sending the authorization again would race it
+                    asyncio.create_task(self._follow_pending(claim, tx_hash, self.watcher.expect(tx_hash)))
                     continue
             if claim.valid_before <= time.time():
                 self.ledger.finished([claim], ok=False, error=reasons.VALID_BEFORE_EXPIRED)
                 continue
             asyncio.create_task(self._settle_claims([claim]))
+
+    async def _follow_pending(self, claim: Claim, tx_hash: str, receipt: "asyncio.Future[dict[str, Any]]") -> None:
+        try:
+            await self._close_from_receipt(claim, tx_hash, await asyncio.wait_for(receipt, self.config.receipt_timeout_s))
+        except asyncio.TimeoutError:
+            log.warning("recovered tx %s still has no receipt; reconciliation will read the chain", tx_hash)
+
+    async def _close_from_receipt(self, claim: Claim, tx_hash: str, receipt: dict[str, Any]) -> None:
+        """Settled if the token consumed this claim's authorization in that tx, failed (with why) otherwise."""
+        ok = (claim.payer.lower(), claim.nonce.lower()) in authorizations_used(receipt, self.config.token.address)
+        error = None if ok else (await self._why_failed([claim]))[0]
+        self.ledger.finished([claim], ok=ok, tx_hash=tx_hash, block_number=int(receipt["blockNumber"], 16),
+                             gas_used=int(receipt["gasUsed"], 16), included_at=time.time(), error=error)
 
     async def _why_failed(self, claims: list[Claim]) -> list[str]:
         """A claim whose nonce is now used was beaten to the chain; anything else failed in the transfer."""
