@@ -8,6 +8,8 @@ Prints, all measured in this one run on one core:
   - payment headers/s: ours (`sign_payment`, the PAYMENT-SIGNATURE value) vs the SDK client's
     `create_payment_payload` alone and with `encode_payment_signature_header`, and the ratios;
   - our tamper (dict) path, for reference;
+  - settlement txs/s: the facilitator's coincurve signer (`sign_legacy`) vs eth_account's
+    `sign_transaction` on the same transferWithAuthorization tx, and the ratio;
   - time to derive 100,000 agents (keys + checksummed addresses).
 Each figure is the best of a few interleaved rounds, so a noisy neighbour hurts all sides alike.
 
@@ -26,12 +28,16 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from coincurve import PrivateKey  # noqa: E402
 from eth_account import Account  # noqa: E402
+from eth_utils import to_checksum_address  # noqa: E402
 from x402 import x402ClientSync  # noqa: E402
 from x402.http import x402HTTPClientSync  # noqa: E402
 from x402.mechanisms.evm.exact import register_exact_evm_client  # noqa: E402
 from x402.schemas import PaymentRequired  # noqa: E402
 
+from services.facilitator.evm import transfer_with_authorization_data  # noqa: E402
+from services.facilitator.txsign import sign_legacy  # noqa: E402
 from services.payer.agents import derive_agents  # noqa: E402
 from services.payer.hashing import KECCAK_BACKEND  # noqa: E402
 from services.payer.signing import typed_data as eip712_typed_data  # noqa: E402
@@ -94,6 +100,12 @@ def main() -> None:
     def sdk_header() -> object:
         return sdk_http.encode_payment_signature_header(sdk.create_payment_payload(sdk_required))
 
+    relayer = PrivateKey(agent.key)
+    settle_data = bytes.fromhex(transfer_with_authorization_data(
+        agent.address, PAY_TO, 1000, 0, valid_before, "0x" + "ab" * 32, "0x" + "cd" * 64 + "1b").removeprefix("0x"))
+    tx = {"to": to_checksum_address(TOKEN), "data": "0x" + settle_data.hex(), "value": 0, "gas": 120_000,
+          "gasPrice": 10**9, "nonce": 7, "chainId": 31337}
+
     tamper = Tamper()
     cases: dict[str, Callable[[], object]] = {
         "ours: signature": ours_signature,
@@ -102,6 +114,10 @@ def main() -> None:
         "ours: header via tamper (dict) path": lambda: sign_payment(quote, signer, tamper=tamper),
         "SDK create_payment_payload": lambda: sdk.create_payment_payload(sdk_required),
         "SDK payload + encode header": sdk_header,
+        "facilitator: settlement tx (coincurve)": lambda: sign_legacy(
+            relayer, nonce=7, gas_price=10**9, gas=120_000, to=bytes.fromhex(TOKEN[2:]), value=0, data=settle_data,
+            chain_id=31337),
+        "eth_account sign_transaction": lambda: account.sign_transaction(tx),
     }
     best = dict.fromkeys(cases, 0.0)
     for _ in range(args.rounds):
@@ -122,6 +138,8 @@ def main() -> None:
           f"{best['ours: PAYMENT-SIGNATURE header'] / best['SDK create_payment_payload']:.1f}x")
     print(f"  header: ours / SDK payload + encode header   = "
           f"{best['ours: PAYMENT-SIGNATURE header'] / best['SDK payload + encode header']:.1f}x")
+    print(f"  settlement tx: ours / eth_account           = "
+          f"{best['facilitator: settlement tx (coincurve)'] / best['eth_account sign_transaction']:.1f}x")
     print(f"  derive {args.agents:,} agents: {derive_s:.2f} s ({derive_s / args.agents * 1e6:.1f} us per agent)")
 
 

@@ -457,3 +457,21 @@ def test_httpx_payer_and_transport_errors(server: PayServer) -> None:
     with HttpxPayer(agent(6).key_hex, NETWORK, timeout=2) as payer:
         down = payer.pay(closed)
     assert (down.status, down.error) == (0, "transport_error") and down.detail
+
+
+def test_facilitator_tx_signing_is_byte_identical_to_eth_account() -> None:
+    """The facilitator's coincurve legacy-tx signer against eth_account: raw bytes and hash, any chain id."""
+    from coincurve import PrivateKey
+
+    from services.facilitator.txsign import sign_legacy
+
+    for i in range(40):
+        account = Account.create()
+        to, data = os.urandom(20), os.urandom(i * 17)
+        fields = {"nonce": i * 7919, "gas_price": 10**9 + i, "gas": 21_000 + i * 1000, "value": i % 3,
+                  "chain_id": (1, 31337, 8453, 84532)[i % 4]}
+        raw, tx_hash = sign_legacy(PrivateKey(bytes(account.key)), to=to, data=data, **fields)
+        expected = account.sign_transaction({
+            "to": to_checksum_address(to), "data": "0x" + data.hex(), "value": fields["value"], "gas": fields["gas"],
+            "gasPrice": fields["gas_price"], "nonce": fields["nonce"], "chainId": fields["chain_id"]})
+        assert raw == bytes(expected.raw_transaction) and tx_hash == bytes(expected.hash)

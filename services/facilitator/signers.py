@@ -12,10 +12,12 @@ import asyncio
 import itertools
 from dataclasses import dataclass
 
+from coincurve import PrivateKey
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from services.facilitator.evm import AsyncRpc, RpcError
+from services.facilitator.txsign import sign_legacy
 
 
 @dataclass
@@ -28,6 +30,7 @@ class SentTx:
 class SignerLane:
     def __init__(self, private_key: str, rpc: AsyncRpc, chain_id: int, gas_price_wei: int, gas_limit: int) -> None:
         self.account: LocalAccount = Account.from_key(private_key)
+        self._key = PrivateKey(bytes(self.account.key))
         self.rpc = rpc
         self.chain_id = chain_id
         self.gas_price_wei = gas_price_wei
@@ -44,11 +47,10 @@ class SignerLane:
         self._next_nonce = int(await self.rpc.call("eth_getTransactionCount", self.address, "pending"), 16)
 
     def _sign(self, to: str, data: str, nonce: int, gas: int) -> tuple[str, str]:
-        signed = self.account.sign_transaction(
-            {"to": to, "data": data, "value": 0, "gas": gas, "gasPrice": self.gas_price_wei,
-             "nonce": nonce, "chainId": self.chain_id}
-        )
-        return "0x" + signed.raw_transaction.hex(), "0x" + signed.hash.hex()
+        raw, tx_hash = sign_legacy(self._key, nonce=nonce, gas_price=self.gas_price_wei, gas=gas,
+                                   to=bytes.fromhex(to.removeprefix("0x")), value=0,
+                                   data=bytes.fromhex(data.removeprefix("0x")), chain_id=self.chain_id)
+        return "0x" + raw.hex(), "0x" + tx_hash.hex()
 
     async def send(self, to: str, data: str, on_hash=None, gas: int | None = None) -> SentTx:
         """Sign and broadcast; `on_hash(tx_hash)` runs before the send so a watcher cannot miss the block."""
