@@ -132,8 +132,11 @@ def check_plan(scenario: Scenario, cal: Calibration, p: Plan, peak_factor: float
     peak = validate_scenario(data, source=f"{scenario.name} at peak ({p.strategy})")
     timing = cal.strategy(p.strategy)
     scaled = timing.model_copy(update={"threads": timing.threads * p.processes if timing.threads else None})
+    # the plan's processes run on their own hosts: a calibration measured on one shared host
+    # (machine_cores) says what each costs, not that they must share that host's cores
     peak_cal = cal.model_copy(update={"facilitator_cores": cal.facilitator_cores * p.processes,
-                                      "strategies": {**cal.strategies, p.strategy: scaled}})
+                                      "strategies": {**cal.strategies, p.strategy: scaled},
+                                      "machine_cores": None})
     result = run_sim(peak, peak_cal, SimOptions())
     m = build_sim_summary(result)["metrics"]
     offered = mean_rate(peak)

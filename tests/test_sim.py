@@ -433,6 +433,9 @@ def test_capacity_report_answers_per_strategy() -> None:
     assert plans["sync"]["gas_per_day"] == pytest.approx(45_000 * 100 * 85_704, rel=0.01)
     assert all(p["check"]["keeps_up"] for p in plans.values())
     assert "| sdk |" in report_markdown(report)
+    # a calibration measured on one shared host still plans processes on hosts of their own
+    shared = capacity_report(s, default_calibration().model_copy(update={"machine_cores": 1}), check_s=20)
+    assert all(p["check"]["keeps_up"] for p in shared["plans"])
 
 
 # ---- CLI and boundaries ---------------------------------------------------------------------------------
