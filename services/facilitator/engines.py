@@ -120,8 +120,26 @@ class OwnEngine(Engine):
         await self._recover()
 
     async def stop(self) -> None:
+        if self._tracking:  # receipts still on their way: a last chance to reach the ledger
+            await asyncio.wait(set(self._tracking), timeout=min(5.0, self.config.receipt_timeout_s))
         await self.watcher.stop()
         await super().stop()
+
+    def _spawn_tracked(self, work: Any) -> "asyncio.Task[Any]":
+        """Run `work` (a coroutine) to its end even if the request that started it is gone; stop() waits for it."""
+        task = asyncio.create_task(work)
+        self._tracking.add(task)
+        task.add_done_callback(self._tracking.discard)
+        return task
+
+    def _settled_answer(self, claim: Claim, tx_hash: str) -> dict[str, Any]:
+        return {"success": True, "transaction": tx_hash, "network": self.config.network, "payer": claim.payer,
+                "amount": str(claim.amount)}
+
+    def _unsettled_answer(self, payer: str, reason: str, tx_hash: str, message: str | None = None) -> dict[str, Any]:
+        answer = {"success": False, "errorReason": reason, "transaction": tx_hash, "network": self.config.network,
+                  "payer": payer}
+        return {**answer, "errorMessage": message} if message else answer
 
     async def _checked(self, body: bytes) -> Authorization:
         _, payload, requirements = parse_request(body)
@@ -178,10 +196,7 @@ class OwnEngine(Engine):
             finally:
                 lane.in_flight -= 1
 
-        task = asyncio.create_task(follow())
-        self._tracking.add(task)
-        task.add_done_callback(self._tracking.discard)
-        return task
+        return self._spawn_tracked(follow())
 
     async def _answer(self, claims: list[Claim], tx_hash: str,
                       tracked: "asyncio.Task[dict[str, Any]]") -> dict[str, Any]:
@@ -195,8 +210,7 @@ class OwnEngine(Engine):
         try:
             receipt = await asyncio.wait_for(receipt_future, self.config.receipt_timeout_s)
         except asyncio.TimeoutError:
-            return {"success": False, "errorReason": reasons.SETTLEMENT_PENDING, "transaction": tx_hash,
-                    "network": self.config.network, "payer": payer}
+            return self._unsettled_answer(payer, reasons.SETTLEMENT_PENDING, tx_hash)
         ok = int(receipt["status"], 16) == 1
         self.ledger.finished(
             claims,
@@ -209,10 +223,8 @@ class OwnEngine(Engine):
             error=None if ok else reasons.TRANSACTION_FAILED,
         )
         if not ok:
-            return {"success": False, "errorReason": reasons.TRANSACTION_FAILED, "transaction": tx_hash,
-                    "network": self.config.network, "payer": payer}
-        return {"success": True, "transaction": tx_hash, "network": self.config.network, "payer": payer,
-                "amount": str(claims[0].amount)}
+            return self._unsettled_answer(payer, reasons.TRANSACTION_FAILED, tx_hash)
+        return self._settled_answer(claims[0], tx_hash)
 
     async def _recover(self) -> None:
         """Close what a crashed predecessor left open: never resend what may have landed.
@@ -266,13 +278,7 @@ class PipelinedEngine(OwnEngine):
 
     async def _answer(self, claims: list[Claim], tx_hash: str,
                       tracked: "asyncio.Task[dict[str, Any]]") -> dict[str, Any]:
-        return {"success": True, "transaction": tx_hash, "network": self.config.network, "payer": claims[0].payer,
-                "amount": str(claims[0].amount)}
-
-    async def stop(self) -> None:
-        if self._tracking:  # txs already answered for: a last chance for their receipts to reach the ledger
-            await asyncio.wait(set(self._tracking), timeout=min(5.0, self.config.receipt_timeout_s))
-        await super().stop()
+        return self._settled_answer(claims[0], tx_hash)
 
 
 class BatchedEngine(OwnEngine):
@@ -303,14 +309,13 @@ class BatchedEngine(OwnEngine):
             self._timer = None
         batch, self._batch = self._batch, []
         if batch:
-            task = asyncio.create_task(self._settle_batch(batch))
-            self._tracking.add(task)
-            task.add_done_callback(self._tracking.discard)
+            self._spawn_tracked(self._settle_batch(batch))
 
-    def _answer_all(self, batch: list[tuple[Claim, "asyncio.Future[dict[str, Any]]"]], answer: dict[str, Any]) -> None:
+    def _answer_all(self, batch: list[tuple[Claim, "asyncio.Future[dict[str, Any]]"]], reason: str, tx_hash: str,
+                    message: str | None = None) -> None:
         for claim, future in batch:
             if not future.done():
-                future.set_result({**answer, "payer": claim.payer})
+                future.set_result(self._unsettled_answer(claim.payer, reason, tx_hash, message))
 
     async def _settle_batch(self, batch: list[tuple[Claim, "asyncio.Future[dict[str, Any]]"]]) -> dict[str, Any]:
         claims = [c for c, _ in batch]
@@ -319,7 +324,6 @@ class BatchedEngine(OwnEngine):
         lane = self.pool.pick()
         lane.in_flight += 1
         pending: list[asyncio.Future[dict[str, Any]]] = []
-        network = self.config.network
         try:
             try:
                 sent = await lane.send(self.settler, data, on_hash=lambda h: pending.append(self.watcher.expect(h)),
@@ -328,8 +332,7 @@ class BatchedEngine(OwnEngine):
                 log.warning("batch of %d: send failed: %s", len(claims), exc)
                 for claim in claims:
                     self.ledger.release(claim, reasons.TRANSACTION_FAILED)
-                self._answer_all(batch, {"success": False, "errorReason": reasons.TRANSACTION_FAILED,
-                                         "errorMessage": str(exc), "transaction": "", "network": network})
+                self._answer_all(batch, reasons.TRANSACTION_FAILED, "", str(exc))
                 return {}
             self.batches += 1
             self.watcher.sent()
@@ -337,8 +340,7 @@ class BatchedEngine(OwnEngine):
             try:
                 receipt = await asyncio.wait_for(pending[-1], self.config.receipt_timeout_s)
             except asyncio.TimeoutError:
-                self._answer_all(batch, {"success": False, "errorReason": reasons.SETTLEMENT_PENDING,
-                                         "transaction": sent.tx_hash, "network": network})
+                self._answer_all(batch, reasons.SETTLEMENT_PENDING, sent.tx_hash)
                 return {}
             await self._close_batch(batch, sent.tx_hash, receipt)
             return receipt
@@ -359,18 +361,14 @@ class BatchedEngine(OwnEngine):
             self.ledger.finished([c for c, _ in settled], ok=True, **figures)
             for claim, future in settled:
                 if not future.done():
-                    future.set_result({"success": True, "transaction": tx_hash, "network": self.config.network,
-                                       "payer": claim.payer, "amount": str(claim.amount)})
+                    future.set_result(self._settled_answer(claim, tx_hash))
         for (claim, future), reason in zip(failed, await self._why_failed([c for c, _ in failed])):
             self.ledger.finished([claim], ok=False, error=reason, **figures)
             if not future.done():
-                future.set_result({"success": False, "errorReason": reason, "transaction": tx_hash,
-                                   "network": self.config.network, "payer": claim.payer})
+                future.set_result(self._unsettled_answer(claim.payer, reason, tx_hash))
 
     async def stop(self) -> None:
         self._flush()  # what waits in the batch goes out now rather than never
-        if self._tracking:
-            await asyncio.wait(set(self._tracking), timeout=min(5.0, self.config.receipt_timeout_s))
         await super().stop()
 
     def metrics(self) -> dict[str, Any]:
