@@ -49,7 +49,8 @@ class Facilitator:
         seed = scenario.seed
         self.threads = Pool(timing.threads) if timing.threads else None
         # A thread pool under the GIL shares its core (processor sharing); an event loop runs its
-        # steps one after another (a FIFO server).
+        # steps one after another (a FIFO server). Only the latter takes part in a shared host's
+        # core timeline (machine_cores): processor sharing would need it at every event.
         self.shared = SharedCpu(clock, cal.facilitator_cores) if timing.threads else None
         self.cpu = self.shared or Station(cal.facilitator_cores, world.machine)
         self.node_cpu = cal.chain.node_cpu_s if world.machine is not None else 0.0
