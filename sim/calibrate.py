@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from sim.calibration import Calibration, Dist, StrategyTiming, default_calibration
+from x402bench.results.compare import dig
 from x402bench.results.records import RequestRecord, SettlementRecord
 
 QUANTILES = 21  # q0, q5, ..., q100
@@ -49,15 +50,14 @@ def quantile_dist(values: Sequence[float]) -> Dist | None:
 
 
 def _ms_per_paid(summary: dict[str, Any], role: str) -> float | None:
-    cpu = (summary.get("metrics") or {}).get("cpu") or {}
-    value = (cpu.get("ms_per_paid_request") or {}).get(role)
+    value = dig(summary, f"metrics.cpu.ms_per_paid_request.{role}")
     return None if value is None else float(value) / 1000
 
 
 def _facilitator_busy(summary: dict[str, Any]) -> float | None:
     """The facilitator process's CPU utilization over the run (None when unknown)."""
-    seconds = (((summary.get("metrics") or {}).get("cpu") or {}).get("seconds") or {}).get("facilitator")
-    duration = (((summary.get("scenario") or {}).get("config") or {}).get("run") or {}).get("duration_s")
+    seconds = dig(summary, "metrics.cpu.seconds.facilitator")
+    duration = dig(summary, "scenario.config.run.duration_s")
     if seconds is None or not duration:
         return None
     return float(seconds) / float(duration)
@@ -65,7 +65,7 @@ def _facilitator_busy(summary: dict[str, Any]) -> float | None:
 
 def _sdk_cpu(summary: dict[str, Any], fac_cpu: float | None) -> tuple[float, float, float] | None:
     """(verify, settle before the receipt wait, one receipt poll) CPU seconds from the sdk probe."""
-    probe = ((summary.get("meta") or {}).get("facilitator") or {}).get("sdk_threads") or {}
+    probe = dig(summary, "meta.facilitator.sdk_threads") or {}
     cpu, calls, rpc = probe.get("cpu_s") or {}, probe.get("calls") or {}, probe.get("rpc_calls") or {}
     verifies, settles, polls = calls.get("verify", 0), calls.get("settle", 0), rpc.get("eth_getTransactionReceipt", 0)
     if not (verifies and settles and polls):
@@ -152,7 +152,7 @@ def calibration_from_run(summary: dict[str, Any], requests: Sequence[RequestReco
     if fit is not None:
         data["gas"]["batch_fixed"], data["gas"]["batch_per_item"] = max(21_000, fit[0]), max(0, fit[1])
 
-    cpus = ((summary.get("meta") or {}).get("machine") or {}).get("cpus")
+    cpus = dig(summary, "meta.machine.cpus")
     if isinstance(cpus, int) and cpus > 0:
         data["machine_cores"] = cpus
         node = _ms_per_paid(summary, "anvil")
