@@ -43,9 +43,14 @@ def _calibration(path: Optional[Path]):  # noqa: ANN202
     from sim.calibration import CalibrationError, load_calibration
 
     try:
-        return load_calibration(path)
+        cal = load_calibration(path)
     except CalibrationError as exc:
         raise _fail(str(exc)) from None
+    if cal.machine_cores:
+        err.print(f"note: {path} models one host of {cal.machine_cores} cores shared by the node, facilitator, "
+                  "services and load generator (as measured); set machine_cores to null for hosts of their own",
+                  highlight=False)
+    return cal
 
 
 def _driver(value: str) -> str:
