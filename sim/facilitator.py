@@ -279,14 +279,12 @@ class Facilitator:
         cpu = self.poll_cpu()
         if self.shared is not None:
             self.shared.run(cpu, self._poll_done, tx)
-            return
-        done = self.cpu.enter(self.clock.now, cpu) + cpu
-        if tx.ready <= done:
-            self._settled(tx, done)
         else:
-            self.clock.at(done + self.poll_s - self.clock.now, self._poll, tx)
+            now = self.clock.now
+            self.clock.at(self.cpu.enter(now, cpu) + cpu - now, self._poll_done, tx)
 
     def _poll_done(self, tx: Tx) -> None:
+        """The poll's answer: the receipt if its block is in by now, else another poll receipt_poll_s later."""
         now = self.clock.now
         if tx.ready <= now:
             self._settled(tx, now)
