@@ -1,9 +1,5 @@
 """Hostile and malformed payments against a real world, each with the status and x402 reason
-code it must get, and a ledger and chain that stay exact.
-
-Payments here are built and signed with eth_account's own EIP-712 signing, independently of
-our payer, so a bug shared by our signer and our facilitator cannot hide.
-"""
+code it must get, and a ledger and chain that stay exact (payments built by `payments`)."""
 
 from __future__ import annotations
 
@@ -22,10 +18,11 @@ from eth_account import Account
 from services.chain import Rpc
 from services.facilitator.evm import TOPIC_AUTHORIZATION_USED, transfer_with_authorization_data
 from services.facilitator.ledger import read_payments
-from services.payer.signing import typed_data
 from services.stack import World
 from services.token import DEV_PRIVATE_KEY, balance_of, send_transactions
 from x402bench.scenario import ScenarioError, load_scenario
+
+from payments import build_payment, encode, pay, reason, requirements
 
 
 @pytest.fixture(scope="module")
@@ -33,51 +30,6 @@ def world(tmp_path_factory):
     scenario = load_scenario("scenarios/smoke.yaml").with_overrides(agents={"count": 30, "funding_usdc": 1})
     with World(scenario, workdir=tmp_path_factory.mktemp("hostile")) as w:
         yield w
-
-
-def requirements(world: World, route: str = "weather") -> dict[str, Any]:
-    reply = httpx.get(world.info.service_urls[route])
-    assert reply.status_code == 402
-    return json.loads(base64.b64decode(reply.headers["PAYMENT-REQUIRED"]))
-
-
-def sign_authorization(key: str, domain: dict[str, Any], message: dict[str, Any]) -> str:
-    """eth_account's own EIP-712 signing: independent of the payer and facilitator under test."""
-    return "0x" + Account.from_key(key).sign_typed_data(full_message=typed_data(domain, message)).signature.hex()
-
-
-def build_payment(world: World, agent: int, required: dict[str, Any], *, key: str | None = None,
-                  auth: dict[str, Any] | None = None, domain: dict[str, Any] | None = None,
-                  accepted: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A v2 PaymentPayload, correct unless a keyword overrides part of it."""
-    accepts = required["accepts"][0]
-    payer = world.agents[agent]
-    message = {"from": payer.address, "to": accepts["payTo"], "value": int(accepts["amount"]), "validAfter": 0,
-               "validBefore": int(time.time()) + 300, "nonce": "0x" + os.urandom(32).hex(), **(auth or {})}
-    sign_domain = {"name": accepts["extra"]["name"], "version": accepts["extra"]["version"],
-                   "chainId": int(accepts["network"].split(":")[1]), "verifyingContract": accepts["asset"],
-                   **(domain or {})}
-    signature = sign_authorization(key or payer.key_hex, sign_domain, message)
-    wire_auth = {k: (str(v) if k in ("value", "validAfter", "validBefore") else v) for k, v in message.items()}
-    return {"x402Version": 2, "payload": {"signature": signature, "authorization": wire_auth},
-            "accepted": {**accepts, **(accepted or {})}, "resource": required["resource"]}
-
-
-def encode(payload: dict[str, Any]) -> str:
-    return base64.b64encode(json.dumps(payload).encode()).decode()
-
-
-def pay(world: World, header: str, route: str = "weather") -> httpx.Response:
-    return httpx.get(world.info.service_urls[route], headers={"PAYMENT-SIGNATURE": header}, timeout=60)
-
-
-def reason(response: httpx.Response) -> str | None:
-    """The x402 reason code: refused at verify (PAYMENT-REQUIRED), at settle (PAYMENT-RESPONSE), or by the guard (body)."""
-    if "PAYMENT-REQUIRED" in response.headers:
-        return json.loads(base64.b64decode(response.headers["PAYMENT-REQUIRED"])).get("error")
-    if "PAYMENT-RESPONSE" in response.headers:
-        return json.loads(base64.b64decode(response.headers["PAYMENT-RESPONSE"])).get("errorReason")
-    return response.json().get("error")
 
 
 def settled_nonces(world: World) -> list[str]:
@@ -328,7 +280,8 @@ def test_batched_facilitator_killed_mid_batch_loses_nothing_and_settles_once(bat
     info = world.info
     before = balance_of(info.rpc_url, info.token["address"], info.pay_to)
     required = requirements(world)
-    waiting, later = [build_payment(world, agent, required) for agent in (8, 9)], \
+    signed_before = {"validAfter": int(time.time()) - 600}  # recovery must settle the window as signed
+    waiting, later = [build_payment(world, agent, required, auth=signed_before) for agent in (8, 9)], \
         [build_payment(world, agent, required) for agent in (10, 11)]
     nonces = [p["payload"]["authorization"]["nonce"] for p in waiting + later]
     (facilitator,) = [p for p in world.processes if p.name == "facilitator"]

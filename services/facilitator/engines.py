@@ -90,7 +90,8 @@ class Engine(ABC):
 
     def _claim(self, auth: Authorization) -> Claim:
         claim = self.ledger.claim(
-            self.config.token.address, auth.payer, auth.nonce, auth.payee, auth.value, auth.valid_before, auth.signature
+            self.config.token.address, auth.payer, auth.nonce, auth.payee, auth.value, auth.valid_after,
+            auth.valid_before, auth.signature,
         )
         if claim is None:
             raise Rejection(reasons.NONCE_ALREADY_USED, "this authorization was already accepted", auth.payer)
@@ -169,7 +170,7 @@ class OwnEngine(Engine):
         """Send one transferWithAuthorization, track its receipt, answer when the strategy says."""
         (claim,) = claims
         data = transfer_with_authorization_data(
-            claim.payer, claim.payee, claim.amount, 0, claim.valid_before, claim.nonce, claim.signature
+            claim.payer, claim.payee, claim.amount, claim.valid_after, claim.valid_before, claim.nonce, claim.signature
         )
         lane = self.pool.pick()
         lane.in_flight += 1
@@ -320,7 +321,7 @@ class BatchedEngine(OwnEngine):
     async def _settle_batch(self, batch: list[tuple[Claim, "asyncio.Future[dict[str, Any]]"]]) -> dict[str, Any]:
         claims = [c for c, _ in batch]
         data = batch_settle_data(self.config.token.address, [
-            (c.payer, c.payee, c.amount, 0, c.valid_before, c.nonce, c.signature) for c in claims])
+            (c.payer, c.payee, c.amount, c.valid_after, c.valid_before, c.nonce, c.signature) for c in claims])
         lane = self.pool.pick()
         lane.in_flight += 1
         pending: list[asyncio.Future[dict[str, Any]]] = []
@@ -424,7 +425,8 @@ class SdkEngine(Engine):
             auth = payload.payload.get("authorization") or {}
             claim = self.ledger.claim(
                 self.config.token.address, str(auth.get("from", "")), str(auth.get("nonce", "")),
-                str(auth.get("to", "")), int(auth.get("value", 0)), int(auth.get("validBefore", 0)),
+                str(auth.get("to", "")), int(auth.get("value", 0)), int(auth.get("validAfter", 0)),
+                int(auth.get("validBefore", 0)),
                 str(payload.payload.get("signature", "")),
             )
             if claim is None:

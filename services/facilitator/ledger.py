@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS payments (
     nonce TEXT NOT NULL,
     payee TEXT NOT NULL,
     amount INTEGER NOT NULL,
+    valid_after INTEGER NOT NULL DEFAULT 0,
     valid_before INTEGER NOT NULL,
     signature TEXT NOT NULL,
     accepted_at REAL NOT NULL,
@@ -63,6 +64,7 @@ class Claim:
     nonce: str
     payee: str
     amount: int
+    valid_after: int  # signed, so the transfer must carry it as signed: 0 in its place fails the signature
     valid_before: int
     signature: str
 
@@ -81,6 +83,9 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(payments)")}
+        if "valid_after" not in columns:  # a ledger written before validAfter was kept: every such claim signed 0
+            self._db.execute("ALTER TABLE payments ADD COLUMN valid_after INTEGER NOT NULL DEFAULT 0")
         self._reserved: Counter[str] = Counter()
         for payer, amount in self._db.execute(
             "SELECT payer, SUM(amount) FROM payments WHERE state IN (?, ?) GROUP BY payer", OPEN_STATES
@@ -92,21 +97,22 @@ class Ledger:
             self._db.close()
 
     def claim(
-        self, token: str, payer: str, nonce: str, payee: str, amount: int, valid_before: int, signature: str
+        self, token: str, payer: str, nonce: str, payee: str, amount: int, valid_after: int, valid_before: int,
+        signature: str,
     ) -> Claim | None:
         """Record the payment as accepted; None when this authorization was claimed before."""
         token, payer, payee, nonce = token.lower(), payer.lower(), payee.lower(), nonce.lower()
         with self._lock:
             try:
                 cursor = self._db.execute(
-                    "INSERT INTO payments (token, payer, nonce, payee, amount, valid_before, signature, "
-                    "accepted_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'accepted')",
-                    (token, payer, nonce, payee, amount, valid_before, signature, time.time()),
+                    "INSERT INTO payments (token, payer, nonce, payee, amount, valid_after, valid_before, signature, "
+                    "accepted_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'accepted')",
+                    (token, payer, nonce, payee, amount, valid_after, valid_before, signature, time.time()),
                 )
             except sqlite3.IntegrityError:
                 return None
             self._reserved[payer] += amount
-            return Claim(cursor.lastrowid, token, payer, nonce, payee, amount, valid_before, signature)
+            return Claim(cursor.lastrowid, token, payer, nonce, payee, amount, valid_after, valid_before, signature)
 
     def is_claimed(self, token: str, payer: str, nonce: str) -> bool:
         with self._lock:
@@ -169,11 +175,11 @@ class Ledger:
         """Claims left open by a previous process: (claim, state, tx_hash), for recovery."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, token, payer, nonce, payee, amount, valid_before, signature, state, tx_hash "
+                "SELECT id, token, payer, nonce, payee, amount, valid_after, valid_before, signature, state, tx_hash "
                 "FROM payments WHERE state IN (?, ?) ORDER BY id",
                 OPEN_STATES,
             ).fetchall()
-        return [(Claim(*row[:8]), row[8], row[9]) for row in rows]
+        return [(Claim(*row[:9]), row[9], row[10]) for row in rows]
 
     def counts(self) -> dict[str, int]:
         with self._lock:
