@@ -26,6 +26,8 @@ from services.token import deploy_batch_settler, deploy_usdc, fund
 from x402bench.scenario import Scenario, ScenarioError
 
 SIGNER_ETH_WEI = 10_000 * 10**18
+#: Keys an outside facilitator may settle with (funded with ETH, never used by ours: no nonce clashes).
+OUTSIDE_SIGNER_KEYS = 4
 #: The payee starts with a balance, as a real merchant does: settlement gas then matches
 #: the "recipient already holds USDC" anchor (85,704) rather than the first-payment one.
 PAYEE_STARTING_ATOMIC = 1_000_000
@@ -33,13 +35,21 @@ PAYEE_STARTING_ATOMIC = 1_000_000
 
 def role_keys(seed: int, role: str, count: int) -> list[Agent]:
     """Wallets for the world's own roles, from the seed but never colliding with agents'."""
-    offset = {"signer": 1_000_003, "payee": 2_000_003}[role]
+    offset = {"signer": 1_000_003, "payee": 2_000_003, "outside-signer": 3_000_003}[role]
     return derive_agents(seed * 7_919 + offset, count)
 
 
 @dataclass
 class WorldInfo:
-    """Everything another tool needs to point at a running world (written by `up --json`)."""
+    """Everything another tool needs to point at a running world (written by `up --json`).
+
+    This is the contract outside parts are configured from; its keys are kept stable:
+    `rpc_url`, `chain_id`, `network` (eip155:N), `token` (address, name, version, decimals),
+    `payees` (pay-to addresses: they sign nothing and hold no ETH), `facilitator_url` ("" when no
+    facilitator runs), `facilitator_keys` (private keys funded with ETH that an outside facilitator
+    may settle with; x402bench's own facilitator never uses them), `agents` (address, private_key).
+    All keys are local test keys on a local chain.
+    """
 
     scenario: str
     rpc_url: str
@@ -49,10 +59,12 @@ class WorldInfo:
     facilitator_url: str
     facilitator_strategy: str
     signers: list[str]
-    pay_to: str
+    pay_to: str  # payees[0], for readers of older world files
     service_urls: dict[str, str]
     prices: dict[str, int]
     agents: list[dict[str, str]] = field(default_factory=list)
+    payees: list[str] = field(default_factory=list)
+    facilitator_keys: list[str] = field(default_factory=list)
     ledger_path: str = ""
     pids: dict[str, int] = field(default_factory=dict)
     workdir: str = ""
@@ -117,7 +129,8 @@ class World:
         self.agents = derive_agents(s.seed, self.agent_count)
         signers = role_keys(s.seed, "signer", s.facilitator.signer_keys)
         (payee,) = role_keys(s.seed, "payee", 1)
-        self.anvil.set_balances([a.address for a in signers], SIGNER_ETH_WEI)
+        outside_signers = role_keys(s.seed, "outside-signer", OUTSIDE_SIGNER_KEYS)
+        self.anvil.set_balances([a.address for a in signers + outside_signers], SIGNER_ETH_WEI)
         fund(rpc_url, token_address, [a.address for a in self.agents], int(s.agents.funding_usdc * 10**s.token.decimals))
         fund(rpc_url, token_address, [payee.address], PAYEE_STARTING_ATOMIC)
         if switch_later and chain.mining != "auto":
@@ -157,6 +170,7 @@ class World:
             service_urls={v.name: resource.url + v.path for v in s.services},
             prices={v.name: s.price_atomic(v) for v in s.services},
             agents=[{"address": a.address, "private_key": a.key_hex} for a in self.agents],
+            payees=[payee.address], facilitator_keys=[a.key_hex for a in outside_signers],
             ledger_path=facilitator_config.ledger_path,
             pids={"anvil": self.anvil.process.pid if self.anvil.process else 0,
                   **{p.name: p.pid or 0 for p in self.processes}},
