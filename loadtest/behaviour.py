@@ -30,6 +30,16 @@ class RouteChooser:
         names = [n for n, w in weights.items() if w > 0]
         return cls(names, list(itertools.accumulate(weights[n] for n in names)))
 
+    @classmethod
+    def for_routes(cls, scenario: Scenario, routes: list[str]) -> "RouteChooser":
+        """The scenario's mix over the routes a world really offers; uniform when none of them is named there
+        (outside services take their names from their URLs)."""
+        weights = scenario.mix_weights()
+        known = {r: weights[r] for r in routes if weights.get(r, 0) > 0}
+        chosen = known or {r: 1.0 for r in routes}
+        names = list(chosen)
+        return cls(names, list(itertools.accumulate(chosen[n] for n in names)))
+
     def choose(self, rng: random.Random) -> str:
         index = bisect.bisect_left(self.cumulative, rng.random() * self.cumulative[-1])
         return self.names[min(index, len(self.names) - 1)]

@@ -26,7 +26,8 @@ from locust.contrib.fasthttp import FastHttpUser
 from locust.runners import MasterRunner, WorkerRunner
 
 from loadtest.behaviour import Pacer, RouteChooser, agent_rng
-from loadtest.paying import AgentWallet, pay
+from loadtest.paying import AgentWallet, facilitator_requirement, pay, settle_direct
+from services.payer.payload import Quote
 from x402bench.results.records import RequestRecord, write_csv
 from x402bench.scenario import load_scenario
 
@@ -36,8 +37,19 @@ PARTS = Path(os.environ.get("X402BENCH_PARTS", "."))
 WORKERS = max(1, int(os.environ.get("X402BENCH_WORKERS", "1")))
 PROGRESS = os.environ.get("X402BENCH_PROGRESS")
 MAX_REQUESTS = int(os.environ.get("X402BENCH_MAX_REQUESTS", "0")) or None
+#: "service": pay the priced routes; "facilitator": sign and call /verify + /settle, no service between.
+TARGET = os.environ.get("X402BENCH_TARGET", "service")
 
-ROUTES = RouteChooser.from_scenario(SCENARIO)
+if TARGET == "facilitator":
+    PRICES = {v.name: SCENARIO.price_atomic(v) for v in SCENARIO.services}
+    QUOTES = {name: Quote.from_requirement(facilitator_requirement(WORLD["network"], WORLD["token"],
+                                                                   WORLD["payees"][0], price))
+              for name, price in PRICES.items()}
+    HOST = WORLD["facilitator_url"].rstrip("/")
+else:
+    PRICES = {name: int(price) for name, price in WORLD["prices"].items()}
+    HOST = "/".join(next(iter(WORLD["service_urls"].values())).split("/", 3)[:3])
+ROUTES = RouteChooser.for_routes(SCENARIO, list(PRICES))
 RECORDS: list[RequestRecord] = []
 BROKE: set[int] = set()
 _local_users = itertools.count()
@@ -52,7 +64,7 @@ def _worker_index(environment) -> int:  # noqa: ANN001
 class PayingAgent(FastHttpUser):
     """One Locust user speaking for every agent index congruent to it modulo the user count."""
 
-    host = "/".join(next(iter(WORLD["service_urls"].values())).split("/", 3)[:3])
+    host = HOST
     connection_timeout = 30.0
     network_timeout = 300.0
 
@@ -84,7 +96,7 @@ class PayingAgent(FastHttpUser):
         return None
 
     def _route_price(self, route: str) -> int:
-        return int(WORLD["prices"][route])
+        return PRICES[route]
 
     @task
     def pay_once(self) -> None:
@@ -99,7 +111,10 @@ class PayingAgent(FastHttpUser):
         if not wallet.can_afford(self._route_price(route)):
             BROKE.add(wallet.index)
             return
-        record = pay(self.client, wallet, route, WORLD["service_urls"][route])
+        if TARGET == "facilitator":
+            record = settle_direct(self.client, wallet, route, QUOTES[route])
+        else:
+            record = pay(self.client, wallet, route, WORLD["service_urls"][route])
         RECORDS.append(record)
         if record.error == "invalid_exact_evm_insufficient_balance":
             BROKE.add(wallet.index)
@@ -129,7 +144,7 @@ def _progress(environment, **_: object) -> None:  # noqa: ANN001
         start = time.monotonic()
         while True:
             gevent.sleep(1.0)
-            paid = environment.stats.get("paid", "PAY")
+            paid = environment.stats.get("settled" if TARGET == "facilitator" else "paid", "PAY")
             total = environment.stats.total
             Path(PROGRESS).write_text(json.dumps({
                 "elapsed": time.monotonic() - start,

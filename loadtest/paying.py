@@ -7,12 +7,16 @@ round trip, and one RequestRecord per payment for the run folder.
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from locust import events
 
 from services.payer.client import PayerCore, PaymentResult
+from services.payer.payload import Quote
 from x402bench.results.records import RequestRecord
 
 
@@ -71,4 +75,74 @@ def pay(client, wallet: AgentWallet, route: str, url: str) -> RequestRecord:  # 
         verify_s=timing.get("verify", 0.0), handler_s=timing.get("handler", 0.0), settle_s=timing.get("settle", 0.0),
         amount=result.amount if result.status == 200 else 0, payer=result.payer, nonce=result.nonce,
         tx_hash=result.transaction or "",
+    )
+
+
+def facilitator_requirement(network: str, token: dict[str, Any], pay_to: str, amount: int,
+                            timeout_s: int = 300) -> dict[str, Any]:
+    """What a priced service would quote, built from the world: the terms a facilitator-only run pays."""
+    return {"scheme": "exact", "network": network, "asset": token["address"], "amount": str(amount), "payTo": pay_to,
+            "maxTimeoutSeconds": timeout_s, "extra": {"name": token["name"], "version": token["version"]}}
+
+
+def _post_json(client, path: str, body: bytes, name: str) -> tuple[int, dict[str, Any]]:  # noqa: ANN001
+    with client.request("POST", path, data=body, headers={"Content-Type": "application/json"}, name=name,
+                        catch_response=True) as response:
+        status = response.status_code or 0
+        try:
+            answer = json.loads(response.content or b"{}")
+        except ValueError:
+            answer = {}
+        if status != 200 or not isinstance(answer, dict):
+            response.failure(f"{status}")
+            return status, answer if isinstance(answer, dict) else {}
+        ok = answer.get("isValid", answer.get("success"))
+        if ok is False:
+            response.failure(answer.get("invalidReason") or answer.get("errorReason") or "refused")
+        else:
+            response.success()
+        return status, answer
+
+
+def settle_direct(client, wallet: AgentWallet, route: str, quote: Quote) -> RequestRecord:  # noqa: ANN001
+    """One payment straight to a facilitator: sign, POST /verify, then POST /settle if valid.
+
+    The record reads as a paid request would: status 200 when /settle succeeded (the payment is
+    then "served"), verify_s and settle_s the two round trips, t_end when the settle answer came.
+    """
+    wallet.sent += 1
+    start = time.time()
+    t_sign = time.perf_counter()
+    payment = wallet.payer.sign(quote)
+    sign_s = time.perf_counter() - t_sign
+    body = json.dumps({"x402Version": 2, "paymentPayload": json.loads(base64.b64decode(payment.header)),
+                       "paymentRequirements": quote.requirement}).encode()
+    t_verify = time.perf_counter()
+    status, verdict = _post_json(client, "/verify", body, f"{route} [verify]")
+    verify_s = time.perf_counter() - t_verify
+    settle_s, answer, error = 0.0, {}, ""
+    if status == 200 and verdict.get("isValid") is True:
+        t_settle = time.perf_counter()
+        status, answer = _post_json(client, "/settle", body, f"{route} [settle]")
+        settle_s = time.perf_counter() - t_settle
+        if status == 200 and answer.get("success") is not True:
+            status, error = 402, str(answer.get("errorReason") or "settle_failed")
+    elif status == 200:
+        status, error = 402, str(verdict.get("invalidReason") or "invalid")
+    else:
+        error = str(verdict.get("invalidReason") or verdict.get("errorReason") or answer.get("errorReason")
+                    or f"http_{status}")
+    end = time.time()
+    paid = status == 200
+    if paid:
+        wallet.spent += payment.amount
+    events.request.fire(
+        request_type="PAY", name="settled", response_time=(end - start) * 1000, response_length=0,
+        exception=None if paid else RuntimeError(error), context={},
+    )
+    return RequestRecord(
+        t_start=start, t_end=end, route=route, agent=wallet.index, status=status, error=error, challenge_s=0.0,
+        sign_s=sign_s, paid_s=verify_s + settle_s, verify_s=verify_s, handler_s=0.0, settle_s=settle_s,
+        amount=payment.amount if paid else 0, payer=wallet.payer.address, nonce=payment.nonce,
+        tx_hash=str(answer.get("transaction") or ""),
     )

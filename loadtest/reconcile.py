@@ -37,14 +37,14 @@ def _topic_address(topic: str) -> str:
     return "0x" + topic[-40:]
 
 
-def read_chain(rpc: Rpc, token: str, payee: str, from_block: int, to_block: int) -> ChainView:
+def read_chain(rpc: Rpc, token: str, payees: list[str], from_block: int, to_block: int) -> ChainView:
     """One eth_getLogs per event, then receipts and block headers in batched calls."""
     if to_block < from_block:  # no block was mined during the run: nothing can have settled
         return ChainView([], {}, {}, 0)
     span = {"address": token, "fromBlock": hex(from_block), "toBlock": hex(to_block)}
     used_logs = rpc.call("eth_getLogs", {**span, "topics": [TOPIC_AUTHORIZATION_USED]})
-    payee_topic = "0x" + payee.lower().removeprefix("0x").rjust(64, "0")
-    transfer_logs = rpc.call("eth_getLogs", {**span, "topics": [TOPIC_TRANSFER, None, payee_topic]})
+    payee_topics = ["0x" + p.lower().removeprefix("0x").rjust(64, "0") for p in payees]
+    transfer_logs = rpc.call("eth_getLogs", {**span, "topics": [TOPIC_TRANSFER, None, payee_topics]})
     used = [(_topic_address(log["topics"][1]).lower(), log["topics"][2].lower(), log["transactionHash"].lower())
             for log in used_logs]
     hashes = sorted({h for _, _, h in used} | {log["transactionHash"].lower() for log in transfer_logs})
@@ -93,13 +93,40 @@ def settlement_records(ledger_rows: Iterable[dict[str, Any]], chain: ChainView, 
     return records
 
 
+def chain_settlements(requests: list[RequestRecord], chain: ChainView, t0: float) -> list[SettlementRecord]:
+    """Settlement records when the facilitator's ledger is not ours: one per authorization the chain used.
+
+    Acceptance is unknown from outside, so a payment counts from its request's start (times already
+    relative to t0) to its block's timestamp, which has whole-second resolution.
+    """
+    by_key = {(r.payer.lower(), r.nonce.lower()): r for r in requests if r.nonce}
+    per_tx = Counter(h for _, _, h in chain.used)
+    records = []
+    for payer, nonce, tx_hash in chain.used:
+        request = by_key.get((payer, nonce))
+        receipt = chain.receipts.get(tx_hash) or {}
+        block = int(receipt["blockNumber"], 16) if receipt else -1
+        started = request.t_start if request else -1.0
+        included = chain.block_times[block] - t0 if block in chain.block_times else -1.0
+        records.append(SettlementRecord(
+            nonce=nonce, payer=payer, payee="", amount=request.amount if request else 0, t_accepted=started,
+            t_submitted=-1.0, t_included=max(included, started) if request else -1.0, state="settled",
+            tx_hash=tx_hash, block_number=block, gas_used=int(receipt.get("gasUsed", "0x0"), 16),
+            effective_gas_price=int(receipt.get("effectiveGasPrice", "0x0"), 16), batch_size=per_tx[tx_hash],
+            error=""))
+    return records
+
+
 def reconcile(
     requests: list[RequestRecord],
     ledger_rows: list[dict[str, Any]],
     chain: ChainView,
     payee_balance_delta: int,
+    ledger: bool = True,
 ) -> dict[str, Any]:
-    """The reconciliation block of summary.json."""
+    """The reconciliation block of summary.json; `ledger` False when the facilitator's ledger is not ours
+    to read (an outside facilitator): then client records and the chain alone decide, and `findings`
+    names in words what went astray."""
     served = {(r.payer.lower(), r.nonce.lower()): r.amount for r in requests if r.paid and r.nonce}
     on_chain = Counter((payer, nonce) for payer, nonce, _ in chain.used)
     ledger_settled = Counter((row["payer"], row["nonce"]) for row in ledger_rows if row["state"] == "settled")
@@ -107,7 +134,18 @@ def reconcile(
     lost = [key for key in served if key not in on_chain]
     double = {key for key, n in on_chain.items() if n > 1} | {key for key, n in ledger_settled.items() if n > 1}
     unserved = [key for key in on_chain if key not in served]
+    findings = []
+    if lost:
+        findings.append(f"{len(lost)} payment(s) served 200 but never settled on chain")
+    if double:
+        findings.append(f"{len(double)} authorization(s) settled more than once")
+    if unserved:
+        findings.append(f"{len(unserved)} authorization(s) settled on chain whose client never got a 200")
+    if payee_balance_delta != sum(served.values()):
+        findings.append(f"the payees received {payee_balance_delta} atomic units for {sum(served.values())} served")
     return {
+        "ledger": ledger,
+        "findings": findings,
         "paid_responses": len(served),
         "settled": len(on_chain),
         "ledger_settled": sum(ledger_settled.values()),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,21 +21,28 @@ from pathlib import Path
 from typing import Any, Callable
 
 from loadtest import cpu
-from loadtest.reconcile import read_chain, reconcile, settlement_records
+from loadtest.reconcile import chain_settlements, read_chain, reconcile, settlement_records
 from services.chain import REPO_ROOT, Rpc, free_port
 from services.facilitator.ledger import read_payments
-from services.stack import World
-from services.token import balance_of
+from services.process import write_private
+from services.stack import PARTS, Outside, World
+from services.token import balances_of
 from x402bench.results.records import RequestRecord, read_csv
 from x402bench.results.rundir import new_run_id, write_run
 from x402bench.results.summary import build_summary
-from x402bench.scenario import Scenario
+from x402bench.scenario import Scenario, ScenarioError
 
 LOCUSTFILE = REPO_ROOT / "loadtest" / "locustfile.py"
 
 
+#: What the agents send their payments to.
+TARGETS = ("service", "facilitator")
+
+
 @dataclass
 class LoadOptions:
+    """How to run one load test; the `*_url` and `world_file` fields name parts x402bench does not start."""
+
     users: int | None = None
     spawn_rate: float | None = None
     duration_s: float | None = None
@@ -43,6 +51,11 @@ class LoadOptions:
     out_root: Path = Path("results")
     max_requests: int | None = None
     drain_timeout_s: float = 60.0
+    target: str = "service"  # "facilitator": sign, then POST /verify and /settle, no priced service between
+    world_file: Path | None = None  # attach to the running world this file describes
+    service_urls: tuple[str, ...] = ()
+    facilitator_url: str | None = None
+    rpc_url: str | None = None
 
 
 @dataclass
@@ -91,7 +104,7 @@ def run_locust(scenario: Scenario, options: LoadOptions, world: World, run_dir: 
     work = run_dir / "world"
     parts = work / "parts"
     progress_file = work / "progress.json"
-    (work / "world.json").write_text(world.info.to_json())
+    write_private(work / "world.json", world.info.to_json())
     (work / "scenario.json").write_text(scenario.model_dump_json())
     env = {
         **os.environ,
@@ -101,6 +114,7 @@ def run_locust(scenario: Scenario, options: LoadOptions, world: World, run_dir: 
         "X402BENCH_WORKERS": str(options.processes),
         "X402BENCH_PROGRESS": str(progress_file),
         "X402BENCH_MAX_REQUESTS": str(scenario.run.max_requests or 0),
+        "X402BENCH_TARGET": options.target,
         "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     }
     web_port = free_port() if options.web else None
@@ -149,6 +163,8 @@ def merge_parts(parts: Path) -> tuple[list[RequestRecord], int]:
 
 def drain(ledger_path: str, timeout_s: float) -> None:
     """Wait for the facilitator to close what it accepted (pipelined/batched settle after answering)."""
+    if not ledger_path or not Path(ledger_path).exists():
+        return  # an outside facilitator: its ledger is its own, the chain is read instead
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not any(row["state"] in ("accepted", "submitted") for row in read_payments(ledger_path)):
@@ -156,35 +172,67 @@ def drain(ledger_path: str, timeout_s: float) -> None:
         time.sleep(0.25)
 
 
+def read_world_file(path: Path) -> dict[str, Any]:
+    """A world file written by `x402bench up --json`; a bad one is a ScenarioError (exit 2)."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read the world file ({exc.strerror})") from None
+    except ValueError as exc:
+        raise ScenarioError(f"{path}: not a world file (not JSON: {exc})") from None
+    if not isinstance(data, dict) or "rpc_url" not in data or "agents" not in data:
+        raise ScenarioError(f"{path}: not a world file (no rpc_url and agents; write one with `x402bench up --json`)")
+    return data
+
+
+def world_for(scenario: Scenario, options: LoadOptions, workdir: Path) -> World:
+    """The world a run needs for its target, from outside parts where the options name them."""
+    if options.target not in TARGETS:
+        raise ScenarioError(f"--target {options.target!r}: choose one of {', '.join(TARGETS)}")
+    if options.target == "facilitator" and (options.service_urls or scenario.service_urls):
+        raise ScenarioError("--target facilitator pays the facilitator directly: drop --service-url / "
+                            "external_service_url")
+    attached = read_world_file(options.world_file) if options.world_file else None
+    outside = Outside.of(scenario, rpc_url=options.rpc_url, facilitator_url=options.facilitator_url,
+                         service_urls=options.service_urls, world=attached)
+    parts = ("chain", "facilitator") if options.target == "facilitator" else PARTS
+    return World(scenario, workdir=workdir, parts=parts, outside=outside)
+
+
 def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | None = None) -> LoadResult:
     scenario = effective_scenario(scenario, options)
     run_id = new_run_id()
     run_dir = options.out_root / scenario.name / run_id
-    (run_dir / "world").mkdir(parents=True, exist_ok=True)
+    world = world_for(scenario, options, run_dir / "world")
     started_at = time.time()
-    with World(scenario, workdir=run_dir / "world") as world:
+    try:
+        world.__enter__()
+    except ScenarioError:  # a bad target is refused before any traffic: leave no half-made run folder behind
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    with world:
         info = world.info
         rpc = Rpc(info.rpc_url)
         first_block = int(rpc.call("eth_blockNumber"), 16) + 1
-        payee_before = balance_of(info.rpc_url, info.token["address"], info.pay_to)
-        pids = {"anvil": [info.pids["anvil"]], "facilitator": [info.pids["facilitator"]],
-                "services": [info.pids["services"]]}
+        payee_before = balances_of(info.rpc_url, info.token["address"], info.payees)
+        pids = {role: [pid] for role, pid in info.pids.items() if pid}
         cpu_before = cpu.sample(pids)
         parts, loadgen_cpu = run_locust(scenario, options, world, run_dir, on_progress)
         cpu_after = cpu.sample(pids)
         drain(info.ledger_path, options.drain_timeout_s)
         last_block = int(rpc.call("eth_blockNumber"), 16)
-        payee_after = balance_of(info.rpc_url, info.token["address"], info.pay_to)
-        chain = read_chain(rpc, info.token["address"], info.pay_to, first_block, last_block)
-        ledger_rows = read_payments(info.ledger_path)
-        facilitator_metrics = _get_json(info.facilitator_url + "/metrics")
+        payee_after = balances_of(info.rpc_url, info.token["address"], info.payees)
+        chain = read_chain(rpc, info.token["address"], info.payees, first_block, last_block)
+        has_ledger = bool(info.ledger_path) and Path(info.ledger_path).exists()
+        ledger_rows = read_payments(info.ledger_path) if has_ledger else []
+        facilitator_metrics = _get_json(info.facilitator_url + "/metrics") if info.facilitator_url else {}
     records, agents_broke = merge_parts(parts)
     t0 = min((r.t_start for r in records), default=started_at)
     for r in records:
         r.t_start -= t0
         r.t_end -= t0
-    settlements = settlement_records(ledger_rows, chain, t0)
-    reconciliation = reconcile(records, ledger_rows, chain, payee_after - payee_before)
+    settlements = settlement_records(ledger_rows, chain, t0) if has_ledger else chain_settlements(records, chain, t0)
+    reconciliation = reconcile(records, ledger_rows, chain, sum(payee_after) - sum(payee_before), ledger=has_ledger)
     paid = sum(1 for r in records if r.paid)
     cpu_after = {**cpu_after, **loadgen_cpu}
     cpu_before = {**cpu_before, "loadgen": 0.0}
@@ -197,7 +245,13 @@ def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | N
         "facilitator": facilitator_metrics,
         "machine": {"cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()},
         "blocks": {"first": first_block, "last": last_block},
-        "world": {"rpc_url": info.rpc_url, "token": info.token, "pay_to": info.pay_to, "signers": info.signers},
+        "world": {"rpc_url": info.rpc_url, "token": info.token, "pay_to": info.pay_to, "payees": info.payees,
+                  "signers": info.signers, "facilitator_url": info.facilitator_url,
+                  "service_urls": info.service_urls},
+        "target": options.target,
+        "attached": options.world_file is not None,
+        "world_file": str(options.world_file) if options.world_file else None,
+        "parts": info.parts,
     }
     summary = build_summary(scenario, records, settlements, reconciliation, "load", meta)
     out = write_run(options.out_root, scenario.name, run_id, summary, records, settlements)
@@ -209,6 +263,7 @@ def _get_json(url: str) -> dict[str, Any]:
 
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
-            return json.loads(response.read())
-    except OSError:
+            data = json.loads(response.read())
+    except (OSError, ValueError):  # an outside facilitator may have no /metrics: that is no error
         return {}
+    return data if isinstance(data, dict) else {}

@@ -19,6 +19,14 @@ from typing import Any, Callable
 from services.chain import free_port, terminate
 
 
+def write_private(path: str | Path, text: str) -> None:
+    """Files holding private keys (local test keys, but keys) are readable by their owner only."""
+    path = Path(path)
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(text)
+
+
 class ServiceProcess:
     """One `python -m MODULE CONFIG --port N` child, with its log in a file."""
 

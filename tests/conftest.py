@@ -27,7 +27,8 @@ def anvil(request: pytest.FixtureRequest) -> Iterator[Anvil]:
     assert chain.process is None, "Anvil was left running"
 
 
-_WORLD_MARKERS = ("anvil-linux", "anvil-darwin", "services.facilitator", "services.resource", "loadtest/locustfile.py")
+_WORLD_MARKERS = ("anvil-linux", "anvil-darwin", "services.facilitator", "services.resource", "loadtest/locustfile.py",
+                  "tests/outside/")
 
 
 def _world_processes() -> set[tuple[int, str]]:

@@ -36,9 +36,16 @@ class Chain(_Strict):
     )
     block_time_s: float | None = Field(None, gt=0, le=60, description="Block interval for mining=interval.")
     gas_limit: int = Field(60_000_000, ge=1_000_000, description="Block gas limit.")
+    rpc_url: str | None = Field(
+        None, pattern=r"^https?://", description="Use the node already running at this JSON-RPC URL instead of "
+        "starting Anvil: the token is deployed and the agents funded there from Anvil's first dev account. The "
+        "node's own mining applies; mining and block_time_s must then be left unset.")
 
     @model_validator(mode="after")
     def _block_time_matches_mining(self) -> "Chain":
+        if self.rpc_url and (self.mining != "auto" or self.block_time_s is not None or self.gas_limit != 60_000_000):
+            raise ValueError("rpc_url names a node that mines as it does: mining, block_time_s and gas_limit "
+                             "cannot be set with it")
         if self.mining == "interval" and self.block_time_s is None:
             raise ValueError("mining 'interval' needs block_time_s")
         if self.mining != "interval" and self.block_time_s is not None:
@@ -77,7 +84,9 @@ class Facilitator(_Strict):
     signer_keys: int = Field(1, ge=1, le=64)
     batch: Batch | None = None
     receipt_poll_s: float = Field(0.05, gt=0, le=5, description="How often a waiting settlement polls for its receipt.")
-    external_url: str | None = Field(None, description="Use a facilitator already running at this URL instead.")
+    external_url: str | None = Field(
+        None, pattern=r"^https?://", description="The priced services x402bench starts use the facilitator already "
+        "running at this URL instead of starting one (`load --facilitator-url` overrides it).")
 
     @model_validator(mode="before")
     @classmethod
@@ -231,7 +240,23 @@ class Scenario(_Strict):
     agents: Agents = Field(default_factory=Agents)
     run: Run = Field(default_factory=Run)
     slo: Slo = Field(default_factory=Slo)
-    external_service_url: str | None = Field(None, description="Pay a service already running there instead.")
+    external_service_url: str | list[str] | None = Field(
+        None, description="Pay the priced route(s) already running at this URL (or these URLs) instead of starting "
+        "services; price, payee and asset come from each one's 402 answer (`load --service-url` overrides it).")
+
+    @field_validator("external_service_url")
+    @classmethod
+    def _service_urls_are_http(cls, value: str | list[str] | None) -> str | list[str] | None:
+        for url in [value] if isinstance(value, str) else value or []:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http(s) URL")
+        return value
+
+    @property
+    def service_urls(self) -> tuple[str, ...]:
+        """The outside priced routes this scenario names, if any."""
+        value = self.external_service_url
+        return (value,) if isinstance(value, str) else tuple(value or ())
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Scenario":

@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from services.process import write_private
+
 
 @dataclass(frozen=True)
 class TokenInfo:
@@ -41,7 +43,7 @@ class FacilitatorConfig:
         return f"eip155:{self.chain_id}"
 
     def dump(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2))
+        write_private(path, json.dumps(asdict(self), indent=2))  # it holds the signer keys
 
     @classmethod
     def load(cls, path: str | Path) -> "FacilitatorConfig":

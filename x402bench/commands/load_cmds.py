@@ -38,6 +38,8 @@ def print_result(summary: dict[str, Any], run_dir: Path) -> None:
     table.add_row("reconciliation", f"paid {rec['paid_responses']}, settled {rec['settled']}, pending {rec['pending']}, "
                   f"lost {rec['lost']}, double {rec['double_settled']}, payee Δ {rec['payee_balance_delta']} "
                   f"(expected {rec['expected_payee_delta']})")
+    for finding in rec.get("findings") or []:
+        table.add_row("[red]found[/red]", finding)
     out.print(table)
     for check in slo["checks"]:
         mark = "[green]pass[/green]" if check["passed"] else "[red]FAIL[/red]"
@@ -59,13 +61,24 @@ def load(
     web: bool = typer.Option(False, help="Show Locust's web UI (on 127.0.0.1) instead of running headless."),
     processes: int = typer.Option(1, help="Locust worker processes on this machine (master/worker mode)."),
     max_requests: Optional[int] = typer.Option(None, help="Stop after this many paid-request attempts."),
+    world: Optional[Path] = typer.Option(None, "--world", help="Attach to the running world this file describes "
+                                         "(`x402bench up --json`): its chain, token, agents and parts."),
+    service_url: Optional[list[str]] = typer.Option(None, "--service-url", help="Pay this priced URL (repeatable) "
+                                                    "instead of starting services; terms come from its 402."),
+    facilitator_url: Optional[str] = typer.Option(None, "--facilitator-url", help="The facilitator the started "
+                                                  "services (or --target facilitator) use, instead of ours."),
+    rpc_url: Optional[str] = typer.Option(None, "--rpc-url", help="A node already running: deploy and fund there "
+                                          "instead of starting Anvil."),
+    target: str = typer.Option("service", "--target", help="service: pay priced routes; facilitator: sign and "
+                               "call POST /verify then /settle directly."),
 ) -> None:
-    """Bring the world up, drive paying agents through it with Locust, write the run folder."""
+    """Bring the world up (or attach to one), drive paying agents through it with Locust, write the run folder."""
     from loadtest.runner import LoadOptions, run_load
 
     s = load_scenario(scenario)
     options = LoadOptions(users=users, spawn_rate=spawn_rate, duration_s=duration, processes=processes, web=web,
-                          out_root=out_dir, max_requests=max_requests)
+                          out_root=out_dir, max_requests=max_requests, target=target, world_file=world,
+                          service_urls=tuple(service_url or ()), facilitator_url=facilitator_url, rpc_url=rpc_url)
     with Live(f"bringing up {s.name}…", console=out, refresh_per_second=4, transient=False) as live:
         result = run_load(s, options, on_progress=lambda p: live.update(_progress_text(p)))
     print_result(result.summary, result.run_dir)
@@ -82,4 +95,5 @@ def demo(
 ) -> None:
     """The main job on the default scenario: a one-minute load run, then the report's path."""
     load(scenario, users=None, spawn_rate=None, duration=duration, out_dir=Path("results"), web=False,
-         processes=1, max_requests=None)
+         processes=1, max_requests=None, world=None, service_url=None, facilitator_url=None, rpc_url=None,
+         target="service")

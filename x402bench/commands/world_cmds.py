@@ -22,24 +22,40 @@ def up(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the world's addresses and keys here."),
     workdir: Optional[Path] = typer.Option(None, help="Keep logs, configs and the ledger here (default: a temp dir)."),
     agents: Optional[int] = typer.Option(None, help="Fund this many agents instead of the scenario's count."),
+    only: Optional[str] = typer.Option(None, "--only", help="Start only these parts, comma-separated, in order: "
+                                       "chain (the chain, token and funded keys), facilitator, services."),
+    rpc_url: Optional[str] = typer.Option(None, "--rpc-url", help="Deploy and fund on this running node "
+                                          "instead of starting Anvil."),
+    facilitator_url: Optional[str] = typer.Option(None, "--facilitator-url", help="The services use this "
+                                                  "facilitator instead of ours."),
 ) -> None:
-    """Bring the scenario's world up on loopback and keep it running until Ctrl-C."""
-    from services.stack import World
+    """Bring the scenario's world (or some of its parts) up on loopback and keep it running until Ctrl-C."""
+    from services.process import write_private
+    from services.stack import PARTS, Outside, World
+    from x402bench.scenario import ScenarioError
 
     s = load_scenario(scenario)
+    parts = tuple(p.strip() for p in only.split(",") if p.strip()) if only else PARTS
+    if only is not None and (not parts or set(parts) - set(PARTS) or "chain" not in parts):
+        raise ScenarioError(f"--only {only!r}: give parts from {', '.join(PARTS)}, chain included "
+                            "(e.g. --only chain or --only chain,facilitator)")
+    outside = Outside.of(s, rpc_url=rpc_url, facilitator_url=facilitator_url)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with out.status(f"bringing up {s.name}…"):
-        world = World(s, workdir=workdir, agent_count=agents).__enter__()
+        world = World(s, workdir=workdir, agent_count=agents, parts=parts, outside=outside).__enter__()
     try:
         info = world.info
         assert info is not None
-        out.print(f"[bold]{s.name}[/bold] is up ({s.chain.mining} mining, strategy {s.facilitator.strategy})")
+        out.print(f"[bold]{s.name}[/bold] is up: {', '.join(parts)} ({s.chain.mining} mining"
+                  + (f", strategy {info.facilitator_strategy})" if info.facilitator_strategy else ")"))
         out.print(f"  chain RPC     {info.rpc_url}  (chain id {info.chain_id}, {info.network})")
         out.print(f"  token         {info.token['address']}  ({info.token['name']} v{info.token['version']})")
-        out.print(f"  facilitator   {info.facilitator_url}  signers {', '.join(info.signers)}")
-        out.print(f"  pay to        {info.pay_to}")
+        if info.facilitator_url:
+            out.print(f"  facilitator   {info.facilitator_url}" + (f"  signers {', '.join(info.signers)}" if info.signers else ""))
+        out.print(f"  payees        {', '.join(info.payees)}")
+        out.print(f"  facilitator keys for an outside facilitator: {len(info.facilitator_keys)} funded with ETH")
         for name, url in info.service_urls.items():
             out.print(f"  service       {url}  ({info.prices[name]} atomic units)")
         shown = info.agents[:5]
@@ -47,7 +63,7 @@ def up(
         for agent in shown:
             out.print(f"                {agent['address']}  {agent['private_key']}")
         if json_path:
-            json_path.write_text(info.to_json())
+            write_private(json_path, info.to_json())
             out.print(f"  world JSON    {json_path}")
         out.print("Press Ctrl-C to stop.")
         stop.wait()
