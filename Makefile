@@ -14,9 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# --ignore-scripts: the Anvil package ships its native binary; nothing is downloaded at install or run time.
-# `npm ci` refuses a lock file without Anvil's other-platform optional packages, which a registry
-# mirror may lack; `npm install` then installs the same pinned versions from the same lock file.
+# --ignore-scripts: the Anvil package ships its native binary and the x402 TypeScript SDK is plain JS;
+# nothing is downloaded at install or run time. package-lock.json lists Anvil's optional package for
+# every platform, so `npm ci` installs this platform's and leaves the lock file untouched; `npm install`
+# is the fallback for a registry mirror that lacks a package, with the same pinned versions.
 node_modules/.installed: package.json package-lock.json
 	npm ci --ignore-scripts --no-audit --no-fund || npm install --ignore-scripts --no-audit --no-fund
 	test -x node_modules/@foundry-rs/anvil-*/bin/anvil && test -f node_modules/solc/soljson.js
