@@ -21,7 +21,7 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 #: Modules under x402bench.commands that define commands on `app` when imported.
-COMMAND_MODULES = ("scenario_cmds", "world_cmds", "load_cmds", "report_cmds", "sim_cmds")
+COMMAND_MODULES = ("scenario_cmds", "world_cmds", "load_cmds", "report_cmds", "sim_cmds", "probe_cmds")
 
 
 def _register() -> None:
