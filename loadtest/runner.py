@@ -209,8 +209,10 @@ def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | N
         world.__enter__()
     except ScenarioError:  # a bad target is refused before any traffic: leave no half-made run folder behind
         shutil.rmtree(run_dir, ignore_errors=True)
+        if run_dir.parent.is_dir() and not any(run_dir.parent.iterdir()):
+            run_dir.parent.rmdir()
         raise
-    with world:
+    try:
         info = world.info
         rpc = Rpc(info.rpc_url)
         first_block = int(rpc.call("eth_blockNumber"), 16) + 1
@@ -226,6 +228,8 @@ def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | N
         has_ledger = bool(info.ledger_path) and Path(info.ledger_path).exists()
         ledger_rows = read_payments(info.ledger_path) if has_ledger else []
         facilitator_metrics = _get_json(info.facilitator_url + "/metrics") if info.facilitator_url else {}
+    finally:
+        world.stop()
     records, agents_broke = merge_parts(parts)
     t0 = min((r.t_start for r in records), default=started_at)
     for r in records:

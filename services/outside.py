@@ -106,8 +106,8 @@ class ServiceTerms:
     scheme: str
 
 
-def check_service(url: str, network: str, token: str, name: str) -> ServiceTerms:
-    """An unpaid GET must get a 402 whose PAYMENT-REQUIRED offers `exact` on `network` in `token`."""
+def check_service(url: str, network: str) -> list[dict[str, Any]]:
+    """An unpaid GET must get a 402 whose PAYMENT-REQUIRED offers `exact` on `network`: its exact options."""
     status, headers, _ = http_request(url, "service")
     if status != 402:
         raise OutsideError(f"service {url}: no 402 on the route (an unpaid GET answered HTTP {status})")
@@ -119,17 +119,22 @@ def check_service(url: str, network: str, token: str, name: str) -> ServiceTerms
         accepts = [a for a in required["accepts"] if isinstance(a, dict)]
     except (ValueError, KeyError, TypeError):
         raise OutsideError(f"service {url}: not x402 (PAYMENT-REQUIRED is not base64 of a PaymentRequired)") from None
-    on_network = [a for a in accepts if a.get("network") == network]
-    exact = [a for a in on_network if a.get("scheme") == "exact"]
+    exact = [a for a in accepts if a.get("network") == network and a.get("scheme") == "exact"]
     if not exact:
         offered = ", ".join(f"{a.get('scheme')} on {a.get('network')}" for a in accepts) or "nothing"
         raise OutsideError(f"service {url}: asks for no exact payment on {network} (it offers {offered})")
-    ours = [a for a in exact if str(a.get("asset", "")).lower() == token.lower()]
+    return exact
+
+
+def service_terms(url: str, network: str, token: str, name: str) -> ServiceTerms:
+    """What the route asks for in this world's token (checked again: the chain part may have just started)."""
+    ours = [a for a in check_service(url, network) if str(a.get("asset", "")).lower() == token.lower()]
     if not ours:
+        asked = ", ".join(sorted({str(a.get("asset")) for a in check_service(url, network)}))
         raise OutsideError(
-            f"service {url}: asks for asset {exact[0].get('asset')}, but this world's token is {token}; "
-            "configure the service from the world file (`x402bench up SCENARIO --only chain,facilitator --json "
-            "world.json`) and attach with `--world world.json`")
+            f"service {url}: asks for asset {asked}, but this world's token is {token}; configure the service "
+            "from the world file (`x402bench up SCENARIO --only chain,facilitator --json world.json`) and attach "
+            "with `--world world.json`")
     terms = ours[0]
     try:
         amount = int(terms["amount"])

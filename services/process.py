@@ -20,11 +20,14 @@ from services.chain import free_port, terminate
 
 
 def write_private(path: str | Path, text: str) -> None:
-    """Files holding private keys (local test keys, but keys) are readable by their owner only."""
+    """Files holding private keys (local test keys, but keys) are readable by their owner only, and appear
+    whole (written aside, then renamed), so a reader polling for the file never reads half of it."""
     path = Path(path)
-    path.touch(mode=0o600, exist_ok=True)
-    path.chmod(0o600)
-    path.write_text(text)
+    aside = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(aside, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(aside, path)
 
 
 class ServiceProcess:

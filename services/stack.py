@@ -24,7 +24,9 @@ from urllib.parse import urlsplit
 
 from services.chain import DEV_ADDRESS, DEV_PRIVATE_KEY, Anvil, ChainError, Rpc
 from services.facilitator.config import FacilitatorConfig, TokenInfo
-from services.outside import OutsideError, ServiceTerms, check_facilitator, check_node, check_service, service_name
+from services.outside import (
+    OutsideError, ServiceTerms, check_facilitator, check_node, check_service, service_name, service_terms,
+)
 from services.payer.agents import Agent, derive_agents
 from services.process import ServiceProcess
 from services.resource.app import ResourceConfig, RouteSpec
@@ -143,6 +145,8 @@ class World:
         self._ledger_path = ""
 
     def __enter__(self) -> "World":
+        if self.info is not None or self.anvil is not None or self.processes:
+            raise RuntimeError("this world is already up; a second start would orphan the first one's processes")
         try:
             self._start()
         except BaseException:
@@ -177,6 +181,12 @@ class World:
         own_facilitator = wants_facilitator and not self._outside_facilitator()
         if own_facilitator:
             check_live_strategy(s)
+        # Outside parts are asked first, so a dead URL stops the run before anything starts.
+        network = f"eip155:{(self.outside.world or {}).get('chain_id', s.chain.chain_id)}"
+        if wants_facilitator and not own_facilitator:
+            check_facilitator(self._outside_facilitator() or "", network)
+        for url in outside_services:
+            check_service(url, network)
         chain = self._attach_chain(self.outside.world) if self.outside.attached else self._start_chain()
 
         facilitator_url = ""
@@ -185,13 +195,12 @@ class World:
                 facilitator_url = self._start_facilitator(chain)
             else:
                 facilitator_url = self._outside_facilitator() or ""
-                check_facilitator(facilitator_url, chain.network)
         routes: dict[str, ServiceTerms] = {}
         if own_services:
             routes = self._start_services(chain, facilitator_url)
         for url in outside_services:
             name = self._route_name(url, set(routes))
-            routes[name] = check_service(url, chain.network, chain.token["address"], name)
+            routes[name] = service_terms(url, chain.network, chain.token["address"], name)
 
         payees = list(dict.fromkeys([*(t.pay_to for t in routes.values()), *chain.payees]))
         strategy = s.facilitator.strategy if own_facilitator else ("outside" if facilitator_url else "")
@@ -271,7 +280,7 @@ class World:
             raise OutsideError(f"world file: missing or malformed key {exc} (write it with `x402bench up --json`)") from None
         check_node(rpc_url, chain_id)
         self.agents = agents[: self.agent_count] if self.agent_count else agents
-        return _Chain(rpc_url, chain_id, token, payees, list(world.get("facilitator_keys") or []), outside_node=True)
+        return _Chain(rpc_url, chain_id, token, payees, list(world.get("facilitator_keys") or []))
 
     def _start_facilitator(self, chain: "_Chain") -> str:
         s = self.scenario

@@ -29,6 +29,7 @@ from services.stack import World
 from services.token import balance_of, wait_for_receipts
 from x402bench.scenario import load_scenario
 
+from clirun import running
 from payments import build_payment, requirements
 
 OUTSIDE = REPO_ROOT / "tests" / "outside"
@@ -44,33 +45,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, Pat
         path = workdir / "world.json"
         path.write_text(w.info.to_json())
         yield w, path
-
-
-@contextmanager
-def running(name: str, command: list[str], port: int, logdir: Path, timeout_s: float = 30.0) -> Iterator[str]:
-    """Start one part, yield its base URL once GET /health answers 200, stop it by its PID after."""
-    log_path = logdir / f"{name}-{port}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"{name} exited with {process.returncode} before answering /health:\n{log_path.read_text()}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"{name} did not answer /health within {timeout_s} s:\n{log_path.read_text()}")
-            time.sleep(0.05)
-        yield url
-    finally:
-        terminate(process, grace_s=5)
-        assert process.poll() is not None, f"{name} (pid {process.pid}) is still running"
 
 
 @pytest.fixture(scope="module")

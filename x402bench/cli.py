@@ -18,7 +18,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error message is one line, whatever the width
 
 #: Modules under x402bench.commands that define commands on `app` when imported.
 COMMAND_MODULES = ("scenario_cmds", "world_cmds", "load_cmds", "report_cmds", "sim_cmds", "probe_cmds")
