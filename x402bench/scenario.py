@@ -195,6 +195,7 @@ class Agents(_Strict):
     cache_requirements: bool = Field(True, description="Reuse the 402 requirements and pay on the first request.")
     sign_ms: Annotated[Duration, Field(default_factory=lambda: Duration(median=0.4))]
     rtt_ms: Annotated[Duration, Field(default_factory=lambda: Duration(median=0.3))]
+    retry: "Retry" = Field(default_factory=lambda: Retry())
 
     _coerce_sign = field_validator("sign_ms", "rtt_ms", mode="before")(
         classmethod(lambda cls, v: _coerce_duration(v))
@@ -228,6 +229,120 @@ class Slo(_Strict):
     max_cost_per_payment_usd: float | None = Field(None, ge=0)
 
 
+# --- faults: a timeline of things that break during a run ----------------------------------------
+
+
+class _Fault(_Strict):
+    """One entry of the `faults:` timeline. Every kind states when it strikes (`at_s`, seconds from the
+    start of traffic) and, for windows, how long it lasts (`for_s`); crashes may restart after
+    `restart_after_s` (absent: the part stays down). A kind is declared once, here, with its own
+    fields; the live fault driver and the sim read the same entry, and a kind one of them cannot
+    apply is refused there by name rather than ignored."""
+
+    at_s: float = Field(ge=0, description="Seconds after traffic starts.")
+
+    @property
+    def window(self) -> tuple[float, float]:
+        """(start, end) of the fault in run seconds; a crash lasts until its restart (or the end of the run)."""
+        end = getattr(self, "for_s", None) or getattr(self, "restart_after_s", None)
+        return self.at_s, self.at_s + end if end is not None else float("inf")
+
+
+class _Window(_Fault):
+    for_s: float = Field(gt=0, description="How long the fault lasts.")
+
+
+class FacilitatorCrash(_Fault):
+    """SIGKILL the facilitator; with restart_after_s it comes back on the same port and ledger."""
+
+    kind: Literal["facilitator_crash"]
+    restart_after_s: float | None = Field(None, gt=0)
+
+
+class ServiceCrash(_Fault):
+    """SIGKILL the priced services; with restart_after_s they come back on the same port."""
+
+    kind: Literal["service_crash"]
+    restart_after_s: float | None = Field(None, gt=0)
+
+
+class ChainStall(_Window):
+    """The node stops answering and mining for for_s (the facilitator's RPC hangs)."""
+
+    kind: Literal["chain_stall"]
+
+
+class RpcLatency(_Window):
+    """Every JSON-RPC call of the facilitator is delayed by ms (+ uniform jitter up to jitter_ms)."""
+
+    kind: Literal["rpc_latency"]
+    ms: float = Field(gt=0, le=60_000)
+    jitter_ms: float = Field(0.0, ge=0, le=60_000)
+
+
+class RpcErrors(_Window):
+    """A fraction `rate` of the facilitator's JSON-RPC calls fail: HTTP 429, 500 or 503, or a timeout."""
+
+    kind: Literal["rpc_errors"]
+    rate: float = Field(gt=0, le=1)
+    error: Literal["429", "500", "503", "timeout"] = "503"
+
+
+class TxDropped(_Window):
+    """Settlement transactions sent in the window vanish from the node's pool (anvil_dropTransaction)."""
+
+    kind: Literal["tx_dropped"]
+
+
+class Reorg(_Fault):
+    """The node replaces its last `depth` blocks (anvil_reorg): their transactions are no longer mined."""
+
+    kind: Literal["reorg"]
+    depth: int = Field(ge=1, le=64)
+
+
+class SignerOutOfGas(_Window):
+    """The facilitator's signer keys lose their ETH for for_s, then get it back."""
+
+    kind: Literal["signer_out_of_gas"]
+
+
+class Facilitator5xxAfterSettle(_Window):
+    """The facilitator settles on chain, then its /settle answer is lost: the service gets a 502."""
+
+    kind: Literal["facilitator_5xx_after_settle"]
+
+
+class ClientDisconnect(_Window):
+    """A fraction `rate` of agents drop the connection right after sending their payment."""
+
+    kind: Literal["client_disconnect"]
+    rate: float = Field(1.0, gt=0, le=1)
+
+
+Fault = Annotated[
+    FacilitatorCrash | ServiceCrash | ChainStall | RpcLatency | RpcErrors | TxDropped | Reorg | SignerOutOfGas
+    | Facilitator5xxAfterSettle | ClientDisconnect,
+    Field(discriminator="kind"),
+]
+
+#: Every fault kind, as the scenario spells it.
+FAULT_KINDS: tuple[str, ...] = tuple(
+    m.model_fields["kind"].annotation.__args__[0]  # type: ignore[union-attr]
+    for m in (FacilitatorCrash, ServiceCrash, ChainStall, RpcLatency, RpcErrors, TxDropped, Reorg, SignerOutOfGas,
+              Facilitator5xxAfterSettle, ClientDisconnect))
+
+
+class Retry(_Strict):
+    """What an agent does when a paid request got no answer (a dropped connection, a timeout, a 5xx):
+    it sends the very same signed payment again, so the facilitator can recognise it and the payment
+    is served once and charged once."""
+
+    attempts: int = Field(0, ge=0, le=10, description="Retries after the first try; 0 = never retry.")
+    backoff_s: float = Field(0.5, ge=0, le=60, description="Wait before each retry.")
+    timeout_s: float = Field(30.0, gt=0, le=600, description="A paid request with no answer by then is retried.")
+
+
 class Scenario(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -240,6 +355,7 @@ class Scenario(_Strict):
     agents: Agents = Field(default_factory=Agents)
     run: Run = Field(default_factory=Run)
     slo: Slo = Field(default_factory=Slo)
+    faults: list[Fault] = Field(default_factory=list, description="What breaks during the run, and when.")
     external_service_url: str | list[str] | None = Field(
         None, description="Pay the priced route(s) already running at this URL (or these URLs) instead of starting "
         "services; price, payee and asset come from each one's 402 answer (`load --service-url` overrides it).")
