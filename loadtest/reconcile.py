@@ -4,8 +4,8 @@
 - what the facilitator's ledger says (every accepted payment and its state),
 - what the chain says (AuthorizationUsed and Transfer logs of the token, the payee's balance).
 
-A payment served but absent from the chain is *lost*; an authorization used twice, or a
-ledger row settled by two transactions, is a *double settlement*. Both must be zero.
+The categories (served_unpaid, paid_unserved, double_settled, pending) are defined once, in
+x402bench.results.money, for live and simulated runs alike; our strategies keep the first three at 0.
 Settlement records for the summary are built here too, with gas from the chain's own
 receipts rather than from what the facilitator claims.
 """
@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 from services.chain import Rpc
 from services.facilitator.evm import TOPIC_AUTHORIZATION_USED, TOPIC_TRANSFER
+from x402bench.results.money import LOSS_KEYS, MoneyEvent, classify, counts
 from x402bench.results.records import RequestRecord, SettlementRecord
 
 CHUNK = 500
@@ -123,39 +124,61 @@ def reconcile(
     chain: ChainView,
     payee_balance_delta: int,
     ledger: bool = True,
-) -> dict[str, Any]:
-    """The reconciliation block of summary.json; `ledger` False when the facilitator's ledger is not ours
-    to read (an outside facilitator): then client records and the chain alone decide, and `findings`
-    names in words what went astray."""
-    served = {(r.payer.lower(), r.nonce.lower()): r.amount for r in requests if r.paid and r.nonce}
-    on_chain = Counter((payer, nonce) for payer, nonce, _ in chain.used)
+    t0: float = 0.0,
+) -> tuple[dict[str, Any], list[MoneyEvent]]:
+    """The reconciliation block of summary.json, and its events in run time (for the fault table).
+
+    Requests are already on the run clock (t0 subtracted); a retried payment has several records with
+    one nonce and counts once. `ledger` False when the facilitator's ledger is not ours to read (an
+    outside facilitator): then client records and the chain alone decide. `findings` says in words
+    what went astray.
+    """
+    served: dict[tuple[str, str], float] = {}
+    amounts: dict[tuple[str, str], int] = {}
+    sent: dict[tuple[str, str], float] = {}
+    for r in requests:
+        if not r.nonce:
+            continue
+        key = (r.payer.lower(), r.nonce.lower())
+        sent[key] = max(sent.get(key, r.t_start), r.t_start)
+        if r.paid and key not in served:
+            served[key], amounts[key] = r.t_end, r.amount
+    block_of = {h: int(rc["blockNumber"], 16) for h, rc in chain.receipts.items() if rc}
+    uses: dict[tuple[str, str], list[float]] = {}
+    for payer, nonce, tx_hash in chain.used:
+        block = block_of.get(tx_hash)
+        uses.setdefault((payer, nonce), []).append(chain.block_times.get(block, t0) - t0 if block is not None else 0.0)
     ledger_settled = Counter((row["payer"], row["nonce"]) for row in ledger_rows if row["state"] == "settled")
-    states = Counter(row["state"] for row in ledger_rows)
-    lost = [key for key in served if key not in on_chain]
-    double = {key for key, n in on_chain.items() if n > 1} | {key for key, n in ledger_settled.items() if n > 1}
-    unserved = [key for key in on_chain if key not in served]
+    for key, n in ledger_settled.items():  # a ledger that settled one authorization twice: count the extra ones
+        if n > 1:
+            uses.setdefault(key, []).extend([uses.get(key, [0.0])[-1]] * (n - len(uses.get(key, []))))
+    pending = {(row["payer"], row["nonce"]): row["accepted_at"] - t0 for row in ledger_rows
+               if row["state"] in ("accepted", "submitted") and (row["payer"], row["nonce"]) not in uses}
+    events = classify(served, sent, uses, pending)
+    tally = counts(events)
+    examples = {c: [e.key[1] for e in events if e.category == c][:20] for c in LOSS_KEYS}
+    expected = sum(amounts.values())
     findings = []
-    if lost:
-        findings.append(f"{len(lost)} payment(s) served 200 but never settled on chain")
-    if double:
-        findings.append(f"{len(double)} authorization(s) settled more than once")
-    if unserved:
-        findings.append(f"{len(unserved)} authorization(s) settled on chain whose client never got a 200")
-    if payee_balance_delta != sum(served.values()):
-        findings.append(f"the payees received {payee_balance_delta} atomic units for {sum(served.values())} served")
-    return {
+    words = {"served_unpaid": "payment(s) served 200 but never settled on chain (the seller's loss)",
+             "paid_unserved": "payment(s) settled on chain whose client never got a 200 (the payer's loss)",
+             "double_settled": "authorization(s) settled more than once"}
+    for category in LOSS_KEYS:
+        if tally[category]:
+            findings.append(f"{tally[category]} {words[category]}")
+    if payee_balance_delta != expected:
+        findings.append(f"the payees received {payee_balance_delta} atomic units for {expected} served")
+    states = Counter(row["state"] for row in ledger_rows)
+    rec = {
         "ledger": ledger,
         "findings": findings,
         "paid_responses": len(served),
-        "settled": len(on_chain),
+        "settled": len(uses),
         "ledger_settled": sum(ledger_settled.values()),
-        "pending": states.get("accepted", 0) + states.get("submitted", 0),
+        **tally,
         "failed": states.get("failed", 0),
-        "lost": len(lost),
-        "lost_nonces": [nonce for _, nonce in lost[:20]],
-        "double_settled": len(double),
-        "settled_not_served": len(unserved),
+        "examples": examples,
         "payee_balance_delta": payee_balance_delta,
         "payee_transfers_in": chain.payee_in,
-        "expected_payee_delta": sum(served.values()),
+        "expected_payee_delta": expected,
     }
+    return rec, events

@@ -236,7 +236,8 @@ def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | N
         r.t_start -= t0
         r.t_end -= t0
     settlements = settlement_records(ledger_rows, chain, t0) if has_ledger else chain_settlements(records, chain, t0)
-    reconciliation = reconcile(records, ledger_rows, chain, sum(payee_after) - sum(payee_before), ledger=has_ledger)
+    reconciliation, money_events = reconcile(records, ledger_rows, chain, sum(payee_after) - sum(payee_before),
+                                             ledger=has_ledger, t0=t0)
     paid = sum(1 for r in records if r.paid)
     cpu_after = {**cpu_after, **loadgen_cpu}
     cpu_before = {**cpu_before, "loadgen": 0.0}
@@ -257,7 +258,7 @@ def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | N
         "world_file": str(options.world_file) if options.world_file else None,
         "parts": info.parts,
     }
-    summary = build_summary(scenario, records, settlements, reconciliation, "load", meta)
+    summary = build_summary(scenario, records, settlements, reconciliation, "load", meta, money_events)
     out = write_run(options.out_root, scenario.name, run_id, summary, records, settlements)
     return LoadResult(out, summary)
 

@@ -167,10 +167,10 @@ def _reconcile(world: World) -> dict[str, Any]:
         "ledger_settled": int(settled_mask.sum()),
         "pending": int(np.count_nonzero(s_state == PENDING)),
         "failed": int(np.count_nonzero(s_state == FAILED)),
-        "lost": int(lost.size),
-        "lost_nonces": [f"0x{int(x):064x}" for x in lost[:20]],
+        "served_unpaid": int(lost.size),
+        "paid_unserved": int(not_served.size),
         "double_settled": 0,  # the model settles each accepted payment once by construction
-        "settled_not_served": int(not_served.size),
+        "examples": {"served_unpaid": [f"0x{int(x):064x}" for x in lost[:20]]},
         "payee_balance_delta": settled_amount,
         "payee_transfers_in": settled_amount,
         "expected_payee_delta": int(amount[served].sum()),

@@ -19,7 +19,7 @@ REQUIRED = [
     "metrics.request_latency_s.p50", "metrics.request_latency_s.p95", "metrics.request_latency_s.p99",
     "metrics.settlement_latency_s.p50", "metrics.settlement_latency_s.p95", "metrics.settlement_latency_s.p99",
     "metrics.gas_per_payment", "metrics.cost_per_payment_usd", "metrics.errors",
-    "reconciliation.paid_responses", "reconciliation.settled", "reconciliation.pending", "reconciliation.lost",
+    "reconciliation.paid_responses", "reconciliation.settled", "reconciliation.pending", "reconciliation.served_unpaid", "reconciliation.paid_unserved",
     "reconciliation.double_settled", "reconciliation.payee_balance_delta", "reconciliation.expected_payee_delta",
     "slo.passed", "slo.checks",
 ]
@@ -69,7 +69,7 @@ def test_load_run_reconciles_exactly(smoke_run) -> None:
     settlements = read_csv(run_dir / "settlements.csv", SettlementRecord)
     paid = [r for r in requests if r.status == 200]
     assert rec["paid_responses"] == len(paid) > 0
-    assert rec["lost"] == 0 and rec["double_settled"] == 0
+    assert rec["served_unpaid"] == 0 and rec["paid_unserved"] == 0 and rec["double_settled"] == 0
     assert rec["payee_balance_delta"] == rec["expected_payee_delta"] == sum(r.amount for r in paid)
     assert rec["settled"] == sum(1 for s in settlements if s.state == "settled") == len(paid)
     assert all(s.gas_used > 80_000 and s.tx_hash for s in settlements if s.state == "settled")
@@ -96,4 +96,4 @@ def test_master_and_two_workers_count_both_workers(tmp_path: Path) -> None:
     assert all(n > 0 for n in per_worker), per_worker
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["metrics"]["requests"] == sum(per_worker)
-    assert summary["reconciliation"]["lost"] == 0
+    assert summary["reconciliation"]["served_unpaid"] == 0

@@ -28,7 +28,7 @@ SHORT = ("--duration", "2", "--users", "4")
 def assert_exact(summary: dict) -> None:
     rec = summary["reconciliation"]
     assert summary["metrics"]["throughput_rps"] > 0 and rec["paid_responses"] > 0, rec
-    assert rec["lost"] == 0 and rec["double_settled"] == 0 and rec["settled_not_served"] == 0, rec
+    assert rec["served_unpaid"] == 0 and rec["double_settled"] == 0 and rec["paid_unserved"] == 0, rec
     assert rec["payee_balance_delta"] == rec["expected_payee_delta"] > 0, rec
 
 

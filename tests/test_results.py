@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / ".venv" / "bin" / "x402bench"
 SMOKE = load_scenario(REPO / "scenarios" / "smoke.yaml")
 PRICE = 1000  # atomic units of "$0.001" at 6 decimals
-EXACT = {"paid_responses": 0, "settled": 0, "pending": 0, "lost": 0, "double_settled": 0,
+EXACT = {"paid_responses": 0, "settled": 0, "pending": 0, "served_unpaid": 0, "paid_unserved": 0, "double_settled": 0,
          "payee_balance_delta": 0, "expected_payee_delta": 0}
 
 
@@ -159,12 +159,12 @@ def test_slo_pass_fail_and_implicit_reconciliation_checks() -> None:
     metrics = {"throughput_rps": 20.0, "error_rate": 0.0, "settlement_latency_s": {"p95": 3.0}}
     ok = evaluate_slo(Slo(min_throughput_rps=15, max_p95_settlement_s=4.5), metrics, EXACT)
     assert ok["passed"] and [c["name"] for c in ok["checks"]] == [
-        "min_throughput_rps", "max_p95_settlement_s", "lost_payments", "double_settlements", "payee_delta_matches"]
-    bad = evaluate_slo(Slo(min_throughput_rps=25), metrics, {**EXACT, "lost": 2})
+        "min_throughput_rps", "max_p95_settlement_s", "served_unpaid", "paid_unserved", "double_settled", "payee_delta_matches"]
+    bad = evaluate_slo(Slo(min_throughput_rps=25), metrics, {**EXACT, "served_unpaid": 2})
     assert not bad["passed"]
     lines = failures(bad)
     assert any(line.startswith("min_throughput_rps") and "20" in line and "25" in line for line in lines)
-    assert any(line.startswith("lost_payments") for line in lines)
+    assert any(line.startswith("served_unpaid") for line in lines)
     assert [c["name"] for c in evaluate_slo(Slo(), metrics, None)["checks"]] == []
 
 
@@ -283,7 +283,7 @@ def test_compare_ratios() -> None:
     rows = {r.metric: r for r in compare_summaries(a, b)}
     assert rows["paid throughput (req/s)"].ratio == pytest.approx(2.0)
     assert rows["gas per payment"].ratio is None
-    assert rows["lost payments"].ratio is None  # 0 / 0
+    assert rows["served unpaid"].ratio is None  # 0 / 0
     assert ratio(True, False) is None and ratio(2, 3) == pytest.approx(1.5)
 
 

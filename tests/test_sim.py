@@ -48,7 +48,7 @@ def test_same_seed_gives_identical_records_and_summary(tmp_path: Path) -> None:
     for name in ("summary.json", "requests.csv", "settlements.csv"):
         assert (dirs[0] / name).read_bytes() == (dirs[1] / name).read_bytes(), name
     summary = json.loads((dirs[0] / "summary.json").read_text())
-    assert summary["mode"] == "sim" and summary["reconciliation"]["lost"] == 0
+    assert summary["mode"] == "sim" and summary["reconciliation"]["served_unpaid"] == 0
     other = simulate(s, None, SimOptions(agents=120, duration_s=15, seed=2), tmp_path / "c", run_id="r")[0]
     assert (other / "summary.json").read_bytes() != (dirs[0] / "summary.json").read_bytes()
 
@@ -241,7 +241,7 @@ def test_expired_authorizations_are_refused_with_their_reason() -> None:
     result = run_sim(s, default_calibration().model_copy(update={"max_timeout_s": 10.0}))
     summary = build_sim_summary(result)
     assert summary["metrics"]["errors"].get("invalid_exact_evm_payload_authorization_valid_before", 0) > 100
-    assert summary["reconciliation"]["lost"] == 0 and summary["reconciliation"]["exact"]
+    assert summary["reconciliation"]["served_unpaid"] == 0 and summary["reconciliation"]["exact"]
 
 
 def test_pipelined_answers_before_inclusion_and_loses_nothing() -> None:
@@ -249,7 +249,7 @@ def test_pipelined_answers_before_inclusion_and_loses_nothing() -> None:
     summary = build_sim_summary(run_sim(s))
     m = summary["metrics"]
     assert m["request_latency_s"]["p50"] < 0.1 < m["settlement_latency_s"]["p50"]
-    assert summary["reconciliation"]["lost"] == 0 and summary["reconciliation"]["pending"] == 0
+    assert summary["reconciliation"]["served_unpaid"] == 0 and summary["reconciliation"]["pending"] == 0
 
 
 def test_locust_driver_keeps_one_request_per_user() -> None:

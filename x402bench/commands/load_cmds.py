@@ -36,7 +36,8 @@ def print_result(summary: dict[str, Any], run_dir: Path) -> None:
     table.add_row("cost per payment", f"${_fmt(m['cost_per_payment_usd'], '.6f')}")
     table.add_row("errors", ", ".join(f"{k}: {v}" for k, v in m["errors"].items()) or "none")
     table.add_row("reconciliation", f"paid {rec['paid_responses']}, settled {rec['settled']}, pending {rec['pending']}, "
-                  f"lost {rec['lost']}, double {rec['double_settled']}, payee Δ {rec['payee_balance_delta']} "
+                  f"served unpaid {rec['served_unpaid']}, paid unserved {rec['paid_unserved']}, "
+                  f"double settled {rec['double_settled']}, payee Δ {rec['payee_balance_delta']} "
                   f"(expected {rec['expected_payee_delta']})")
     for finding in rec.get("findings") or []:
         table.add_row("[red]found[/red]", finding)

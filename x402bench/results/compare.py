@@ -25,8 +25,9 @@ KEY_METRICS: tuple[tuple[str, str], ...] = (
     ("cost per payment (USD)", "metrics.cost_per_payment_usd"),
     ("cost / price", "metrics.cost_fraction_of_price"),
     ("CPU ms per paid request", "metrics.cpu.total_ms_per_paid_request"),
-    ("lost payments", "reconciliation.lost"),
-    ("double settlements", "reconciliation.double_settled"),
+    ("served unpaid", "reconciliation.served_unpaid"),
+    ("paid unserved", "reconciliation.paid_unserved"),
+    ("double settled", "reconciliation.double_settled"),
     ("reconciliation exact", "reconciliation.exact"),
     ("SLO passed", "slo.passed"),
 )

@@ -116,6 +116,25 @@ def _img(name: str, data: bytes) -> str:
             f"<figcaption>{esc(PLOTS.get(name, name))}</figcaption></figure>")
 
 
+def _faults_html(rows: list[Mapping[str, Any]]) -> list[str]:
+    """The per-fault table: each window, what money did during and after it, and the throughput dip."""
+    if not rows:
+        return []
+    losses = ("served_unpaid", "paid_unserved", "double_settled", "pending")
+    body = []
+    marks = []
+    for row in rows:
+        during, after = row.get("during") or {}, row.get("after") or {}
+        dip = row.get("throughput_dip")
+        body.append((row.get("kind"), f"{row.get('at_s', 0):g}–{row.get('end_s', 0):g} s",
+                     *(f"{during.get(k, 0)} / {after.get(k, 0)}" for k in losses),
+                     "n/a" if dip is None else f"{dip:.0%}"))
+        marks.append("fail" if any(during.get(k) or after.get(k) for k in losses[:3]) else "pass")
+    return ["<h2>Faults</h2>",
+            '<p class="muted">each count: during the window / after it, until the next fault</p>',
+            _table(body, ("fault", "window", *losses, "throughput dip"), marks)]
+
+
 def render_report(summary: Mapping[str, Any], plots: Mapping[str, bytes | Path]) -> str:
     """The whole HTML page for a summary and its plots (file name -> PNG bytes or path)."""
     m = summary.get("metrics") or {}
@@ -144,6 +163,7 @@ def render_report(summary: Mapping[str, Any], plots: Mapping[str, bytes | Path])
         _table([(k, v if not isinstance(v, (list, dict)) else ", ".join(map(str, v)) or "none")
                 for k, v in sorted(rec.items())], ("figure", "value"))
         if rec else '<p class="muted">no reconciliation for this run</p>',
+        *_faults_html(summary.get("faults") or []),
         "<h2>Phase split (paid requests, steady window)</h2>", _phase_html(m.get("phase_s") or {}),
         "<h2>Errors</h2>",
         _table(sorted((m.get("errors") or {}).items()), ("reason", "requests"))

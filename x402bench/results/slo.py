@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from x402bench.results.money import LOSS_KEYS
 from x402bench.scenario import Slo
 
 #: slo field -> (dotted metric path, operator, what "no data" means)
@@ -57,8 +58,8 @@ def evaluate_slo(slo: Slo, metrics: dict[str, Any], reconciliation: dict[str, An
             checks.append(check(name, _dig(metrics, path), op, bound, no_data))
     if reconciliation:
         missing = "reconciliation did not report it"
-        checks.append(check("lost_payments", reconciliation.get("lost"), "==", 0, missing))
-        checks.append(check("double_settlements", reconciliation.get("double_settled"), "==", 0, missing))
+        for key in LOSS_KEYS:  # money gone astray is a failed run whatever the scenario's slo says
+            checks.append(check(key, reconciliation.get(key), "==", 0, missing))
         actual, expected = reconciliation.get("payee_balance_delta"), reconciliation.get("expected_payee_delta")
         if actual is not None and expected is not None:
             checks.append(check("payee_delta_matches", actual - expected, "==", 0, missing))

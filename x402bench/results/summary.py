@@ -15,6 +15,7 @@ from importlib import metadata
 from typing import Any, Literal, Sequence
 
 from x402bench.results.metrics import compute_metrics
+from x402bench.results.money import LOSS_KEYS, MoneyEvent, fault_table
 from x402bench.results.records import RequestRecord, SettlementRecord
 from x402bench.results.slo import evaluate_slo
 from x402bench.scenario import Scenario
@@ -60,16 +61,18 @@ def clean(value: Any) -> Any:
 
 
 def exact_reconciliation(rec: dict[str, Any]) -> bool:
-    """Nothing lost, nothing settled twice, and the payee got exactly what was served."""
-    return (rec.get("lost") == 0 and rec.get("double_settled") == 0
+    """Nothing served unpaid, paid unserved or settled twice, and the payee got exactly what was served."""
+    return (all(rec.get(key) == 0 for key in LOSS_KEYS)
             and rec.get("payee_balance_delta") is not None
             and rec.get("payee_balance_delta") == rec.get("expected_payee_delta"))
 
 
 def build_summary(scenario: Scenario, requests: Sequence[RequestRecord], settlements: Sequence[SettlementRecord],
                   reconciliation: dict[str, Any] | None, mode: Literal["load", "sim"],
-                  meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The whole summary.json as a dict (see the README/report for the key tree)."""
+                  meta: dict[str, Any] | None = None,
+                  money_events: Sequence[MoneyEvent] = ()) -> dict[str, Any]:
+    """The whole summary.json as a dict (see the README/report for the key tree). `money_events` place
+    each loss in time, for the per-fault table (`faults`, one row per entry of the scenario's timeline)."""
     if mode not in ("load", "sim"):
         raise ValueError(f"mode must be 'load' or 'sim', not {mode!r}")
     meta = dict(meta or {})
@@ -87,6 +90,8 @@ def build_summary(scenario: Scenario, requests: Sequence[RequestRecord], settlem
         "started_at": _iso(meta.get("started_at")),
         "metrics": metrics,
         "reconciliation": rec,
+        "faults": fault_table(scenario.faults, money_events, requests,
+                              float(meta.get("duration_s") or scenario.run.duration_s)) if scenario.faults else [],
         "slo": evaluate_slo(scenario.slo, metrics, rec or None),
         "meta": {k: v for k, v in meta.items() if k not in _CONSUMED},
     }
