@@ -26,7 +26,7 @@ from locust.contrib.fasthttp import FastHttpUser
 from locust.runners import MasterRunner, WorkerRunner
 
 from loadtest.behaviour import Pacer, RouteChooser, agent_rng
-from loadtest.paying import AgentWallet, facilitator_requirement, pay, settle_direct
+from loadtest.paying import AgentWallet, Manners, facilitator_requirement, pay, settle_direct
 from services.payer.payload import Quote
 from x402bench.results.records import RequestRecord, write_csv
 from x402bench.scenario import load_scenario
@@ -36,6 +36,13 @@ WORLD = json.loads(Path(os.environ["X402BENCH_WORLD"]).read_text())
 PARTS = Path(os.environ.get("X402BENCH_PARTS", "."))
 WORKERS = max(1, int(os.environ.get("X402BENCH_WORKERS", "1")))
 PROGRESS = os.environ.get("X402BENCH_PROGRESS")
+#: Written once, when traffic starts: time zero of the run clock, which the fault timeline runs on.
+STARTED = os.environ.get("X402BENCH_STARTED")
+#: How long a client_disconnect agent waits after sending its payment before hanging up.
+DISCONNECT_AFTER_S = 0.05
+RETRY = SCENARIO.agents.retry
+DISCONNECTS = [(f.window, f.rate) for f in SCENARIO.faults if f.kind == "client_disconnect"]
+_t0: list[float] = []
 MAX_REQUESTS = int(os.environ.get("X402BENCH_MAX_REQUESTS", "0")) or None
 #: "service": pay the priced routes; "facilitator": sign and call /verify + /settle, no service between.
 TARGET = os.environ.get("X402BENCH_TARGET", "service")
@@ -107,17 +114,36 @@ class PayingAgent(FastHttpUser):
         if wallet is None:
             self.stop()  # every agent this user speaks for is out of funds or budget
             return
-        route = ROUTES.choose(agent_rng(SCENARIO.seed, wallet.index * 7_919 + wallet.sent))
+        rng = agent_rng(SCENARIO.seed, wallet.index * 7_919 + wallet.sent)
+        route = ROUTES.choose(rng)
         if not wallet.can_afford(self._route_price(route)):
             BROKE.add(wallet.index)
             return
         if TARGET == "facilitator":
             record = settle_direct(self.client, wallet, route, QUOTES[route])
         else:
-            record = pay(self.client, wallet, route, WORLD["service_urls"][route])
+            record = pay(self.client, wallet, route, WORLD["service_urls"][route], self._manners(rng))
         RECORDS.append(record)
         if record.error == "invalid_exact_evm_insufficient_balance":
             BROKE.add(wallet.index)
+
+
+    def _manners(self, rng) -> Manners:  # noqa: ANN001
+        """The scenario's retry policy, and a hang-up when a client_disconnect window says so."""
+        drop = None
+        if DISCONNECTS and _t0:
+            now = time.time() - _t0[0]
+            if any(start <= now < end and rng.random() < rate for (start, end), rate in DISCONNECTS):
+                drop = DISCONNECT_AFTER_S
+        return Manners(RETRY.attempts, RETRY.backoff_s, RETRY.timeout_s if RETRY.attempts else None, drop)
+
+
+@events.test_start.add_listener
+def _mark_start(environment, **_: object) -> None:  # noqa: ANN001
+    """Time zero of the run clock, for this process's own windows and (from the master) for the runner."""
+    _t0[:] = [time.time()]
+    if STARTED and not isinstance(environment.runner, WorkerRunner):
+        Path(STARTED).write_text(repr(_t0[0]))
 
 
 def _write_records(**_: object) -> None:

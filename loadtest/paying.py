@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import gevent
 from locust import events
 
 from services.payer.client import PayerCore, PaymentResult
@@ -40,27 +41,67 @@ class AgentWallet:
         return self.spent + price <= self.spend_cap
 
 
-def _send_via(client, route: str):  # noqa: ANN001, ANN202
-    """A transport for PayerCore over Locust's FastHttpSession, naming each round trip in the stats."""
+#: Reasons that mean "the answer is not in yet", not "refused": the same payment is worth sending again.
+RETRY_REASONS = frozenset({"settlement_pending", "transport_error", "unexpected_settle_error"})
+
+
+@dataclass
+class Manners:
+    """How an agent treats a paid request whose answer did not come (the scenario's agents.retry), and
+    `drop_after_s`: hang up that long after sending a payment (the client_disconnect fault), or None."""
+
+    attempts: int = 0
+    backoff_s: float = 0.5
+    timeout_s: float | None = None
+    drop_after_s: float | None = None
+
+
+def _send_via(client, route: str, manners: Manners):  # noqa: ANN001, ANN202
+    """A transport for PayerCore over Locust's FastHttpSession, naming each round trip in the stats.
+
+    A paid request that outlives `timeout_s` (or `drop_after_s`) is abandoned and reads as status 0,
+    as a dropped connection does: the payment may still settle, and only a retry can get it served.
+    """
 
     def send(method: str, url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         phase = "paid" if "PAYMENT-SIGNATURE" in headers else "challenge"
-        with client.request(method, url, headers=headers, name=f"{route} [{phase}]", catch_response=True) as response:
-            status = response.status_code or 0
-            if phase == "challenge" and status == 402:
-                response.success()
-            elif status != 200:
-                response.failure(f"{status}")
-            return status, {k.lower(): v for k, v in (response.headers or {}).items()}, response.content or b""
+        limit = manners.drop_after_s if phase == "paid" and manners.drop_after_s else manners.timeout_s
+        try:
+            with gevent.Timeout(limit):
+                with client.request(method, url, headers=headers, name=f"{route} [{phase}]",
+                                    catch_response=True) as response:
+                    status = response.status_code or 0
+                    if phase == "challenge" and status == 402:
+                        response.success()
+                    elif status != 200:
+                        response.failure(f"{status}")
+                    return status, {k.lower(): v for k, v in (response.headers or {}).items()}, response.content or b""
+        except gevent.Timeout:
+            return 0, {}, b""
 
     return send
 
 
-def pay(client, wallet: AgentWallet, route: str, url: str) -> RequestRecord:  # noqa: ANN001
-    """Pay for one request; fires one Locust "PAY paid" entry for the whole handshake."""
+def _worth_retrying(result: PaymentResult) -> bool:
+    """No answer, a server error, or an answer that says the settlement is still under way."""
+    return result.payment is not None and (result.status == 0 or result.status >= 500
+                                           or (result.status == 402 and result.error in RETRY_REASONS))
+
+
+def pay(client, wallet: AgentWallet, route: str, url: str, manners: Manners | None = None) -> RequestRecord:  # noqa: ANN001
+    """Pay for one request, retrying the same signed payment as `manners` say; fires one Locust "PAY paid"
+    entry for the whole payment. One record per payment: first send to final answer, `attempts` sends."""
+    manners = manners or Manners()
     wallet.sent += 1
     start = time.time()
-    result: PaymentResult = wallet.payer.pay(_send_via(client, route), "GET", url)
+    result: PaymentResult = wallet.payer.pay(_send_via(client, route, manners), "GET", url)
+    attempts = 1
+    if manners.drop_after_s:  # the hang-up is one attempt's fate; a retry waits for its answer
+        manners = Manners(manners.attempts, manners.backoff_s, manners.timeout_s)
+    while attempts <= manners.attempts and _worth_retrying(result):
+        gevent.sleep(manners.backoff_s)
+        wallet.payer.resend(_send_via(client, route, manners), "GET", url, result)
+        attempts += 1
     end = time.time()
     if result.status == 200:
         wallet.spent += result.amount
@@ -74,7 +115,7 @@ def pay(client, wallet: AgentWallet, route: str, url: str) -> RequestRecord:  # 
         challenge_s=result.challenge_s, sign_s=result.sign_s, paid_s=result.paid_s,
         verify_s=timing.get("verify", 0.0), handler_s=timing.get("handler", 0.0), settle_s=timing.get("settle", 0.0),
         amount=result.amount if result.status == 200 else 0, payer=result.payer, nonce=result.nonce,
-        tx_hash=result.transaction or "",
+        tx_hash=result.transaction or "", attempts=attempts,
     )
 
 

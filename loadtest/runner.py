@@ -115,6 +115,7 @@ def run_locust(scenario: Scenario, options: LoadOptions, world: World, run_dir: 
         "X402BENCH_PROGRESS": str(progress_file),
         "X402BENCH_MAX_REQUESTS": str(scenario.run.max_requests or 0),
         "X402BENCH_TARGET": options.target,
+        "X402BENCH_STARTED": str(work / "started"),
         "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     }
     web_port = free_port() if options.web else None

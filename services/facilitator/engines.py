@@ -46,6 +46,9 @@ from services.facilitator.signers import LanePool, SignerLane
 
 log = logging.getLogger("x402bench.facilitator")
 
+#: How long a retried payment accepted by an earlier process waits for its ledger row to close.
+RETRY_WAIT_S = 30.0
+
 
 class Engine(ABC):
     def __init__(self, config: FacilitatorConfig) -> None:
@@ -88,15 +91,6 @@ class Engine(ABC):
             "network": self.config.network,
         }
 
-    def _claim(self, auth: Authorization) -> Claim:
-        claim = self.ledger.claim(
-            self.config.token.address, auth.payer, auth.nonce, auth.payee, auth.value, auth.valid_after,
-            auth.valid_before, auth.signature,
-        )
-        if claim is None:
-            raise Rejection(reasons.NONCE_ALREADY_USED, "this authorization was already accepted", auth.payer)
-        return claim
-
     def metrics(self) -> dict[str, Any]:
         return {"ledger": self.ledger.counts(), "rejections": self.ledger.rejections(), "rpc_calls": self.rpc.calls}
 
@@ -111,6 +105,7 @@ class OwnEngine(Engine):
             [SignerLane(k, self.rpc, config.chain_id, config.gas_price_wei, config.tx_gas_limit) for k in config.signer_keys]
         )
         self._tracking: set[asyncio.Task[dict[str, Any]]] = set()
+        self._outcomes: dict[int, asyncio.Future[dict[str, Any]]] = {}  # claim id -> its answer, while settling
 
     @property
     def signer_addresses(self) -> list[str]:
@@ -146,17 +141,62 @@ class OwnEngine(Engine):
         _, payload, requirements = parse_request(body)
         return check_payment(payload, requirements, self.config.token, self.config.chain_id)
 
+    # --- a payment seen before: a retry is answered from the ledger, never settled again -------------
+
+    def _earlier(self, auth: Authorization) -> dict[str, Any] | None:
+        """This very authorization's ledger row, if it was accepted before (a client retrying a payment
+        whose answer it never got sends the same signed authorization again)."""
+        row = self.ledger.find(self.config.token.address, auth.payer, auth.nonce)
+        if row is None:
+            return None
+        same = (row["signature"] == auth.signature.lower() and row["payee"] == auth.payee.lower()
+                and int(row["amount"]) == auth.value and int(row["valid_before"]) == auth.valid_before)
+        if not same or row["state"] == "failed":
+            raise Rejection(str(row["error"] or reasons.NONCE_ALREADY_USED) if same else reasons.NONCE_ALREADY_USED,
+                            "this authorization was already accepted", auth.payer)
+        return row
+
+    async def _answer_again(self, row: dict[str, Any], payer: str) -> dict[str, Any]:
+        """The outcome of a payment accepted earlier: its own answer if it is still being settled here,
+        else what the ledger says once it closes (settlement_pending, with its hash, if it does not in time)."""
+        running = self._outcomes.get(int(row["id"]))
+        if running is not None:
+            try:
+                answer = await asyncio.wait_for(asyncio.shield(running), self.config.receipt_timeout_s)
+            except asyncio.TimeoutError:
+                return self._unsettled_answer(payer, reasons.SETTLEMENT_PENDING, str(row["tx_hash"] or ""))
+            if answer.get("success") or answer.get("errorReason") != reasons.SETTLEMENT_PENDING:
+                return answer
+        deadline = time.monotonic() + RETRY_WAIT_S
+        while True:
+            row = self.ledger.find(self.config.token.address, payer, str(row["nonce"])) or row
+            if row["state"] == "settled":
+                return {"success": True, "transaction": row["tx_hash"], "network": self.config.network,
+                        "payer": payer, "amount": str(row["amount"])}
+            if row["state"] == "failed":
+                return self._unsettled_answer(payer, str(row["error"] or reasons.TRANSACTION_FAILED),
+                                              str(row["tx_hash"] or ""))
+            if time.monotonic() > deadline:
+                return self._unsettled_answer(payer, reasons.SETTLEMENT_PENDING, str(row["tx_hash"] or ""))
+            await asyncio.sleep(0.05)
+
     async def verify(self, body: bytes) -> dict[str, Any]:
         auth = await self._checked(body)
-        if self.ledger.is_claimed(self.config.token.address, auth.payer, auth.nonce):
-            raise Rejection(reasons.NONCE_ALREADY_USED, "this authorization was already accepted", auth.payer)
+        if self._earlier(auth) is not None:
+            return {"isValid": True, "payer": auth.payer}  # a retry: /settle answers it from the ledger
         await check_chain(self.rpc, self.config.token, auth, self.ledger.reserved(auth.payer))
         return {"isValid": True, "payer": auth.payer}
 
     async def settle(self, body: bytes) -> dict[str, Any]:
         try:
             auth = await self._checked(body)
-            claim = self._claim(auth)
+            claim = self.ledger.claim(self.config.token.address, auth.payer, auth.nonce, auth.payee, auth.value,
+                                      auth.valid_after, auth.valid_before, auth.signature)
+            if claim is None:
+                row = self._earlier(auth)
+                if row is None:  # released between the two reads: a rare race, answered as a refusal
+                    raise Rejection(reasons.NONCE_ALREADY_USED, "this authorization was already accepted", auth.payer)
+                return await self._answer_again(row, auth.payer)
         except Rejection as rejection:
             return self._failure(rejection)
         try:
@@ -164,7 +204,15 @@ class OwnEngine(Engine):
         except Rejection as rejection:
             self.ledger.release(claim, rejection.reason)
             return self._failure(rejection)
-        return await self._settle_claims([claim])
+        return await self._settle_tracked([claim])
+
+    def _settle_tracked(self, claims: list[Claim]) -> "asyncio.Future[dict[str, Any]]":
+        """Settle, keeping the outcome where a retry of the same payment can await it."""
+        outcome = asyncio.ensure_future(self._settle_claims(claims))
+        for claim in claims:
+            self._outcomes[claim.id] = outcome
+        outcome.add_done_callback(lambda _: [self._outcomes.pop(c.id, None) for c in claims])
+        return asyncio.shield(outcome)
 
     async def _settle_claims(self, claims: list[Claim]) -> dict[str, Any]:
         """Send one transferWithAuthorization, track its receipt, answer when the strategy says."""
@@ -247,7 +295,7 @@ class OwnEngine(Engine):
             if claim.valid_before <= time.time():
                 self.ledger.finished([claim], ok=False, error=reasons.VALID_BEFORE_EXPIRED)
                 continue
-            asyncio.create_task(self._settle_claims([claim]))
+            self._settle_tracked([claim])
 
     async def _follow_pending(self, claim: Claim, tx_hash: str, receipt: "asyncio.Future[dict[str, Any]]") -> None:
         try:

@@ -114,6 +114,16 @@ class Ledger:
             self._reserved[payer] += amount
             return Claim(cursor.lastrowid, token, payer, nonce, payee, amount, valid_after, valid_before, signature)
 
+    def find(self, token: str, payer: str, nonce: str) -> dict[str, object] | None:
+        """The ledger row of this authorization, if it was ever accepted: how a retry is recognised."""
+        with self._lock:
+            cursor = self._db.execute(
+                "SELECT * FROM payments WHERE token = ? AND payer = ? AND nonce = ?",
+                (token.lower(), payer.lower(), nonce.lower()),
+            )
+            row = cursor.fetchone()
+            return None if row is None else dict(zip((d[0] for d in cursor.description), row))
+
     def is_claimed(self, token: str, payer: str, nonce: str) -> bool:
         with self._lock:
             row = self._db.execute(

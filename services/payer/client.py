@@ -241,6 +241,23 @@ class PayerCore:
         result.total_s = time.perf_counter() - start
         return result
 
+    def resend(self, send: Send, method: str, url: str, result: PaymentResult,
+               headers: Mapping[str, str] | None = None) -> PaymentResult:
+        """Send the payment `result` already carries once more, unchanged: the retry of a payment whose
+        answer never came. The same authorization lets the facilitator recognise it (settled already:
+        served with the original transaction; still in flight: settlement_pending) rather than charge
+        twice. Updates and returns `result` (round trips and total time accumulate)."""
+        if result.payment is None:
+            raise ValueError("nothing to resend: this result carries no payment")
+        start = time.perf_counter()
+        status, reply, body = send(method, url, {**dict(headers or {}), PAYMENT_SIGNATURE: result.payment.header})
+        result.paid_s = time.perf_counter() - start
+        result.round_trips += 1
+        result.response, result.detail = None, ""
+        self._finish(result, status, reply, body)
+        result.total_s += time.perf_counter() - start
+        return result
+
     # --- steps --------------------------------------------------------------------------
 
     def _challenge(self, send: Send, method: str, url: str, base: dict[str, str],

@@ -15,7 +15,8 @@ from typing import Iterable, TypeVar
 
 @dataclass(slots=True)
 class RequestRecord:
-    """One paid-request attempt by one agent, from its first byte to its final answer."""
+    """One payment by one agent, from its first byte to its final answer; a payment retried with the same
+    signed authorization (agents.retry) is still one record, its sends counted in `attempts`."""
 
     t_start: float                 # first byte sent, seconds since run start
     t_end: float                   # final response received
@@ -33,6 +34,7 @@ class RequestRecord:
     payer: str = ""                # agent address
     nonce: str = ""                # EIP-3009 nonce, 0x-hex: the payment's identity
     tx_hash: str = ""              # settlement tx from PAYMENT-RESPONSE
+    attempts: int = 1              # sends of this payment: 1 + retries of the same signed authorization
 
     @property
     def latency_s(self) -> float:
