@@ -82,10 +82,20 @@ def _send_via(client, route: str, manners: Manners):  # noqa: ANN001, ANN202
     return send
 
 
+#: Free-text refusals that are verdicts on the payment's terms, not a lost answer.
+TERMS_REFUSALS = frozenset({"No matching payment requirements"})
+
+
 def _worth_retrying(result: PaymentResult) -> bool:
-    """No answer, a server error, or an answer that says the settlement is still under way."""
-    return result.payment is not None and (result.status == 0 or result.status >= 500
-                                           or (result.status == 402 and result.error in RETRY_REASONS))
+    """No answer, a server error, or a 402 that is not a verdict on the payment: the settlement is still
+    under way, or the service lost its facilitator mid-settle and says so in words rather than with an
+    x402 reason code (the payment may have settled; only the same payment again can tell)."""
+    if result.payment is None:
+        return False
+    if result.status == 0 or result.status >= 500:
+        return True
+    reason = result.error or ""
+    return result.status == 402 and (reason in RETRY_REASONS or (" " in reason and reason not in TERMS_REFUSALS))
 
 
 def pay(client, wallet: AgentWallet, route: str, url: str, manners: Manners | None = None) -> RequestRecord:  # noqa: ANN001

@@ -16,11 +16,12 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from loadtest import cpu
+from loadtest.faults import FaultDriver, check_faults
 from loadtest.reconcile import chain_settlements, read_chain, reconcile, settlement_records
 from services.chain import REPO_ROOT, Rpc, free_port
 from services.facilitator.ledger import read_payments
@@ -208,6 +209,11 @@ def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | N
     started_at = time.time()
     try:
         world.__enter__()
+        try:
+            check_faults(scenario, world.info.parts.get("started", []), options.target)
+        except ScenarioError:
+            world.stop()
+            raise
     except ScenarioError:  # a bad target is refused before any traffic: leave no half-made run folder behind
         shutil.rmtree(run_dir, ignore_errors=True)
         if run_dir.parent.is_dir() and not any(run_dir.parent.iterdir()):
@@ -220,7 +226,11 @@ def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | N
         payee_before = balances_of(info.rpc_url, info.token["address"], info.payees)
         pids = {role: [pid] for role, pid in info.pids.items() if pid}
         cpu_before = cpu.sample(pids)
-        parts, loadgen_cpu = run_locust(scenario, options, world, run_dir, on_progress)
+        driver = FaultDriver(scenario, world, run_dir / "world" / "started").start()
+        try:
+            parts, loadgen_cpu = run_locust(scenario, options, world, run_dir, on_progress)
+        finally:
+            driver.stop()
         cpu_after = cpu.sample(pids)
         drain(info.ledger_path, options.drain_timeout_s)
         last_block = int(rpc.call("eth_blockNumber"), 16)
@@ -232,7 +242,9 @@ def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | N
     finally:
         world.stop()
     records, agents_broke = merge_parts(parts)
-    t0 = min((r.t_start for r in records), default=started_at)
+    started_file = run_dir / "world" / "started"
+    t0 = (float(started_file.read_text()) if started_file.exists()  # the clock the fault timeline ran on
+          else min((r.t_start for r in records), default=started_at))
     for r in records:
         r.t_start -= t0
         r.t_end -= t0
@@ -258,6 +270,7 @@ def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | N
         "attached": options.world_file is not None,
         "world_file": str(options.world_file) if options.world_file else None,
         "parts": info.parts,
+        "faults_applied": [asdict(a) for a in driver.applied],
     }
     summary = build_summary(scenario, records, settlements, reconciliation, "load", meta, money_events)
     out = write_run(options.out_root, scenario.name, run_id, summary, records, settlements)

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from services.chain import DEV_ADDRESS, DEV_PRIVATE_KEY, Anvil, ChainError, Rpc
 from services.facilitator.config import FacilitatorConfig, TokenInfo
+from services.faults.control import FaultProxyProcess
 from services.outside import (
     OutsideError, ServiceTerms, check_facilitator, check_node, check_service, service_name, service_terms,
 )
@@ -77,10 +78,16 @@ class WorldInfo:
     pids: dict[str, int] = field(default_factory=dict)
     workdir: str = ""
     parts: dict[str, Any] = field(default_factory=dict)  # {"started": [...], "outside": {...}}: who runs what
+    fault_proxies: dict[str, str] = field(default_factory=dict)  # "rpc" / "http" -> control URL, when faults need one
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
+
+#: Fault kinds that need a proxy: "rpc" between our facilitator and the node, "http" between our services
+#: and the facilitator (services.faults).
+PROXIED_FAULTS = {"rpc": {"chain_stall", "rpc_latency", "rpc_errors", "tx_dropped"},
+                  "http": {"facilitator_5xx_after_settle"}}
 
 #: The parts of a world, in the order they start: each needs the one before it.
 PARTS = ("chain", "facilitator", "services")
@@ -143,6 +150,7 @@ class World:
         self.info: WorldInfo | None = None
         self._signers: list[str] = []
         self._ledger_path = ""
+        self.proxies: dict[str, FaultProxyProcess] = {}
 
     def __enter__(self) -> "World":
         if self.info is not None or self.anvil is not None or self.processes:
@@ -215,6 +223,7 @@ class World:
             pids={**({"anvil": self.anvil.process.pid} if self.anvil and self.anvil.process else {}),
                   **{p.name: p.pid or 0 for p in self.processes}},
             workdir=str(self.workdir),
+            fault_proxies={k: p.url for k, p in self.proxies.items()},
             parts={"started": [p for p, own in (("chain", self.anvil is not None and not self.outside.rpc_url),
                                                 ("facilitator", own_facilitator), ("services", own_services)) if own],
                    "outside": {k: v for k, v in (("world", self.outside.attached), ("rpc_url", chain.outside_node),
@@ -282,6 +291,15 @@ class World:
         self.agents = agents[: self.agent_count] if self.agent_count else agents
         return _Chain(rpc_url, chain_id, token, payees, list(world.get("facilitator_keys") or []))
 
+    def _proxy(self, kind: str, upstream: str) -> str:
+        """A fault proxy in front of `upstream` when the scenario's faults need one; else upstream itself."""
+        needed = {f.kind for f in self.scenario.faults} & PROXIED_FAULTS[kind]
+        if not needed:
+            return upstream
+        proxy = FaultProxyProcess(kind, upstream, log_path=self.workdir / f"{kind}-proxy.log", seed=self.scenario.seed)
+        self.proxies[kind] = proxy.start()
+        return proxy.url
+
     def _start_facilitator(self, chain: "_Chain") -> str:
         s = self.scenario
         signers = role_keys(s.seed, "signer", s.facilitator.signer_keys)
@@ -291,7 +309,7 @@ class World:
         self._ledger_path = str(self.workdir / "ledger.sqlite")
         token = chain.token
         config = FacilitatorConfig(
-            rpc_url=chain.rpc_url, chain_id=chain.chain_id,
+            rpc_url=self._proxy("rpc", chain.rpc_url), chain_id=chain.chain_id,
             token=TokenInfo(token["address"], token["name"], token["version"], int(token["decimals"])),
             signer_keys=[a.key_hex for a in signers], ledger_path=self._ledger_path, strategy=s.facilitator.strategy,
             receipt_poll_s=s.facilitator.receipt_poll_s,
@@ -307,7 +325,7 @@ class World:
         token = chain.token
         pay_to = chain.payees[0]
         config = ResourceConfig(
-            facilitator_url=facilitator_url, network=chain.network, token_address=token["address"],
+            facilitator_url=self._proxy("http", facilitator_url), network=chain.network, token_address=token["address"],
             token_name=token["name"], token_version=token["version"], pay_to=pay_to, seed=s.seed,
             routes=[
                 RouteSpec(name=v.name, path=v.path, method=v.method, price_atomic=s.price_atomic(v),
@@ -321,6 +339,13 @@ class World:
         return {v.name: ServiceTerms(v.name, resource.url + v.path, s.price_atomic(v), pay_to, token["address"], "exact")
                 for v in s.services}
 
+    def process(self, name: str) -> ServiceProcess:
+        """One of the processes this world started ("facilitator", "services"), for fault injection."""
+        for process in self.processes:
+            if process.name == name:
+                return process
+        raise KeyError(f"this world did not start {name!r}")
+
     def _spawn(self, name: str, module: str, config_path: Path) -> ServiceProcess:
         process = ServiceProcess(name, module, config_path, self.workdir / f"{name}.log")
         self.processes.append(process)
@@ -331,6 +356,9 @@ class World:
         for process in reversed(self.processes):
             process.stop()
         self.processes.clear()
+        for proxy in self.proxies.values():  # a proxy switches its faults off as it stops (a stalled node mines again)
+            proxy.stop()
+        self.proxies.clear()
         if self.anvil is not None:
             self.anvil.stop()
             self.anvil = None

@@ -10,8 +10,8 @@ Every payment is keyed by its authorization (payer, nonce) and falls in at most 
 Live runs build the three inputs from client records, the facilitator's ledger and the chain's
 logs (loadtest/reconcile.py); the sim from its own ground truth (sim/run.py). Each event carries
 the run time at which it happened, so a fault's window can say what it caused: a
-`served_unpaid` at its 200, a `paid_unserved` at its payment's last send (or its block when no
-client record sent it), a `double_settled` at its second settlement, a `pending` at acceptance.
+`served_unpaid` at its 200, a `paid_unserved` at its settlement (when the payer lost the money),
+a `double_settled` at its second settlement, a `pending` at acceptance.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def classify(served: Mapping[Hashable, float], sent: Mapping[Hashable, float],
              settlements: Mapping[Hashable, Sequence[float]], pending: Mapping[Hashable, float]) -> list[MoneyEvent]:
     """The events of one run.
 
-    served: key -> time of its (first) 200; sent: key -> time of its last send; settlements: key ->
+    served: key -> time of its (first) 200; sent: key -> time it was sent (kept for callers' symmetry and
+    for payments no settlement time is known of); settlements: key ->
     times of every settlement of it (chain uses and settled ledger rows, deduplicated by the caller);
     pending: key -> acceptance time of payments still open at the end.
     """
@@ -51,7 +52,7 @@ def classify(served: Mapping[Hashable, float], sent: Mapping[Hashable, float],
         if not times:
             continue
         if key not in served:
-            events.append(MoneyEvent("paid_unserved", sent.get(key, min(times)), key))
+            events.append(MoneyEvent("paid_unserved", min(times), key))
         if len(times) > 1:
             events.append(MoneyEvent("double_settled", sorted(times)[1], key))
     for key, t in pending.items():
