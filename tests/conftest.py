@@ -28,7 +28,7 @@ def anvil(request: pytest.FixtureRequest) -> Iterator[Anvil]:
 
 
 _WORLD_MARKERS = ("anvil-linux", "anvil-darwin", "services.facilitator", "services.resource", "loadtest/locustfile.py",
-                  "tests/outside/")
+                  "tests/outside/", "services.faults")
 
 
 def _world_processes() -> set[tuple[int, str]]:
