@@ -27,6 +27,9 @@ from services.payer.signing import authorization_digest, domain_separator
 #: validBefore must leave at least this many seconds to land the tx (the SDK uses the same 6 s).
 VALID_BEFORE_MARGIN_S = 6
 MAX_BODY_BYTES = 64 * 1024
+#: The ledger keeps amounts and times as SQLite integers (signed 64-bit): an authorization beyond that
+#: would verify, then fail to be recorded at settle. Real ones are far below (2**63 s is 292 billion years).
+LEDGER_INT_MAX = 2**63 - 1
 SECP256K1_HALF_N = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0
 
 
@@ -63,9 +66,13 @@ def parse_request(body: bytes) -> tuple[int, PaymentPayload, PaymentRequirements
         raise Rejection(reasons.INVALID_PAYLOAD, "request body is not JSON") from None
     if not isinstance(data, dict):
         raise Rejection(reasons.INVALID_PAYLOAD, "request body is not a JSON object")
-    version = data.get("x402Version", data.get("paymentPayload", {}).get("x402Version") if isinstance(data.get("paymentPayload"), dict) else None)
-    if version != 2:
+    raw_payload = data.get("paymentPayload")
+    version = data.get("x402Version", raw_payload.get("x402Version") if isinstance(raw_payload, dict) else None)
+    if not _is_int(version) or version != 2:
         raise Rejection(reasons.INVALID_X402_VERSION, f"x402Version {version!r} is not supported (2 is)")
+    # The SDK's model defaults a missing version to 2 and coerces "2" or 2.0: the spec requires the number.
+    if isinstance(raw_payload, dict) and not _is_int(raw_payload.get("x402Version")):
+        raise Rejection(reasons.INVALID_PAYLOAD, "paymentPayload.x402Version is missing or not an integer")
     try:
         payload = PaymentPayload.model_validate(data.get("paymentPayload"))
     except ValidationError as exc:
@@ -77,6 +84,11 @@ def parse_request(body: bytes) -> tuple[int, PaymentPayload, PaymentRequirements
     if payload.x402_version != 2:
         raise Rejection(reasons.INVALID_X402_VERSION, f"payload x402Version {payload.x402_version}")
     return version, payload, requirements
+
+
+def _is_int(value: Any) -> bool:
+    """A JSON integer: not a bool (True == 1 in Python), a float or a numeric string."""
+    return type(value) is int
 
 
 def _first_error(where: str, exc: ValidationError) -> str:
@@ -94,13 +106,13 @@ def _address(value: Any, field: str) -> str:
 
 
 def _uint(value: Any, field: str) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise Rejection(reasons.INVALID_PAYLOAD, f"{field} is not an integer") from None
-    if isinstance(value, bool) or not 0 <= number < 2**256:
+    """A uint256 written as the scheme writes it: a string of ASCII decimal digits. Python's int() would also
+    take " 1000 ", "+1000", "1_000", fullwidth digits or a JSON number, each then verifying and settling."""
+    if not isinstance(value, str) or not value.isascii() or not value.isdigit():
+        raise Rejection(reasons.INVALID_PAYLOAD, f"{field} is not a string of decimal digits")
+    if len(value) > 78 or int(value) >= 2**256:
         raise Rejection(reasons.INVALID_PAYLOAD, f"{field} is out of range")
-    return number
+    return int(value)
 
 
 def _hex(value: Any, field: str, nbytes: int) -> str:
@@ -167,7 +179,13 @@ def check_payment(
     required = _uint(requirements.amount, "requirements.amount")
     if value != required or _uint(accepted.amount, "accepted.amount") != required:
         raise Rejection(reasons.VALUE_MISMATCH, f"authorizes {value}, exactly {required} required", payer)
+    if required > LEDGER_INT_MAX:
+        raise Rejection(reasons.INVALID_PAYMENT_REQUIREMENTS, f"amount {required} is over {LEDGER_INT_MAX}, more "
+                        "than this facilitator's ledger records", payer)
     now = time.time() if now is None else now
+    if valid_before > LEDGER_INT_MAX:
+        raise Rejection(reasons.VALID_BEFORE_EXPIRED, f"validBefore {valid_before} is over {LEDGER_INT_MAX} s, "
+                        "further out than this facilitator's ledger records", payer)
     if valid_before < now + VALID_BEFORE_MARGIN_S:
         raise Rejection(reasons.VALID_BEFORE_EXPIRED, f"validBefore {valid_before} leaves under {VALID_BEFORE_MARGIN_S} s", payer)
     if valid_after > now:

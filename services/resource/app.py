@@ -161,6 +161,10 @@ def malformed_reason(header: str) -> str | None:
         return "header is not base64 of JSON"
     if not isinstance(data, dict):
         return "header JSON is not an object"
+    # The SDK's model would default a missing version to 2 (and coerce "2" or 2.0), paying a payload the
+    # spec calls malformed; what the number says (1, 3) is left to the SDK and the facilitator to refuse.
+    if type(data.get("x402Version")) is not int:
+        return "payload field x402Version: missing or not an integer"
     try:
         PaymentPayload.model_validate(data)
     except ValidationError as exc:
