@@ -69,6 +69,12 @@ def check_faults(scenario: Scenario, started: list[str], target: str) -> None:
             raise ScenarioError(f"{where}: needs x402bench's own {' and '.join(missing)} (this run uses an outside one)")
         if need.service_target and target != "service":
             raise ScenarioError(f"{where}: only applies when the agents pay priced services (--target service)")
+        chain = scenario.chain
+        if fault.kind == "tx_dropped" and chain.mining == "auto":
+            raise ScenarioError(f"{where}: an automining node mines a tx before it can be dropped; use interval mining")
+        if fault.kind == "chain_stall" and chain.mining == "interval" and not float(chain.block_time_s or 0).is_integer():
+            raise ScenarioError(f"{where}: Anvil cannot restore a sub-second block interval after a stall "
+                                f"(chain.block_time_s {chain.block_time_s})")
 
 
 @dataclass

@@ -41,6 +41,7 @@ from services.facilitator.evm import (
     call_data,
     transfer_with_authorization_data,
 )
+from services.facilitator.guard import SettlementGuard
 from services.facilitator.ledger import Claim, Ledger
 from services.facilitator.signers import LanePool, SignerLane
 
@@ -106,6 +107,7 @@ class OwnEngine(Engine):
         )
         self._tracking: set[asyncio.Task[dict[str, Any]]] = set()
         self._outcomes: dict[int, asyncio.Future[dict[str, Any]]] = {}  # claim id -> its answer, while settling
+        self.guard = SettlementGuard(self)
 
     @property
     def signer_addresses(self) -> list[str]:
@@ -114,12 +116,19 @@ class OwnEngine(Engine):
     async def start(self) -> None:
         await self.watcher.start()
         await self._recover()
+        self.guard.start()
 
     async def stop(self) -> None:
         if self._tracking:  # receipts still on their way: a last chance to reach the ledger
             await asyncio.wait(set(self._tracking), timeout=min(5.0, self.config.receipt_timeout_s))
+        await self.guard.stop()
         await self.watcher.stop()
         await super().stop()
+
+    async def reclose(self, claims: list[Claim], receipt: dict[str, Any]) -> None:
+        """Close again, from a new receipt, payments whose first receipt a reorg undid."""
+        for claim in claims:
+            await self._close_from_receipt(claim, receipt["transactionHash"], receipt)
 
     def _spawn_tracked(self, work: Any) -> "asyncio.Task[Any]":
         """Run `work` (a coroutine) to its end even if the request that started it is gone; stop() waits for it."""
@@ -234,6 +243,7 @@ class OwnEngine(Engine):
             return self._failure(Rejection(reasons.TRANSACTION_FAILED, str(exc), claim.payer))
         self.watcher.sent()
         self.ledger.submitted([claim.id], sent.signer, sent.nonce, sent.tx_hash)
+        self.guard.sent(sent, claims, lane, self.config.token.address, data, None)
         return await self._answer(claims, sent.tx_hash, self._track(claims, sent.tx_hash, pending[-1], lane))
 
     def _track(self, claims: list[Claim], tx_hash: str, receipt: "asyncio.Future[dict[str, Any]]",
@@ -260,6 +270,8 @@ class OwnEngine(Engine):
             receipt = await asyncio.wait_for(receipt_future, self.config.receipt_timeout_s)
         except asyncio.TimeoutError:
             return self._unsettled_answer(payer, reasons.SETTLEMENT_PENDING, tx_hash)
+        self.guard.mined(receipt)
+        tx_hash = receipt["transactionHash"]  # the guard may have sent it again under another hash
         ok = int(receipt["status"], 16) == 1
         self.ledger.finished(
             claims,
@@ -386,12 +398,14 @@ class BatchedEngine(OwnEngine):
             self.batches += 1
             self.watcher.sent()
             self.ledger.submitted([c.id for c in claims], sent.signer, sent.nonce, sent.tx_hash)
+            self.guard.sent(sent, claims, lane, self.settler, data, batch_gas_limit(len(claims)))
             try:
                 receipt = await asyncio.wait_for(pending[-1], self.config.receipt_timeout_s)
             except asyncio.TimeoutError:
                 self._answer_all(batch, reasons.SETTLEMENT_PENDING, sent.tx_hash)
                 return {}
-            await self._close_batch(batch, sent.tx_hash, receipt)
+            self.guard.mined(receipt)
+            await self._close_batch(batch, receipt["transactionHash"], receipt)
             return receipt
         finally:
             lane.in_flight -= 1

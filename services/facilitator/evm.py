@@ -146,7 +146,11 @@ class AsyncRpc:
         body = [{"jsonrpc": "2.0", "id": first + i, "method": m, "params": p} for i, (m, p) in enumerate(calls)]
         for _ in range(len(calls) - 1):
             next(self._ids)
-        replies = {r["id"]: r for r in await self._post(body)}
+        answer = await self._post(body)
+        if not isinstance(answer, list):  # the whole batch refused (an HTTP 429/5xx with one error object)
+            raise RpcError("batch", answer.get("error", {"message": str(answer)}) if isinstance(answer, dict) else
+                           {"message": str(answer)})
+        replies = {r["id"]: r for r in answer}
         out: list[Any | RpcError] = []
         for i, (method, _) in enumerate(calls):
             reply = replies[first + i]
@@ -201,6 +205,11 @@ class ReceiptWatcher:
             fut = asyncio.get_running_loop().create_future()
             self._waiting[tx_hash.lower()] = fut
         return fut
+
+    def rewind(self, block: int) -> None:
+        """Scan again from `block` (a reorg replaced it): transactions sent again may land in the new blocks."""
+        if self._next_block is not None:
+            self._next_block = min(self._next_block, block)
 
     async def lookup(self, tx_hash: str) -> dict[str, Any] | None:
         """A receipt for a tx sent before this watcher started (recovery path)."""

@@ -43,6 +43,10 @@ class SignerLane:
     def address(self) -> str:
         return self.account.address
 
+    def forget_nonce(self) -> None:
+        """The chain lost transactions of this key (dropped, reorged): read the nonce again before the next send."""
+        self._next_nonce = None
+
     async def _sync_nonce(self) -> None:
         self._next_nonce = int(await self.rpc.call("eth_getTransactionCount", self.address, "pending"), 16)
 
