@@ -239,6 +239,7 @@ def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | N
         has_ledger = bool(info.ledger_path) and Path(info.ledger_path).exists()
         ledger_rows = read_payments(info.ledger_path) if has_ledger else []
         facilitator_metrics = _get_json(info.facilitator_url + "/metrics") if info.facilitator_url else {}
+        proxy_counters = {kind: _get_json(url + "/_faults").get("counters", {}) for kind, url in info.fault_proxies.items()}
     finally:
         world.stop()
     records, agents_broke = merge_parts(parts)
@@ -271,6 +272,7 @@ def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | N
         "world_file": str(options.world_file) if options.world_file else None,
         "parts": info.parts,
         "faults_applied": [asdict(a) for a in driver.applied],
+        "fault_proxies": proxy_counters,
     }
     summary = build_summary(scenario, records, settlements, reconciliation, "load", meta, money_events)
     out = write_run(options.out_root, scenario.name, run_id, summary, records, settlements)

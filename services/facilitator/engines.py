@@ -130,6 +130,9 @@ class OwnEngine(Engine):
         for claim in claims:
             await self._close_from_receipt(claim, receipt["transactionHash"], receipt)
 
+    def metrics(self) -> dict[str, Any]:
+        return {**super().metrics(), "guard": {"resends": self.guard.resends, "reorgs": self.guard.reorgs}}
+
     def _spawn_tracked(self, work: Any) -> "asyncio.Task[Any]":
         """Run `work` (a coroutine) to its end even if the request that started it is gone; stop() waits for it."""
         task = asyncio.create_task(work)
