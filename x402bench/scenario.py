@@ -443,17 +443,47 @@ def validate_scenario(data: Any, source: str = "<scenario>") -> Scenario:
         raise ScenarioError(f"{source}: invalid scenario\n" + "\n".join(lines)) from None
 
 
+#: A scenario is a page of YAML; anything this big is the wrong file (and /dev/zero must not fill memory).
+MAX_SCENARIO_BYTES = 4 * 1024 * 1024
+
+
+def _scenario_text(path: Path) -> str:
+    """The file as UTF-8 text, or a ScenarioError saying in one line why it is not a scenario file.
+
+    The user passed a path on the command line: a directory, a binary file, a file saved as UTF-16
+    or Latin-1 must each get a message naming the file and what is wrong, never a traceback."""
+    if path.is_dir():
+        raise ScenarioError(f"{path}: is a directory, not a scenario file")
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_SCENARIO_BYTES + 1)
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read the scenario file ({exc.strerror or exc})") from None
+    if len(raw) > MAX_SCENARIO_BYTES:
+        raise ScenarioError(f"{path}: over {MAX_SCENARIO_BYTES // (1024 * 1024)} MB, not a scenario file")
+    try:
+        text = raw.decode("utf-8-sig")  # a UTF-8 byte order mark, as some editors write, is harmless
+    except UnicodeDecodeError as exc:
+        hint = "; it starts like UTF-16: save it as UTF-8" if raw.startswith((b"\xff\xfe", b"\xfe\xff")) else ""
+        raise ScenarioError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}{hint})") from None
+    if "\0" in text:
+        offset = raw.index(b"\0")
+        raise ScenarioError(f"{path}: not a text file (a NUL byte at offset {offset})")
+    return text
+
+
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read the scenario file ({exc.strerror})") from None
+    text = _scenario_text(path)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ScenarioError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        raise ScenarioError(f"{path}: YAML nested too deeply to read") from None
+    if data is None:
+        raise ScenarioError(f"{path}: the file holds no YAML document (a scenario needs at least name and services)")
     return validate_scenario(data, source=str(path))
 
 
