@@ -48,8 +48,22 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def throughput_plot(path: Path, requests: Sequence[RequestRecord], window: tuple[float, float] | None) -> Path:
-    """Paid 200s per 1 s bin of response time; the warmup is shaded and the steady mean drawn."""
+#: One colour per fault window on time plots (cycled); each window is labelled with its kind.
+_FAULT_COLOURS = ("#f4a261", "#e76f51", "#2a9d8f", "#9b5de5", "#f15bb5", "#00bbf9", "#8ac926", "#ffca3a")
+
+
+def _fault_windows(ax, faults: Sequence[tuple[str, float, float]]) -> None:
+    """Shade each fault's window on a time axis, its kind written at the top."""
+    for i, (kind, start, end) in enumerate(faults):
+        colour = _FAULT_COLOURS[i % len(_FAULT_COLOURS)]
+        ax.axvspan(start, max(end, start + 0.3), color=colour, alpha=0.25, lw=0)
+        ax.text(start, 1.0, f" {kind}", transform=ax.get_xaxis_transform(), rotation=90, va="top", ha="left",
+                fontsize="x-small", color="#444")
+
+
+def throughput_plot(path: Path, requests: Sequence[RequestRecord], window: tuple[float, float] | None,
+                    faults: Sequence[tuple[str, float, float]] = ()) -> Path:
+    """Paid 200s per 1 s bin of response time; the warmup is shaded, fault windows marked, the steady mean drawn."""
     fig, (ax,) = _figure()
     ends = finite(r.t_end for r in requests if r.paid)
     ends = [t for t in ends if t >= 0]
@@ -68,6 +82,7 @@ def throughput_plot(path: Path, requests: Sequence[RequestRecord], window: tuple
         if length > 0:
             rate = sum(1 for t in ends if start <= t <= end) / length
             ax.hlines(rate, start, end, colors="#d83b3b", label=f"steady mean {rate:.2f}/s")
+    _fault_windows(ax, faults)
     ax.set_xlabel("seconds since start")
     ax.set_ylabel("paid requests / s")
     ax.set_title(PLOTS["throughput.png"])
@@ -136,8 +151,10 @@ def errors_plot(path: Path, requests: Sequence[RequestRecord]) -> Path:
 
 
 def render_plots(out_dir: Path, requests: Sequence[RequestRecord], settlements: Sequence[SettlementRecord],
-                 window: tuple[float, float] | None = None) -> dict[str, Path]:
-    """Write every plot into out_dir; returns file name -> path in report order."""
+                 window: tuple[float, float] | None = None,
+                 faults: Sequence[tuple[str, float, float]] = ()) -> dict[str, Path]:
+    """Write every plot into out_dir; returns file name -> path in report order. `faults`: (kind, start,
+    end) of each fault window, marked on the time plots."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = window[0] if window else 0.0
@@ -145,7 +162,7 @@ def render_plots(out_dir: Path, requests: Sequence[RequestRecord], settlements: 
     settle_latency = [s.settlement_latency_s for s in settlements
                       if s.state == "settled" and s.t_accepted >= start and s.settlement_latency_s is not None]
     return {
-        "throughput.png": throughput_plot(out_dir / "throughput.png", requests, window),
+        "throughput.png": throughput_plot(out_dir / "throughput.png", requests, window, faults),
         "request_latency_cdf.png": cdf_plot(out_dir / "request_latency_cdf.png", request_latency,
                                             PLOTS["request_latency_cdf.png"], "seconds (first byte to paid 200)",
                                             "no paid request in the steady window"),

@@ -44,7 +44,8 @@ def _render(run_dir: Path, summary: dict[str, Any], requests: Sequence[RequestRe
     from x402bench.results.plots import render_plots  # matplotlib: only when drawing, not to read a folder
     from x402bench.results.report import render_report
 
-    plots = render_plots(run_dir, requests, settlements, _window(summary))
+    faults = [(f["kind"], f["at_s"], f["end_s"]) for f in summary.get("faults") or []]
+    plots = render_plots(run_dir, requests, settlements, _window(summary), faults)
     report = run_dir / REPORT
     report.write_text(render_report(summary, plots), encoding="utf-8")
     return report
