@@ -198,6 +198,8 @@ class World:
         chain = self._attach_chain(self.outside.world) if self.outside.attached else self._start_chain()
 
         facilitator_url = ""
+        if not wants_facilitator and self.outside.world and not self.outside.service_urls:
+            facilitator_url = self.outside.world.get("facilitator_url") or ""  # the attached world's own services use it
         if wants_facilitator:
             if own_facilitator:
                 facilitator_url = self._start_facilitator(chain)

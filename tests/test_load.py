@@ -59,6 +59,8 @@ def test_load_run_writes_every_file_with_every_metric(smoke_run) -> None:
     for key in REQUIRED:
         assert dig(summary, key) is not None, key
     assert summary["metrics"]["throughput_rps"] > 0
+    for keys in ("world/world.json", "world/facilitator.json"):  # they hold (local test) private keys
+        assert (run_dir / keys).stat().st_mode & 0o077 == 0, keys
 
 
 def test_load_run_reconciles_exactly(smoke_run) -> None:

@@ -113,7 +113,15 @@ def test_dead_or_wrong_urls_exit_2_at_once_naming_the_url(tmp_path: Path) -> Non
             assert expected in done.stderr, (flags, done.stderr)
             assert "Traceback" not in done.stderr + done.stdout
             assert time.monotonic() - started < 30, flags  # refused before any traffic
-    assert not list((tmp_path / "runs").glob("*/*/summary.json"))
+        assert not list((tmp_path / "runs").glob("*/*/summary.json"))
+        done = x402bench("load", "scenarios/smoke.yaml", "--world", str(world_json), *SHORT, "--out", str(tmp_path / "ok"))
+        assert done.returncode == 0, done.stdout + done.stderr
+    summary = only_summary(tmp_path / "ok")  # the whole running world, attached: its facilitator's ledger is read
+    assert summary["meta"]["parts"] == {"started": [], "outside": {"world": True, "service_urls": True}}
+    assert summary["reconciliation"]["ledger"] is True
+    assert_exact(summary)
+    (world_dir,) = (tmp_path / "ok").glob("*/*/world")
+    assert stat.S_IMODE((world_dir / "world.json").stat().st_mode) == 0o600  # the run folder's copy holds keys too
 
 
 # --- the official SDKs' parts (tests/outside/), each its own process configured from the world file ------
