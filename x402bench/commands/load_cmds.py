@@ -42,10 +42,25 @@ def print_result(summary: dict[str, Any], run_dir: Path) -> None:
     for finding in rec.get("findings") or []:
         table.add_row("[red]found[/red]", finding)
     out.print(table)
+    if summary.get("faults"):
+        out.print(fault_table(summary["faults"]))
     for check in slo["checks"]:
         mark = "[green]pass[/green]" if check["passed"] else "[red]FAIL[/red]"
         out.print(f"  SLO {mark} {check['name']}: measured {_fmt(check['measured'])} {check['op']} bound {check['bound']}")
     out.print(f"report: {run_dir / 'report.html'}")
+
+
+def fault_table(rows: list[dict[str, Any]]) -> Table:
+    """The per-fault table: window, each loss category during / after it, pending, throughput dip."""
+    table = Table(title="faults (each count: during the window / after it, until the next fault)")
+    for column in ("fault", "window s", "served unpaid", "paid unserved", "double settled", "pending", "dip"):
+        table.add_column(column, justify="left" if column == "fault" else "right")
+    for row in rows:
+        d, a = row["during"], row["after"]
+        cells = [f"{d[k]} / {a[k]}" for k in ("served_unpaid", "paid_unserved", "double_settled", "pending")]
+        dip = row.get("throughput_dip")
+        table.add_row(row["kind"], f"{row['at_s']:g}-{row['end_s']:g}", *cells, "n/a" if dip is None else f"{dip:.0%}")
+    return table
 
 
 def _fmt(value: Any, spec: str = ".3f") -> str:
