@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from services.chain import free_port, terminate
+from services.chain import REPO_ROOT, free_port, terminate
 
 
 def write_private(path: str | Path, text: str) -> None:
@@ -31,9 +31,12 @@ def write_private(path: str | Path, text: str) -> None:
 
 
 class ServiceProcess:
-    """One `python -m MODULE CONFIG --port N` child, with its log in a file."""
+    """One `python -m MODULE CONFIG --port N` child, with its log in a file.
 
-    def __init__(self, name: str, module: str, config_path: Path, log_path: Path) -> None:
+    A subclass that starts another kind of server supplies `command()` (its argv, using `self.port`)
+    and `ready()` (True once it serves; False or OSError while it does not yet)."""
+
+    def __init__(self, name: str, module: str, config_path: Path | None, log_path: Path | None) -> None:
         self.name = name
         self.module = module
         self.config_path = config_path
@@ -49,30 +52,39 @@ class ServiceProcess:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", self.module, str(self.config_path), "--port", str(self.port)]
+
+    def ready(self) -> bool:
+        with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
+            return response.status == 200
+
     def start(self, timeout_s: float = 30.0, port: int | None = None) -> "ServiceProcess":
-        """Start and wait for /health; `port` reuses a known one (a restart others already point at)."""
-        self.port = port or free_port()
-        log = open(self.log_path, "ab")
+        """Start and wait until ready; `port` reuses a known one (a restart others already point at)."""
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError(f"{self.name} is already running (pid {self.process.pid})")
+        self.port = port or self.port or free_port()
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", self.module, str(self.config_path), "--port", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
-        )
-        log.close()
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                                        start_new_session=True, env=env)
+        if log is not subprocess.DEVNULL:
+            log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                tail = self.log_path.read_text(errors="replace")[-2000:]
-                self.stop()
-                raise RuntimeError(f"{self.name} exited with status {self.process.returncode if self.process else '?'}:\n{tail}")
+                status = self.process.returncode
+                tail = self.log_path.read_text(errors="replace")[-2000:] if self.log_path else ""
+                self.process = None
+                raise RuntimeError(f"{self.name} exited with status {status}:\n{tail}")
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
-                    if response.status == 200:
-                        return self
+                if self.ready():
+                    return self
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"{self.name} did not become healthy within {timeout_s} s (log: {self.log_path})")
+        raise RuntimeError(f"{self.name} did not become ready within {timeout_s} s (log: {self.log_path})")
 
     def stop(self) -> None:
         process, self.process = self.process, None

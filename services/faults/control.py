@@ -15,16 +15,14 @@ process with gevent's own loop. Every failure raises FaultControlError naming th
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from services.chain import REPO_ROOT, free_port, terminate
+from services.chain import terminate
+from services.process import ServiceProcess
 from services.faults.api import ALL, FaultChange, FaultState
 
 MODULES = {"rpc": "services.faults.rpc_proxy", "http": "services.faults.http_proxy"}
@@ -75,28 +73,19 @@ class FaultControl:
             raise FaultControlError(f"{what}: the fault proxy did not answer ({reason})") from None
 
 
-class FaultProxyProcess:
+class FaultProxyProcess(ServiceProcess):
     """One proxy as a child process (`python -m services.faults.<kind>_proxy`), stopped by its own PID."""
 
     def __init__(self, kind: str, upstream: str, port: int | None = None, log_path: Path | str | None = None,
                  seed: int = 42, max_hold_s: float = 120.0) -> None:
         if kind not in MODULES:
             raise ValueError(f"kind {kind!r}: choose from {', '.join(MODULES)}")
+        super().__init__(f"the {kind} fault proxy", MODULES[kind], None, Path(log_path) if log_path else None)
         self.kind = kind
         self.upstream = upstream
         self.port = port or 0
-        self.log_path = Path(log_path) if log_path else None
         self.seed = seed
         self.max_hold_s = max_hold_s
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
 
     @property
     def control(self) -> FaultControl:
@@ -106,30 +95,17 @@ class FaultProxyProcess:
         return [sys.executable, "-m", MODULES[self.kind], "--upstream", self.upstream, "--port", str(self.port),
                 "--seed", str(self.seed), "--max-hold-s", str(self.max_hold_s)]
 
-    def start(self, timeout_s: float = 15.0) -> "FaultProxyProcess":
-        """Start and wait until GET /_faults answers (the proxy's own liveness; it asks nothing upstream)."""
-        if self.process is not None:
-            raise RuntimeError(f"the {self.kind} fault proxy is already running (pid {self.process.pid})")
-        self.port = self.port or free_port()
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                                        start_new_session=True, env=env)
-        if log is not subprocess.DEVNULL:
-            log.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                status = self.process.returncode
-                self.process = None
-                raise RuntimeError(f"the {self.kind} fault proxy exited with status {status} (log: {self.log_path})")
-            try:
-                self.control.state()
-                return self
-            except FaultControlError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"the {self.kind} fault proxy did not answer on {self.url} within {timeout_s} s")
+    def ready(self) -> bool:
+        """GET /_faults answers: the proxy's own liveness (it asks nothing upstream)."""
+        try:
+            self.control.state()
+        except FaultControlError:
+            return False
+        return True
+
+    def start(self, timeout_s: float = 15.0, port: int | None = None) -> "FaultProxyProcess":
+        super().start(timeout_s, port)
+        return self
 
     def stop(self) -> None:
         """SIGTERM (the proxy switches every mode off, restoring a stalled node's mining), SIGKILL if it lingers."""
