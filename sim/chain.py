@@ -4,6 +4,10 @@ Interval mining: a block every `block_time_s`, filled in arrival order with ever
 sent by then until the next one would pass the block gas limit; the rest wait for the
 next block. Automine (Anvil's default): each tx is mined into its own block when it
 arrives, one at a time, a little slower as blocks pile up (design.md's anchor).
+
+A chain_stall (sim/faults.py) stops interval mining for its window; when it ends the miner
+starts again as a new one does in Anvil (its first block one block time later). Automine
+needs nothing here: the sends themselves are held until the stall ends.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Callable
 
 from sim.calibration import Calibration
 from sim.engine import Clock, Station
+from sim.faults import FaultPlan
 from x402bench.scenario import Scenario
 
 
@@ -29,6 +34,7 @@ class Tx:
     requests: list = field(default_factory=list)  # the in-flight requests it settles (sim.world.Req)
     ready: float = float("inf")  # when its receipt can be read (set once mined)
     block_time: float = 0.0
+    epoch: int = 0  # the facilitator process that sent it (a restarted one does not count it in flight)
 
 
 Included = Callable[[Tx, float, int], None]  # (tx, block time, block number)
@@ -38,7 +44,7 @@ class Chain:
     """Blocks and inclusion; calls `on_included(tx, block_time, number)` for every tx it mines."""
 
     def __init__(self, clock: Clock, scenario: Scenario, calibration: Calibration, phase: float,
-                 on_included: Included) -> None:
+                 on_included: Included, faults: FaultPlan | None = None) -> None:
         self.clock = clock
         self.mining = scenario.chain.mining
         if self.mining == "manual":
@@ -57,6 +63,9 @@ class Chain:
         self.full_blocks = 0  # blocks that left txs behind for lack of gas
         self.max_block_gas = 0
         self._stopped = False
+        self.stalls = faults if faults is not None and faults.stalls else None
+        self._last_block = -1.0
+        self.stalled_blocks = 0  # ticks a stall swallowed
         #: Automine with a mining time is one FIFO server: sends must reach it in time order.
         self.mines_in_order = self.cal.automine_tx_s > 0 or self.cal.automine_slowdown_s_per_block > 0
         if self.mining == "interval":
@@ -88,6 +97,14 @@ class Chain:
 
     def _block(self, _: object = None) -> None:
         now = self.clock.now
+        if self.stalls is not None:
+            resume = self.stalls.stall_resume(self._last_block, now)
+            self._last_block = now
+            if resume is not None:  # stopped for the stall: a new miner's first block comes a block time after it
+                self.stalled_blocks += 1
+                if not self._stopped:
+                    self.clock.at(resume + self.block_time - now, self._block)
+                return
         self.number += 1
         room = self.gas_limit
         pool = self._pool
@@ -120,4 +137,5 @@ class Chain:
             "max_block_gas_fraction": self.max_block_gas / self.gas_limit,
             "blocks_full": self.full_blocks,
             "mempool_left": len(self._pool),
+            **({"blocks_stalled": self.stalled_blocks} if self.stalls is not None else {}),
         }

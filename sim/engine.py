@@ -107,6 +107,15 @@ class Station:
             start = end - service  # callers add `service` to get the end: hand back the stretch as a late start
         return start
 
+    def free_at(self, t: float) -> float:
+        """Single server: when a job arriving at t would start (to size a job by its start time)."""
+        return self._next if self._next > t else t
+
+    def reset(self, t: float) -> None:
+        """The process behind it died and came back at t: the work it had queued is gone, every server is free."""
+        self._next = t
+        self._free = [t] * self.servers
+
     def hold_until(self, t: float) -> None:
         """Single server: keep it busy until t (a lock held past its own work, e.g. automine)."""
         if t > self._next:

@@ -16,6 +16,15 @@ Flows (times are what the strategy's `StrategyTiming` says):
   When polls cost CPU (poll_cpu_s), each is a job on the facilitator's CPU, so a busy
   process sees its receipts late and its waiting threads slow everything else down, as
   web3's wait_for_transaction_receipt does live: poll, and if nothing yet, sleep receipt_poll_s.
+
+Faults (sim/faults.py) take their own paths, chosen once at construction (`faulty`), so a run
+without faults runs exactly the code above. With a facilitator_crash every stage of a payment
+is an event at its true time and carries the process epoch it started in: a crash bumps the
+epoch, answers every open claim's client with a dead connection, and keeps the claims (the
+ledger is durable); the restart re-sends the unsent ones (OwnEngine._recover). A claim is in
+`open` from acceptance until it settles, fails or is released. With agents.retry the ledger
+also answers repeats (`claims`: every claim not released): a settled one with its original
+tx, a failed one with its reason, an open one once it closes (its `waiters`).
 """
 
 from __future__ import annotations
@@ -28,7 +37,9 @@ from sim.calibration import Calibration
 from sim.chain import Chain, Tx
 from sim.dists import sampler, stream
 from sim.engine import Clock, Pool, SharedCpu, Station
-from sim.store import SETTLED
+from sim.faults import RECEIPT_TIMEOUT_S, RETRY_WAIT_S, FaultPlan, crash_in
+from sim.store import (ERR_SETTLEMENT_PENDING, ERR_TRANSACTION_FAILED, ERR_UNEXPECTED_VERIFY, ERR_VALID_BEFORE, FAILED,
+                       RELEASED, SETTLED)
 from x402bench.scenario import Scenario
 
 if TYPE_CHECKING:
@@ -36,7 +47,6 @@ if TYPE_CHECKING:
 
 #: The SDK facilitator refuses an authorization whose validBefore is less than this far away.
 VALID_BEFORE_BUFFER_S = 6.0
-ERR_VALID_BEFORE = 1
 
 
 class Facilitator:
@@ -92,8 +102,30 @@ class Facilitator:
         phase = cal.chain.block_phase_s
         if phase is None and scenario.chain.block_time_s:
             phase = float(phase_rng.random()) * scenario.chain.block_time_s
-        self.chain = Chain(clock, scenario, cal, phase or 0.0, self._included)
+        plan = world.plan
+        self.plan = plan
+        self.chain = Chain(clock, scenario, cal, phase or 0.0, self._included, plan)
         self.send_queues = self.submit_busy or (scenario.chain.mining == "auto" and self.chain.mines_in_order)
+        # ---- faults: none of this is read on a run without faults or retries
+        self.crashes = plan.facilitator_down if plan is not None and plan.facilitator_down else None
+        self.rpc_faults = plan is not None and plan.touches_rpc
+        self.retrying = world.retry is not None
+        self.faulty = self.crashes is not None or self.rpc_faults or self.retrying
+        self.up = True
+        self.epoch = 0  # the process: a crash starts a new one
+        self.open: dict[int, Req] = {}  # seq -> the request holding its claim, until it settles, fails or is released
+        self.claims: dict[int, int] = {}  # seq -> settlement row of every claim not released (agents.retry only)
+        self.unsent: list[Req] = []  # claims a crash left unsent, for the restart to resume
+        self._restarts = 0  # restarts still to come
+        if self.crashes is not None:  # every stage an event at its time, so a crash can stop it
+            self.verify_queues = self.settle_queues = self.send_queues = True
+            for start, end in self.crashes:
+                clock.at(start, self._crash)
+                if math.isfinite(end):
+                    self._restarts += 1
+                    clock.at(end, self._restart)
+        if self.rpc_faults:  # a held send holds its key's lock: sends must reach the lanes in time order
+            self.send_queues = True
         if self.batched:
             worst = gas.batch_fixed + self.batch_size * (gas.batch_per_item + gas.batch_new_recipient_extra)
             if worst > scenario.chain.gas_limit:
@@ -110,6 +142,9 @@ class Facilitator:
             self._verify_at(r, t)
 
     def _verify_arrives(self, r: "Req") -> None:
+        if not self.up:  # connection refused: the service hears it at once
+            self.world.fac_lost(r, self.clock.now + self.hop())
+            return
         if self.threads is None:
             self._verify_at(r, self.clock.now)
         else:
@@ -129,6 +164,9 @@ class Facilitator:
         if self.cpu_busy:
             cpu = self.verify_cpu()
             t = self.cpu.enter(t, cpu) + cpu
+        if self.faulty:
+            self._verify_faulty(r, t)
+            return
         done = t + self.verify_io()
         if self.threads is None:
             self.world.verified(r, done + self.hop())
@@ -159,13 +197,21 @@ class Facilitator:
             self._accept(r, t)
 
     def _settle_arrives(self, r: "Req") -> None:
+        if not self.up:
+            self.world.fac_lost(r, self.clock.now + self.hop())
+            return
         self._accept(r, self.clock.now)
 
     def _accept(self, r: "Req", t: float) -> None:
         if t + VALID_BEFORE_BUFFER_S > r.valid_before:
             self.world.rejected(r, ERR_VALID_BEFORE, t + self.hop())
             return
+        if self.retrying and r.seq in self.claims:
+            self._repeat(r, t)
+            return
         r.row = self.world.settlements.accept(r.seq, r.agent, r.route, r.amount, t)
+        if self.faulty:
+            self._claimed(r)
         if self.node is not None:  # the node's share of this payment's work, on the host's cores
             self.node.enter(t, self.node_cpu)
         if self.threads is None:
@@ -189,6 +235,9 @@ class Facilitator:
         self._after_settle_cpu(r, self.clock.now)
 
     def _after_settle_cpu(self, r: "Req", t: float) -> None:
+        if self.faulty:
+            self._after_settle_cpu_faulty(r, t)
+            return
         ready = t + self.settle_io()
         if self.answer_after == "accepted":
             self._answer(r, ready)
@@ -251,13 +300,19 @@ class Facilitator:
         lane = self._pick_lane()
         self.in_flight[lane] += 1
         station = self.lanes[lane]
-        if self.submit_busy:
+        if self.faulty:
+            sent = self._submit_faulty(requests, lane, station, t)
+            if sent < 0:
+                return
+        elif self.submit_busy:
             submit = self.submit()
             sent = station.enter(t, submit) + submit
         else:
             sent = t
         tx_id = self.world.txs.new(gas, len(requests))
         tx = Tx(tx_id, gas, lane, sent, requests)
+        if self.crashes is not None:
+            tx.epoch = self.epoch
         for r in requests:
             r.tx = tx_id
         returned = self.chain.send(tx)  # with automine the send returns once mined: the lock is held till then
@@ -292,14 +347,19 @@ class Facilitator:
             self.clock.at(self.poll_s, self._poll, tx)
 
     def _included(self, tx: Tx, block_time: float, number: int) -> None:
-        self.in_flight[tx.lane] -= 1
+        if tx.epoch == self.epoch:  # a restarted process does not count its predecessor's txs
+            self.in_flight[tx.lane] -= 1
         self.world.txs.block[tx.id] = number
         tx.block_time = block_time
         ready = block_time + self.receipt_delay
         if self.polls_cost_cpu:
             tx.ready = ready  # its own poll chain finds it
             return
-        if self.poll_each:
+        if self.rpc_faults:
+            plan: FaultPlan = self.plan  # type: ignore[assignment]
+            seen = (plan.receipt_seen(ready, tx.t_sent, self.poll_s, False) if self.poll_each
+                    else plan.receipt_seen(ready, self.watch_phase, self.poll_s, True))
+        elif self.poll_each:
             start = tx.t_sent
             seen = start + math.ceil(max(0.0, ready - start) / self.poll_s - 1e-9) * self.poll_s
         else:
@@ -320,12 +380,20 @@ class Facilitator:
             cols.t_included[row] = t_included
             cols.state[row] = SETTLED
             cols.tx[row] = tx.id
+        if self.faulty:
+            for r in tx.requests:
+                self.open.pop(r.seq, None)
+                self._answer_faulty(r, seen)  # its client if it still waits for this, and any repeat
+            return
         if self.answer_after == "included":
             for r in tx.requests:
                 self._answer(r, seen)
 
     def _answer(self, r: "Req", t: float) -> None:
         """/settle answers at t (>= now); the service hears it one hop later."""
+        if self.faulty:
+            self._answer_faulty(r, t)
+            return
         if self.threads is None:
             self.world.finish(r, t + self.hop())
         else:
@@ -334,6 +402,238 @@ class Facilitator:
     def _settle_release(self, r: "Req") -> None:
         self.threads.release()  # type: ignore[union-attr]
         self.world.finish(r, self.clock.now + self.hop())
+
+    # ---- faults and retries (only with `faulty`; sim/faults.py says what each kind does) --------
+
+    def _verify_faulty(self, r: "Req", t: float) -> None:
+        """The chain read of /verify from t (its CPU done), under RPC faults and crashes; a repeat needs none."""
+        row = self.claims.get(r.seq) if self.retrying else None
+        failed = False
+        if row is not None:  # the ledger knows this authorization: /settle will answer it from there
+            cols = self.world.settlements
+            if cols.state[row] == FAILED:
+                self.world.rejected(r, cols.error[row], t + self.hop())
+                return
+            done = t
+        elif self.rpc_faults:
+            done, failed = self.plan.rpc(t, self.verify_io())  # type: ignore[union-attr]
+        else:
+            done = t + self.verify_io()
+        if self.crashes is not None:
+            crash = crash_in(self.crashes, self.clock.now, done)
+            if crash is not None:
+                self.world.fac_lost(r, crash + self.hop())
+                return
+        if failed:
+            self.world.rejected(r, ERR_UNEXPECTED_VERIFY, done + self.hop())
+        else:
+            self.world.verified(r, done + self.hop())
+
+    def _claimed(self, r: "Req") -> None:
+        r.epoch = self.epoch
+        r.answered = False
+        self.open[r.seq] = r
+        if self.retrying:
+            self.claims[r.seq] = r.row
+
+    def _after_settle_cpu_faulty(self, r: "Req", t: float) -> None:
+        """The chain read before the send, then the send (or the batch) as an event carrying the epoch."""
+        failed = False
+        if self.rpc_faults:
+            ready, failed = self.plan.rpc(t, self.settle_io())  # type: ignore[union-attr]
+        else:
+            ready = t + self.settle_io()
+        if self.answer_after == "accepted" and not failed:
+            self._answer(r, ready)
+        self.clock.at(ready - self.clock.now, self._settle_ready, (r, self.epoch, failed))
+
+    def _settle_ready(self, arg: tuple["Req", int, bool]) -> None:
+        r, epoch, failed = arg
+        if epoch != self.epoch:
+            return  # the process died since: the claim is among the unsent, for the restart
+        if failed:  # the chain read failed: check_chain refuses, the claim is given back
+            self._release(r, ERR_UNEXPECTED_VERIFY)
+        elif self.batched:
+            self._batch_add(r)
+        else:
+            self._send_one(r, self.clock.now)
+
+    def _submit_faulty(self, requests: list["Req"], lane: int, station: Station, t: float) -> float:
+        """Sign and send under the key's lock from t (now): when the tx left, or -1 when none did."""
+        submit = self.submit() if self.submit_busy else 0.0
+        failed = False
+        if self.rpc_faults:  # the lock is held for the whole call, stall or latency included
+            start = station.free_at(t)
+            sent, failed = self.plan.rpc(start, submit)  # type: ignore[union-attr]
+            station.enter(t, sent - start)
+        elif self.submit_busy:
+            sent = station.enter(t, submit) + submit
+        else:
+            sent = t
+        if self.crashes is not None and crash_in(self.crashes, self.clock.now, sent) is not None:
+            self.in_flight[lane] -= 1  # died before the tx left: its claims stay unsent
+            return -1.0
+        if failed:
+            self.in_flight[lane] -= 1
+            self.clock.at(sent - self.clock.now, self._send_failed, requests)
+            return -1.0
+        return sent
+
+    def _send_failed(self, requests: list["Req"]) -> None:
+        """The send was refused (the nonce is not used): each claim is released with transaction_failed."""
+        for r in requests:
+            self._release(r, ERR_TRANSACTION_FAILED)
+
+    def _release(self, r: "Req", error: int) -> None:
+        """Give a claim back before any tx (the live ledger deletes its row): its client and repeats hear why."""
+        cols = self.world.settlements
+        cols.state[r.row] = RELEASED
+        cols.error[r.row] = error
+        self.open.pop(r.seq, None)
+        self.claims.pop(r.seq, None)
+        self._refuse(r, error, self.clock.now)
+
+    def _refuse(self, r: "Req", error: int, t: float) -> None:
+        hop = self.hop()
+        if not r.answered:
+            r.answered = True
+            self.world.rejected(r, error, t + hop)
+        waiters, r.waiters = r.waiters, None
+        for w in waiters or ():
+            if not w.answered:
+                w.answered = True
+                self.world.rejected(w, error, t + hop)
+
+    def _answer_faulty(self, r: "Req", t: float) -> None:
+        """Success for r's claim at t (>= now): to its client if it still waits, and to every repeat waiting on it."""
+        if self.crashes is not None:
+            crash = crash_in(self.crashes, self.clock.now, t)
+            if crash is not None:
+                self._lost(r, crash)
+                return
+        hop = self.hop()
+        if not r.answered:
+            r.answered = True
+            self.world.finish(r, t + hop)
+        waiters, r.waiters = r.waiters, None
+        for w in waiters or ():
+            if not w.answered:
+                w.answered = True
+                w.tx = r.tx
+                self.world.finish(w, t + hop)
+
+    def _lost(self, r: "Req", crash: float) -> None:
+        """The process died at `crash` owing r's client (and r's repeats) an answer: their connections break."""
+        hop = self.hop()
+        if not r.answered:
+            r.answered = True
+            self.world.fac_lost(r, crash + hop)
+        waiters, r.waiters = r.waiters, None
+        for w in waiters or ():
+            if not w.answered:
+                w.answered = True
+                self.world.fac_lost(w, crash + hop)
+
+    def _repeat(self, r: "Req", t: float) -> None:
+        """/settle of an authorization the ledger holds (a retry): checked (CPU), then answered from the ledger."""
+        if self.cpu_busy:
+            cpu = self.settle_cpu()
+            t = self.cpu.enter(t, cpu) + cpu
+        if self.crashes is not None:
+            crash = crash_in(self.crashes, self.clock.now, t)
+            if crash is not None:
+                self.world.fac_lost(r, crash + self.hop())
+                return
+        self.clock.at(t - self.clock.now, self._answer_repeat, r)
+
+    def _answer_repeat(self, r: "Req") -> None:
+        now = self.clock.now
+        row = self.claims.get(r.seq)
+        if row is None:  # released since the check: this repeat claims it afresh
+            self._accept(r, now)
+            return
+        cols = self.world.settlements
+        state = cols.state[row]
+        self.plan_count("repeats_answered_from_ledger")
+        if state == SETTLED:
+            r.answered = True
+            r.tx = cols.tx[row]
+            self.world.finish(r, now + self.hop())
+        elif state == FAILED:
+            r.answered = True
+            self.world.rejected(r, cols.error[row], now + self.hop())
+        else:  # still being settled: wait for its outcome, as long as the live engine would
+            holder = self.open[r.seq]
+            if holder.waiters is None:
+                holder.waiters = []
+            holder.waiters.append(r)
+            r.answered = False
+            # this process's own settlement is awaited up to the receipt timeout; a tx it only follows (a
+            # crashed predecessor's, or pipelined's once sent) is read from the ledger up to RETRY_WAIT_S
+            running = holder.epoch == self.epoch and (holder.tx < 0 or self.answer_after == "included")
+            self.clock.at(RECEIPT_TIMEOUT_S if running else RETRY_WAIT_S, self._repeat_gave_up, r)
+
+    def _repeat_gave_up(self, r: "Req") -> None:
+        if r.answered:
+            return
+        r.answered = True
+        holder = self.open.get(r.seq)
+        if holder is not None and holder.waiters and r in holder.waiters:
+            holder.waiters.remove(r)
+        self.world.rejected(r, ERR_SETTLEMENT_PENDING, self.clock.now + self.hop())
+
+    def _crash(self, _: object = None) -> None:
+        """SIGKILL: every answer owed dies, the batch in memory is gone; the ledger keeps every claim."""
+        now = self.clock.now
+        self.up = False
+        self.epoch += 1
+        unsent = 0
+        for r in self.open.values():
+            self._lost(r, now)
+            if r.tx < 0:
+                self.unsent.append(r)
+                unsent += 1
+        self._batch = []
+        self._batch_gen += 1
+        self.plan_count("facilitator_crashes")
+        self.plan_count("claims_unsent_at_crash", unsent)
+        self.plan_count("claims_sent_at_crash", len(self.open) - unsent)
+
+    def _restart(self, _: object = None) -> None:
+        """Back on the same ledger: resume every claim the crash left unsent while its validBefore allows."""
+        now = self.clock.now
+        self.up = True
+        self._restarts -= 1
+        if isinstance(self.cpu, Station):
+            self.cpu.reset(now)
+        for lane in self.lanes:
+            lane.reset(now)
+        self.in_flight = [0] * len(self.lanes)
+        claims, self.unsent = self.unsent, []
+        cols = self.world.settlements
+        for r in claims:
+            if r.valid_before <= now:
+                cols.state[r.row] = FAILED
+                cols.error[r.row] = ERR_VALID_BEFORE
+                self.open.pop(r.seq, None)
+                self._refuse(r, ERR_VALID_BEFORE, now)
+                self.plan_count("claims_expired_at_restart")
+                continue
+            r.epoch = self.epoch
+            self.plan_count("claims_resent_at_restart")
+            if self.batched:
+                self._batch_add(r)
+            else:
+                self._send_one(r, now)
+
+    @property
+    def awaiting_restart(self) -> bool:
+        """Claims a crash left unsent that a restart still to come will resume (the run must wait for it)."""
+        return bool(self.unsent) and self._restarts > 0
+
+    def plan_count(self, what: str, n: int = 1) -> None:
+        if self.plan is not None:
+            self.plan.count(what, n)
 
     def stats(self, elapsed: float) -> dict[str, float]:
         span = max(elapsed, 1e-9)

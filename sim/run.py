@@ -3,6 +3,12 @@
 `run_sim` is pure (no files): scenario + calibration + options in, records and the
 reconciliation/meta blocks out, identical for the same inputs. `simulate` adds the run
 folder through the shared results module, so sim and load runs compare side by side.
+
+Money is classified by x402bench.results.money, as for live runs, from the model's ground
+truth keyed by payment (its seq): what was served, what settled on chain, what is still open.
+The scenario's fault windows are in the summary's `faults` table; the plots (drawn by the
+results package) do not mark them, so the windows the model applied, and what they did, are
+in summary meta under `sim.faults`.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ import numpy as np
 from sim.agents import DRIVERS, Stopper
 from sim.calibration import Calibration, default_calibration
 from sim.engine import Clock
-from sim.store import FAILED, PENDING, SETTLED, RequestView, SettlementView, materialize
+from sim.faults import build_plan
+from sim.store import FAILED, PENDING, RELEASED, SETTLED, RequestView, SettlementView, materialize, nonce_hex
 from sim.world import World
+from x402bench.results.money import LOSS_KEYS, MoneyEvent, classify, counts
 from x402bench.results.records import RequestRecord, SettlementRecord
 from x402bench.scenario import Scenario
 
@@ -46,6 +54,7 @@ class SimResult:
     reconciliation: dict[str, Any]
     meta: dict[str, Any]  # deterministic: goes into summary.json
     perf: dict[str, float] = field(default_factory=dict)  # wall clock figures: printed, never in summary.json
+    money_events: list[MoneyEvent] = field(default_factory=list)  # where money went astray, in run seconds
 
     _records: tuple[list[RequestRecord], list[SettlementRecord]] | None = None
 
@@ -74,12 +83,15 @@ def effective_scenario(scenario: Scenario, options: SimOptions) -> Scenario:
 
 def run_sim(scenario: Scenario, calibration: Calibration | None = None,
             options: SimOptions = SimOptions()) -> SimResult:
-    """Simulate the scenario: arrivals until run.duration_s, then drain in-flight payments."""
+    """Simulate the scenario: arrivals until run.duration_s, then drain in-flight payments.
+
+    Raises ScenarioError when the scenario holds a fault the sim cannot apply (see sim/faults.py)."""
     scenario = effective_scenario(scenario, options)
     cal = calibration or default_calibration()
+    plan = build_plan(scenario)
     wall0 = time.perf_counter()
     clock = Clock()
-    world = World(clock, scenario, cal, scenario.agents.count, loadgen=options.driver == "locust")
+    world = World(clock, scenario, cal, scenario.agents.count, loadgen=options.driver == "locust", plan=plan)
     duration = scenario.run.duration_s
     driver = DRIVERS[options.driver](clock, world, scenario, Stopper(world, duration, scenario.run.max_requests))
     world.driver = driver
@@ -90,7 +102,7 @@ def run_sim(scenario: Scenario, calibration: Calibration | None = None,
     limit = duration + options.drain_s
     step = max(1.0, scenario.chain.block_time_s or 0.0)
     t = duration
-    while t < limit and (world.in_flight or chain.pending or fac._batch):
+    while t < limit and (world.in_flight or chain.pending or fac._batch or fac.awaiting_restart):
         t = min(limit, t + step)
         clock.run(t)
     chain.stop()
@@ -101,9 +113,13 @@ def run_sim(scenario: Scenario, calibration: Calibration | None = None,
     requests = RequestView(world.requests, world.routes, order)
     gas_price_wei = int(round(scenario.economics.gas_price_gwei * 1e9))
     accepted = np.frombuffer(world.settlements.t_accepted, dtype=np.float64)
-    by_acceptance = np.argsort(accepted, kind="stable").tolist()
-    settlements = SettlementView(world.settlements, world.txs, gas_price_wei, by_acceptance)
-    reconciliation = _reconcile(world)
+    by_acceptance = np.argsort(accepted, kind="stable")
+    if plan is not None:  # released claims are not in the ledger (the live one deletes them)
+        state = np.frombuffer(world.settlements.state, dtype=np.uint8)
+        by_acceptance = by_acceptance[state[by_acceptance] != RELEASED]
+    settlements = SettlementView(world.settlements, world.txs, gas_price_wei, by_acceptance.tolist())
+    events = money_events(world)
+    reconciliation = _reconcile(world, events)
     paid = reconciliation["paid_responses"]
     meta = {
         "seed": scenario.seed,
@@ -128,11 +144,12 @@ def run_sim(scenario: Scenario, calibration: Calibration | None = None,
             "service_cpu_utilization": world.svc_cpu.busy_s / max(end, 1e-9) / world.svc_cpu.servers,
             "route_wait_s": {world.routes[i]: (g.wait_s / g.jobs if g and g.jobs else 0.0)
                              for i, g in enumerate(world.gates)},
+            **({"faults": plan.report()} if plan is not None else {}),
         },
     }
     perf = {"wall_s": wall, "paid": paid, "paid_per_wall_s": paid / wall if wall > 0 else 0.0,
             "events": clock.events, "events_per_wall_s": clock.events / wall if wall > 0 else 0.0}
-    return SimResult(scenario, requests, settlements, reconciliation, meta, perf)
+    return SimResult(scenario, requests, settlements, reconciliation, meta, perf, events)
 
 
 def _request_order(world: World) -> list[int]:
@@ -145,35 +162,74 @@ def _request_order(world: World) -> list[int]:
     return np.lexsort((agent, t)).tolist()
 
 
-def _reconcile(world: World) -> dict[str, Any]:
-    """The sim's ground truth in the live reconciliation's terms."""
+def money_events(world: World) -> list[MoneyEvent]:
+    """The run's money events (x402bench.results.money), keyed by payment seq, times in run seconds.
+
+    served: the payment's 200; settlements: its block; pending: acceptance of a claim still open at
+    the end. `sent` is the end of the payment's last attempt, when its client knew it was not served:
+    a payment whose answer died in a crash was sent before the crash, and dating its paid_unserved by
+    that send would leave it out of the crash's window in the fault table.
+
+    A payment served and settled exactly once is no event in any category, so it is left out of
+    classify's inputs: an hour of payments would otherwise become dicts of hundreds of thousands of
+    entries for nothing (a payment settled twice is kept, so double_settled still counts it)."""
     rq, st = world.requests, world.settlements
     status = np.frombuffer(rq.status, dtype=np.uint16)
     seq = np.frombuffer(rq.seq, dtype=np.int64)
-    amount = np.frombuffer(rq.amount, dtype=np.int64)
-    served = status == 200
-    served_seq = seq[served]
+    t_end = np.frombuffer(rq.t_end, dtype=np.float64)
     s_state = np.frombuffer(st.state, dtype=np.uint8)
     s_seq = np.frombuffer(st.seq, dtype=np.int64)
+    served = status == 200
+    settled = s_state == SETTLED
+    settled_seq = s_seq[settled]
+    once, times = np.unique(settled_seq, return_counts=True)
+    quiet = np.intersect1d(seq[served], once[times == 1], assume_unique=True)
+    loud_served = served & ~np.isin(seq, quiet, assume_unique=True)
+    loud_settled = ~np.isin(settled_seq, quiet)
+    t_included = np.frombuffer(st.t_included, dtype=np.float64)[settled]
+    open_ = s_state == PENDING
+    settlements: dict[int, list[float]] = {}
+    for key, t in zip(settled_seq[loud_settled].tolist(), t_included[loud_settled].tolist()):
+        settlements.setdefault(key, []).append(t)
+    return classify(
+        served=dict(zip(seq[loud_served].tolist(), t_end[loud_served].tolist())),
+        sent=dict(zip(seq[~served].tolist(), t_end[~served].tolist())),
+        settlements=settlements,
+        pending=dict(zip(s_seq[open_].tolist(), np.frombuffer(st.t_accepted, dtype=np.float64)[open_].tolist())),
+    )
+
+
+_FINDINGS = {"served_unpaid": "payment(s) served 200 but never settled on chain (the seller's loss)",
+             "paid_unserved": "payment(s) settled on chain whose client never got a 200 (the payer's loss)",
+             "double_settled": "authorization(s) settled more than once"}
+
+
+def _reconcile(world: World, events: list[MoneyEvent]) -> dict[str, Any]:
+    """The sim's ground truth in the live reconciliation's terms, its loss counts from the money events."""
+    rq, st = world.requests, world.settlements
+    status = np.frombuffer(rq.status, dtype=np.uint16)
+    amount = np.frombuffer(rq.amount, dtype=np.int64)
+    served = status == 200
+    s_state = np.frombuffer(st.state, dtype=np.uint8)
     s_amount = np.frombuffer(st.amount, dtype=np.int64)
     settled_mask = s_state == SETTLED
-    settled_seq = s_seq[settled_mask]
-    lost = np.setdiff1d(served_seq, settled_seq)
-    not_served = np.setdiff1d(settled_seq, served_seq)
     settled_amount = int(s_amount[settled_mask].sum())
+    tally = counts(events)
+    expected = int(amount[served].sum())
+    findings = [f"{tally[c]} {_FINDINGS[c]}" for c in LOSS_KEYS if tally[c]]
+    if settled_amount != expected:
+        findings.append(f"the payees received {settled_amount} atomic units for {expected} served")
     return {
+        "findings": findings,
         "paid_responses": int(served.sum()),
         "settled": int(settled_mask.sum()),
         "ledger_settled": int(settled_mask.sum()),
-        "pending": int(np.count_nonzero(s_state == PENDING)),
+        **tally,
         "failed": int(np.count_nonzero(s_state == FAILED)),
-        "served_unpaid": int(lost.size),
-        "paid_unserved": int(not_served.size),
-        "double_settled": 0,  # the model settles each accepted payment once by construction
-        "examples": {"served_unpaid": [f"0x{int(x):064x}" for x in lost[:20]]},
+        "examples": {c: [nonce_hex(int(e.key)) for e in events if e.category == c][:20] for c in LOSS_KEYS},
         "payee_balance_delta": settled_amount,
         "payee_transfers_in": settled_amount,
-        "expected_payee_delta": int(amount[served].sum()),
+        "expected_payee_delta": expected,
     }
 
 
@@ -192,7 +248,8 @@ def build_sim_summary(result: SimResult) -> dict[str, Any]:
     from x402bench.results.summary import build_summary
 
     requests, settlements = result.records()
-    return build_summary(result.scenario, requests, settlements, result.reconciliation, "sim", result.meta)
+    return build_summary(result.scenario, requests, settlements, result.reconciliation, "sim", result.meta,
+                         money_events=result.money_events)
 
 
 def simulate(scenario: Scenario, calibration: Calibration | None = None, options: SimOptions = SimOptions(),

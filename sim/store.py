@@ -14,10 +14,14 @@ from typing import overload
 
 from x402bench.results.records import RequestRecord, SettlementRecord
 
-#: Error codes the sim can produce, stored as a small index.
-ERRORS = ["", "invalid_exact_evm_payload_authorization_valid_before"]
-STATES = ["pending", "settled", "failed"]
-PENDING, SETTLED, FAILED = 0, 1, 2
+#: Error codes the sim can produce, stored as a small index (the facilitator's reason codes).
+ERRORS = ["", "invalid_exact_evm_payload_authorization_valid_before", "unexpected_verify_error",
+          "transaction_failed", "settlement_pending"]
+ERR_VALID_BEFORE, ERR_UNEXPECTED_VERIFY, ERR_TRANSACTION_FAILED, ERR_SETTLEMENT_PENDING = 1, 2, 3, 4
+#: `released`: a claim given back before any tx was sent (a refused send, a failed chain read at
+#: /settle). The live ledger deletes such a row, so released rows are left out of the records.
+STATES = ["pending", "settled", "failed", "released"]
+PENDING, SETTLED, FAILED, RELEASED = 0, 1, 2, 3
 
 
 def nonce_hex(seq: int) -> str:
@@ -34,7 +38,8 @@ def tx_hex(tx_id: int) -> str:
 
 
 class RequestColumns:
-    """One row per finished request attempt."""
+    """One row per finished payment: a payment retried with the same signed authorization is one row,
+    from its first send to its final answer (as the live harness records it), its sends in `attempts`."""
 
     def __init__(self) -> None:
         self.t_start = array("d")
@@ -52,6 +57,7 @@ class RequestColumns:
         self.amount = array("q")
         self.seq = array("q")
         self.tx = array("q")
+        self.attempts: dict[int, int] = {}  # row -> sends, only for rows sent more than once
 
     def __len__(self) -> int:
         return len(self.t_start)
@@ -175,6 +181,7 @@ class RequestView(Sequence[RequestRecord]):
             paid_s=c.paid[i], verify_s=c.verify[i], handler_s=c.handler[i], settle_s=c.settle[i],
             amount=n.num(c.amount[i]),
             payer=n.agent(c.agent[i]), nonce=n.nonce(c.seq[i], keep), tx_hash=n.tx(c.tx[i]),
+            attempts=c.attempts.get(i, 1) if c.attempts else 1,
         )
 
     @overload

@@ -6,6 +6,13 @@ client: half a round trip back. The facilitator and the chain are in their own m
 
 Only arrivals at a contended resource are events; pure delays are added up, and FIFO
 queues are resolved at arrival (sim/engine.py), so a payment costs a handful of events.
+
+With faults or agents.retry (`faulty`) every answer goes through `_client`: a crashed or
+unreachable part answers with a dead connection (status 0 from the service, 502 from a
+service whose facilitator is gone), and an agent whose paid request got no answer (those, a
+settlement_pending, or nothing within retry.timeout_s) sends the same signed payment again
+after retry.backoff_s, up to retry.attempts times. A payment is one record whatever its
+attempts: its first send, its last answer, its final status (as the live harness writes it).
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ from sim.calibration import Calibration, Dist
 from sim.dists import sampler, stream
 from sim.engine import Clock, Machine, Station
 from sim.facilitator import Facilitator
-from sim.store import FAILED, RequestColumns, SettlementColumns, TxColumns
+from sim.faults import FaultPlan, crash_in, down_at
+from sim.store import ERR_SETTLEMENT_PENDING, RequestColumns, SettlementColumns, TxColumns
 from x402bench.scenario import Duration, Scenario
 
 MS = 0.001
@@ -46,10 +54,32 @@ class Req:
         self.t_settle = -1.0
 
 
+class FaultReq(Req):
+    """One attempt of a payment in a run with faults or retries: what the fault paths track besides Req."""
+
+    __slots__ = ("t_svc", "tries", "closed", "deadline", "answered", "epoch", "waiters")
+
+    def __init__(self, seq: int, agent: int, route: int, amount: int, user: Any, t0: float) -> None:
+        super().__init__(seq, agent, route, amount, user, t0)
+        self.t_svc = 0.0  # reached the service
+        self.tries = 0  # retries before this attempt
+        self.closed = False  # its client has its outcome (or gave up on it)
+        self.deadline = float("inf")  # when its client gives up (agents.retry.timeout_s)
+        self.answered = False  # the facilitator gave (or lost) its /settle answer
+        self.epoch = 0  # the facilitator process that holds its claim
+        self.waiters: list[FaultReq] | None = None  # repeats of its payment waiting for its claim to close
+
+
+def _worth_retrying(status: int, error: int) -> bool:
+    """No answer, a server error, or "the settlement is still under way" (loadtest/paying.py's rule)."""
+    return status == 0 or status >= 500 or (status == 402 and error == ERR_SETTLEMENT_PENDING)
+
+
 class World:
     """Agents' wallets, the service, the facilitator and the chain of one scenario."""
 
-    def __init__(self, clock: Clock, scenario: Scenario, cal: Calibration, agents: int, loadgen: bool) -> None:
+    def __init__(self, clock: Clock, scenario: Scenario, cal: Calibration, agents: int, loadgen: bool,
+                 plan: FaultPlan | None = None) -> None:
         self.clock = clock
         self.scenario = scenario
         seed = scenario.seed
@@ -84,6 +114,14 @@ class World:
         self.started = 0
         self.in_flight = 0
         self.driver: Driver | None = None
+        self.plan = plan
+        self.retry = a.retry if a.retry.attempts > 0 else None
+        self.faulty = plan is not None or self.retry is not None
+        self.svc_down = plan.service_down if plan is not None and plan.service_down else None
+        self._req = FaultReq if self.faulty else Req
+        for _, end in self.svc_down or ():
+            if end != float("inf"):
+                clock.at(end, self._service_back)
         self.facilitator = Facilitator(clock, scenario, cal, self)
         self.hop = self.facilitator.hop
 
@@ -102,7 +140,7 @@ class World:
             return False
         self.spent[agent] = spent + price
         now = self.clock.now
-        r = Req(self.started, agent, route, price, user, now)
+        r = self._req(self.started, agent, route, price, user, now)
         self.started += 1
         self.in_flight += 1
         challenge = 0.0
@@ -128,6 +166,8 @@ class World:
         r.t_send = t_send
         r.half = half
         r.valid_before = t_send + self.max_timeout
+        if self.retry is not None:
+            self._arm(r, t_send)  # type: ignore[arg-type]
         if self.svc_busy:
             self.clock.at(t_send + half - now, self._at_service, r)
         else:
@@ -141,6 +181,11 @@ class World:
 
     def _service(self, r: Req, t: float) -> None:
         """The paid request reaches the service at t: middleware CPU, then /verify."""
+        if self.faulty:
+            r.t_svc = t  # type: ignore[attr-defined]
+            if self.svc_down is not None and down_at(self.svc_down, t):  # connection refused
+                self._client(r, t + r.half, 0, 0, 0.0, 0.0, 0.0)  # type: ignore[arg-type]
+                return
         if self.svc_busy:
             cpu = self.svc_cpu_s()
             t = self.svc_cpu.enter(t, cpu) + cpu
@@ -149,6 +194,8 @@ class World:
 
     def verified(self, r: Req, t: float) -> None:
         """The verify answer is back at t (>= now); a route without a worker limit needs no event."""
+        if self.svc_down is not None and self._service_died(r, t):  # type: ignore[arg-type]
+            return
         if self.gates[r.route] is None:
             self._run_route(r, t)
         else:
@@ -165,25 +212,111 @@ class World:
         end = (gate.enter(t, work) if gate is not None else t) + work
         r.handler = end - t
         r.t_settle = end
+        if self.svc_down is not None and self._service_died(r, end):  # type: ignore[arg-type]
+            return  # died before sending /settle: nothing was claimed
         self.facilitator.settle(r, end + self.hop())
 
     def finish(self, r: Req, t_service: float) -> None:
         """The settle answer reaches the service at t_service (>= now): the client gets its 200."""
+        if self.faulty:
+            if self.svc_down is None or not self._service_died(r, t_service):  # type: ignore[arg-type]
+                self._client(r, t_service + r.half, 200, 0, r.verify, r.handler,  # type: ignore[arg-type]
+                             t_service - r.t_settle, r.amount, r.tx)
+            return
         t_end = t_service + r.half
         self._record(r, t_end, 200, 0, verify=r.verify, handler=r.handler, settle=t_service - r.t_settle,
                      amount=r.amount, tx=r.tx)
 
     def rejected(self, r: Req, error: int, t: float) -> None:
         """A facilitator refusal reaches the service at t: the client gets a 402 with the reason."""
-        self.spent[r.agent] -= r.amount
-        if r.row >= 0:
-            self.settlements.state[r.row] = FAILED
-            self.settlements.error[r.row] = error
         if r.t_settle < 0:  # refused at /verify
             verify, settle = t - r.t_verify, 0.0
         else:
             verify, settle = r.verify, t - r.t_settle
+        if self.faulty:
+            if self.svc_down is None or not self._service_died(r, t):  # type: ignore[arg-type]
+                self._client(r, t + r.half, 402, error, verify, r.handler, settle)  # type: ignore[arg-type]
+            return
+        self.spent[r.agent] -= r.amount
         self._record(r, t + r.half, 402, error, verify=verify, handler=r.handler, settle=settle, amount=0, tx=-1)
+
+    # ---- faults and retries (only with `faulty`) --------------------------------------------------
+
+    def fac_lost(self, r: FaultReq, t: float) -> None:
+        """The service's call to the facilitator broke (refused, or the process died) at t: it answers 502."""
+        if self.svc_down is None or not self._service_died(r, t):
+            self._client(r, t + r.half, 502, 0, max(r.verify, 0.0), r.handler, 0.0)
+
+    def _service_died(self, r: FaultReq, t: float) -> bool:
+        """Did the service crash while holding r (from its arrival to t)? Then the client's connection broke."""
+        crash = crash_in(self.svc_down, r.t_svc, t)  # type: ignore[arg-type]
+        if crash is None:
+            return False
+        if not r.closed:
+            self.plan.count("service_answers_lost")  # type: ignore[union-attr]
+        self._client(r, max(crash, self.clock.now) + r.half, 0, 0, max(r.verify, 0.0), r.handler, 0.0)
+        return True
+
+    def _service_back(self, _: object = None) -> None:
+        """The service restarts: the work it had queued died with it."""
+        now = self.clock.now
+        self.svc_cpu.reset(now)
+        for gate in self.gates:
+            if gate is not None:
+                gate.reset(now)
+
+    def _arm(self, r: FaultReq, t_send: float) -> None:
+        """The client gives up on this attempt retry.timeout_s after sending it."""
+        r.deadline = t_send + self.retry.timeout_s  # type: ignore[union-attr]
+        self.clock.at(r.deadline - self.clock.now, self._deadline, r)
+
+    def _deadline(self, r: FaultReq) -> None:
+        if not r.closed:
+            self.plan_count("client_timeouts")
+            self._client(r, r.deadline, 0, 0, max(r.verify, 0.0), r.handler, 0.0)
+
+    def _client(self, r: FaultReq, t_end: float, status: int, error: int, verify: float, handler: float,
+                settle: float, amount: int = 0, tx: int = -1) -> None:
+        """What this attempt's client got at t_end: retry the payment, or its final record."""
+        if r.closed:
+            return  # an attempt its client already gave up on
+        retry = self.retry
+        if retry is not None and t_end > r.deadline:
+            return  # the client gave up first: its deadline decides
+        r.closed = True
+        now = self.clock.now
+        if t_end < now:
+            t_end = now
+        if status != 200 and retry is not None and r.tries < retry.attempts and _worth_retrying(status, error):
+            self.plan_count("retries")
+            self.clock.at(t_end + retry.backoff_s - now, self._retry, r)
+            return
+        if status != 200:
+            self.spent[r.agent] -= r.amount
+        if r.tries:
+            self.requests.attempts[len(self.requests)] = r.tries + 1
+        self._record(r, t_end, status, error, verify=verify, handler=handler, settle=settle, amount=amount, tx=tx)
+
+    def _retry(self, prev: FaultReq) -> None:
+        """The same signed payment again (no 402 round trip, no signing): a new attempt of the same seq.
+        (The locust driver's load generator CPU is not charged for a resend: it is a few per cent of a payment's.)"""
+        now = self.clock.now
+        r = FaultReq(prev.seq, prev.agent, prev.route, prev.amount, prev.user, prev.t0)
+        r.challenge = prev.challenge
+        r.sign = prev.sign
+        r.t_send = prev.t_send  # the payment's first send: its record's paid round trip spans every attempt
+        r.valid_before = prev.valid_before
+        r.tries = prev.tries + 1
+        r.half = self.rtt() * 0.5
+        self._arm(r, now)
+        if self.svc_busy:
+            self.clock.at(r.half, self._at_service, r)
+        else:
+            self._service(r, now + r.half)
+
+    def plan_count(self, what: str) -> None:
+        if self.plan is not None:
+            self.plan.count(what)
 
     def _record(self, r: Req, t_end: float, status: int, error: int, verify: float, handler: float,
                 settle: float, amount: int, tx: int) -> None:
