@@ -165,10 +165,10 @@ def _request_order(world: World) -> list[int]:
 def money_events(world: World) -> list[MoneyEvent]:
     """The run's money events (x402bench.results.money), keyed by payment seq, times in run seconds.
 
-    served: the payment's 200; settlements: its block; pending: acceptance of a claim still open at
-    the end. `sent` is the end of the payment's last attempt, when its client knew it was not served:
-    a payment whose answer died in a crash was sent before the crash, and dating its paid_unserved by
-    that send would leave it out of the crash's window in the fault table.
+    served: the payment's 200; sent: its first send (its record's t_start); settlements: its block;
+    pending: acceptance of a claim still open at the end. A paid_unserved is dated at its settlement,
+    so a crash's victims fall in its window when their txs land while it is down, and just after it
+    when the restart re-sends them (the per-fault table's "after").
 
     A payment served and settled exactly once is no event in any category, so it is left out of
     classify's inputs: an hour of payments would otherwise become dicts of hundreds of thousands of
@@ -177,6 +177,7 @@ def money_events(world: World) -> list[MoneyEvent]:
     status = np.frombuffer(rq.status, dtype=np.uint16)
     seq = np.frombuffer(rq.seq, dtype=np.int64)
     t_end = np.frombuffer(rq.t_end, dtype=np.float64)
+    t_start = np.frombuffer(rq.t_start, dtype=np.float64)
     s_state = np.frombuffer(st.state, dtype=np.uint8)
     s_seq = np.frombuffer(st.seq, dtype=np.int64)
     served = status == 200
@@ -193,7 +194,7 @@ def money_events(world: World) -> list[MoneyEvent]:
         settlements.setdefault(key, []).append(t)
     return classify(
         served=dict(zip(seq[loud_served].tolist(), t_end[loud_served].tolist())),
-        sent=dict(zip(seq[~served].tolist(), t_end[~served].tolist())),
+        sent=dict(zip(seq[~served].tolist(), t_start[~served].tolist())),
         settlements=settlements,
         pending=dict(zip(s_seq[open_].tolist(), np.frombuffer(st.t_accepted, dtype=np.float64)[open_].tolist())),
     )

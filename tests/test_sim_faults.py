@@ -54,7 +54,7 @@ def test_facilitator_crash_without_retry_costs_the_payers_in_its_window() -> Non
     result, summary = summarize(scenario([CRASH]))
     crash = row(summary, "facilitator_crash")
     assert (crash["at_s"], crash["end_s"]) == (10.0, 12.5)
-    assert crash["during"]["paid_unserved"] > 0  # answers died with the process, their txs landed anyway
+    assert crash["during"]["paid_unserved"] > 0  # answers died with the process, their txs landed while it was down
     assert crash["throughput_dip"] == pytest.approx(1.0, abs=0.02)
     rec = summary["reconciliation"]
     assert rec["paid_unserved"] == crash["during"]["paid_unserved"] + crash["after"]["paid_unserved"]
@@ -172,7 +172,7 @@ def test_money_events_match_classify_on_every_payment(faults: list[dict[str, Any
     seq = {r.nonce: int(r.nonce, 16) for r in requests}
     full = classify(
         served={seq[r.nonce]: r.t_end for r in requests if r.paid},
-        sent={seq[r.nonce]: r.t_end for r in requests if not r.paid},
+        sent={seq[r.nonce]: r.t_start for r in requests if not r.paid},
         settlements={int(s.nonce, 16): [s.t_included] for s in settlements if s.state == "settled"},
         pending={int(s.nonce, 16): s.t_accepted for s in settlements if s.state == "pending"})
     assert result.money_events == full
