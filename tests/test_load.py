@@ -99,3 +99,23 @@ def test_master_and_two_workers_count_both_workers(tmp_path: Path) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["metrics"]["requests"] == sum(per_worker)
     assert summary["reconciliation"]["served_unpaid"] == 0
+
+
+def test_sigterm_mid_run_stops_the_whole_world(tmp_path: Path) -> None:
+    """A load run told to stop (SIGTERM, as a CI runner or `timeout` sends it) takes its world down with it."""
+    import signal
+    import time
+
+    run = subprocess.Popen([sys.executable, "-m", "x402bench", "load", str(SMOKE), "--duration", "60", "--users", "2",
+                            "--out", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("*/*/world/started")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (world,) = tmp_path.glob("*/*/world")
+    pids = json.loads((world / "world.json").read_text())["pids"]
+    run.send_signal(signal.SIGTERM)
+    run.communicate(timeout=60)
+    assert run.returncode != 0
+    for name, pid in pids.items():
+        alive = Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+        assert not alive, f"{name} (pid {pid}) outlived the run"
