@@ -42,11 +42,15 @@ MARKERS = {"anvil": "anvil-linux", "facilitator": "services.facilitator", "servi
            "locust": "loadtest/locustfile.py"}
 
 
-def _processes() -> dict[str, list[int]]:
+def _processes(root: Path) -> dict[str, list[int]]:
+    """This soak's own processes: every world process (and Locust) logs into the run folder under `root`,
+    so other worlds on the machine are left out of the figures."""
     found: dict[str, list[int]] = {}
     for entry in Path("/proc").glob("[0-9]*"):
         try:
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if not os.readlink(entry / "fd" / "1").startswith(str(root)):
+                continue
         except OSError:
             continue
         for role, marker in MARKERS.items():
@@ -89,6 +93,7 @@ def main() -> None:
     base = load_scenario("scenarios/faults.yaml")
     scenario = base.with_overrides(facilitator={"strategy": args.strategy}, faults=faults, slo={},
                                    run={"duration_s": duration, "users": args.users, "spawn_rate": args.users})
+    root = Path(tempfile.mkdtemp(prefix="bench-soak-"))
     samples: dict[str, list[tuple[float, float, int]]] = {}
     stop = threading.Event()
     t0 = time.monotonic()
@@ -96,7 +101,7 @@ def main() -> None:
     def watch() -> None:
         while not stop.wait(10.0):
             now = time.monotonic() - t0
-            for role, pids in _processes().items():
+            for role, pids in _processes(root).items():
                 taken = [s for s in (_sample(p) for p in pids) if s]
                 if taken:
                     samples.setdefault(role, []).append((now, sum(r for r, _ in taken), sum(f for _, f in taken)))
@@ -104,7 +109,7 @@ def main() -> None:
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        result = run_load(scenario, LoadOptions(out_root=Path(tempfile.mkdtemp(prefix="bench-soak-"))))
+        result = run_load(scenario, LoadOptions(out_root=root))
     finally:
         stop.set()
         watcher.join()
