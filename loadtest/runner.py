@@ -26,7 +26,7 @@ from loadtest.reconcile import chain_settlements, read_chain, reconcile, settlem
 from services.chain import REPO_ROOT, Rpc, free_port
 from services.facilitator.ledger import read_payments
 from services.process import write_private
-from services.stack import PARTS, Outside, World
+from services.stack import PARTS, Outside, World, read_world_file
 from services.token import balances_of
 from x402bench.results.records import RequestRecord, read_csv
 from x402bench.results.rundir import new_run_id, write_run
@@ -172,19 +172,6 @@ def drain(ledger_path: str, timeout_s: float) -> None:
         if not any(row["state"] in ("accepted", "submitted") for row in read_payments(ledger_path)):
             return
         time.sleep(0.25)
-
-
-def read_world_file(path: Path) -> dict[str, Any]:
-    """A world file written by `x402bench up --json`; a bad one is a ScenarioError (exit 2)."""
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read the world file ({exc.strerror})") from None
-    except ValueError as exc:
-        raise ScenarioError(f"{path}: not a world file (not JSON: {exc})") from None
-    if not isinstance(data, dict) or "rpc_url" not in data or "agents" not in data:
-        raise ScenarioError(f"{path}: not a world file (no rpc_url and agents; write one with `x402bench up --json`)")
-    return data
 
 
 def world_for(scenario: Scenario, options: LoadOptions, workdir: Path) -> World:

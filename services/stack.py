@@ -123,6 +123,32 @@ class Outside:
                    service_urls=tuple(service_urls) or scenario.service_urls, world=world)
 
 
+def read_world_file(path: Path) -> dict[str, Any]:
+    """A world file written by `x402bench up --json`, checked for the keys every reader needs; a bad one is
+    an OutsideError (exit 2) naming the file and what is wrong."""
+    try:
+        world = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise OutsideError(f"world file {path} does not exist (write one with `x402bench up SCENARIO --json FILE`)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise OutsideError(f"world file {path} is not readable JSON: {exc}") from None
+    if not isinstance(world, dict):
+        raise OutsideError(f"world file {path} is not a JSON object")
+    missing = [k for k in ("rpc_url", "chain_id", "network", "token", "agents") if k not in world]
+    token = world.get("token")
+    if isinstance(token, dict):
+        missing += [f"token.{k}" for k in ("address", "name", "version") if k not in token]
+    elif "token" in world:
+        missing.append("token (an object)")
+    if missing:
+        raise OutsideError(f"world file {path} lacks {', '.join(missing)}")
+    agents = world["agents"]
+    if not isinstance(agents, list) or not agents or not all(
+            isinstance(a, dict) and "private_key" in a and "address" in a for a in agents):
+        raise OutsideError(f"world file {path} has no agents with addresses and private keys to pay with")
+    return world
+
+
 class World:
     """A scenario's live world. Use as a context manager; `info` is ready inside it.
 

@@ -104,7 +104,7 @@ def test_dead_or_wrong_urls_exit_2_at_once_naming_the_url(tmp_path: Path) -> Non
             ("--rpc-url", dead): f"node {dead}: connection refused",
             ("--service-url", health): f"service {health}: no 402 on the route (an unpaid GET answered HTTP 200)",
             ("--facilitator-url", world["service_urls"]["weather"]): "not x402",
-            ("--world", str(tmp_path / "missing.json")): "cannot read the world file",
+            ("--world", str(tmp_path / "missing.json")): "does not exist",
         }
         for flags, expected in cases.items():
             started = time.monotonic()

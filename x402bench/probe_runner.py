@@ -34,28 +34,14 @@ _UPSTREAM = re.compile(r"^Facilitator (verify|settle) failed \((\d{3})\): (.*)$"
 
 
 def load_world(path: Path) -> dict[str, Any]:
-    """The world file written by `x402bench up --json`, checked for what the probe reads."""
+    """The world file written by `x402bench up --json` (read and checked by the world's own reader)."""
+    from services.stack import read_world_file
+    from x402bench.scenario import ScenarioError
+
     try:
-        world = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ProbeInputError(f"world file {path} does not exist (write one with `x402bench up SCENARIO --json FILE`)") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ProbeInputError(f"world file {path} is not readable JSON: {exc}") from None
-    if not isinstance(world, dict):
-        raise ProbeInputError(f"world file {path} is not a JSON object")
-    missing = [k for k in ("rpc_url", "chain_id", "network", "token", "agents") if k not in world]
-    token = world.get("token")
-    if isinstance(token, dict):
-        missing += [f"token.{k}" for k in ("address", "name", "version") if k not in token]
-    elif "token" in world:
-        missing.append("token (an object)")
-    if missing:
-        raise ProbeInputError(f"world file {path} lacks {', '.join(missing)}")
-    agents = world["agents"]
-    if not isinstance(agents, list) or not agents or not all(
-            isinstance(a, dict) and "private_key" in a for a in agents):
-        raise ProbeInputError(f"world file {path} has no agents with private keys to pay with")
-    return world
+        return read_world_file(path)
+    except ScenarioError as exc:
+        raise ProbeInputError(str(exc)) from None
 
 
 def _payees(world: dict[str, Any]) -> list[str]:
