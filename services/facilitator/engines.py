@@ -487,7 +487,11 @@ class SdkEngine(Engine):
     async def settle(self, body: bytes) -> dict[str, Any]:
         try:
             _, payload, requirements = parse_request(body)
-            auth = payload.payload.get("authorization") or {}
+            auth = payload.payload.get("authorization")
+            if not isinstance(auth, dict) or not all(isinstance(auth.get(k), str) for k in ("from", "nonce")):
+                # nothing to key a ledger row on: the SDK judges it alone, as it would unwrapped (the baseline)
+                result = await self._in_thread("settle", next(self._turn).settle, payload, requirements)
+                return result.model_dump(by_alias=True, exclude_none=True)
             claim = self.ledger.claim(
                 self.config.token.address, str(auth.get("from", "")), str(auth.get("nonce", "")),
                 str(auth.get("to", "")), int(auth.get("value", 0)), int(auth.get("validAfter", 0)),
@@ -501,7 +505,11 @@ class SdkEngine(Engine):
         except (TypeError, ValueError) as exc:
             return self._failure(Rejection(reasons.INVALID_PAYLOAD, str(exc)))
         self.ledger.submitted([claim.id], "", -1, "")
-        result = await self._in_thread("settle", next(self._turn).settle, payload, requirements)
+        try:
+            result = await self._in_thread("settle", next(self._turn).settle, payload, requirements)
+        except Exception:
+            self.ledger.release(claim, reasons.UNEXPECTED_SETTLE_ERROR)  # it raised before any tx: nothing open
+            raise
         if result.success:
             self.ledger.finished([claim], ok=True, tx_hash=result.transaction, included_at=time.time())
         elif result.error_reason == reasons.SETTLEMENT_PENDING:

@@ -135,7 +135,8 @@ class Ledger:
     def release(self, claim: Claim, reason: str) -> None:
         """Forget a claim that was rejected before any tx was sent (it was never really accepted)."""
         with self._lock:
-            self._db.execute("DELETE FROM payments WHERE id = ? AND state = 'accepted'", (claim.id,))
+            self._db.execute("DELETE FROM payments WHERE id = ? AND (state = 'accepted' OR (state = 'submitted' "
+                             "AND COALESCE(tx_hash, '') = ''))", (claim.id,))  # no tx ever named: never sent
             self._unreserve(claim.payer, claim.amount)
             self._count_rejection(reason)
 
