@@ -181,6 +181,11 @@ def world_for(scenario: Scenario, options: LoadOptions, workdir: Path) -> World:
     if options.target == "facilitator" and (options.service_urls or scenario.service_urls):
         raise ScenarioError("--target facilitator pays the facilitator directly: drop --service-url / "
                             "external_service_url")
+    deferred = [v.name for v in scenario.batch_settlement_services if scenario.mix_weights()[v.name] > 0]
+    if options.target == "service" and deferred:
+        raise ScenarioError(f"{scenario.name}: services {', '.join(deferred)} use scheme 'batch-settlement', which the "
+                            "agents' payer does not pay yet (exact only): give them weight 0 in agents.mix, or bring "
+                            "the world up with `x402bench up` and pay them with the SDK client")
     attached = read_world_file(options.world_file) if options.world_file else None
     outside = Outside.of(scenario, rpc_url=options.rpc_url, facilitator_url=options.facilitator_url,
                          service_urls=options.service_urls, world=attached)

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from services.chain import DEV_ADDRESS, DEV_PRIVATE_KEY, Anvil, ChainError, Rpc
 from services.facilitator.config import FacilitatorConfig, TokenInfo
+from services.escrow import deploy_batch_settlement
 from services.faults.control import FaultProxyProcess
 from services.outside import (
     OutsideError, ServiceTerms, check_facilitator, check_node, check_service, service_name, service_terms,
@@ -44,7 +45,8 @@ PAYEE_STARTING_ATOMIC = 1_000_000
 
 def role_keys(seed: int, role: str, count: int) -> list[Agent]:
     """Wallets for the world's own roles, from the seed but never colliding with agents'."""
-    offset = {"signer": 1_000_003, "payee": 2_000_003, "outside-signer": 3_000_003}[role]
+    offset = {"signer": 1_000_003, "payee": 2_000_003, "outside-signer": 3_000_003,
+              "receiver-authorizer": 4_000_003}[role]
     return derive_agents(seed * 7_919 + offset, count)
 
 
@@ -333,6 +335,9 @@ class World:
         signers = role_keys(s.seed, "signer", s.facilitator.signer_keys)
         give_eth(chain.rpc_url, [a.address for a in signers])
         settler = deploy_batch_settler(chain.rpc_url) if s.facilitator.strategy == "batched" else None
+        if s.batch_settlement_services:
+            # The escrow, its ERC-3009 deposit collector and Multicall3, at the addresses the SDK hard-codes.
+            deploy_batch_settlement(chain.rpc_url)
         self._signers = [a.address for a in signers]
         self._ledger_path = str(self.workdir / "ledger.sqlite")
         token = chain.token
@@ -344,6 +349,7 @@ class World:
             batch_max_size=s.facilitator.batch.max_size if s.facilitator.batch else 50,
             batch_max_age_s=s.facilitator.batch.max_age_s if s.facilitator.batch else 1.0,
             settler=settler,
+            batch_settlement=bool(s.batch_settlement_services),
         )
         config.dump(self.workdir / "facilitator.json")
         return self._spawn("facilitator", "services.facilitator", self.workdir / "facilitator.json").url
@@ -352,19 +358,25 @@ class World:
         s = self.scenario
         token = chain.token
         pay_to = chain.payees[0]
+        terms = s.channel_terms
+        (authorizer,) = role_keys(s.seed, "receiver-authorizer", 1)
         config = ResourceConfig(
             facilitator_url=self._proxy("http", facilitator_url), network=chain.network, token_address=token["address"],
             token_name=token["name"], token_version=token["version"], pay_to=pay_to, seed=s.seed,
             routes=[
                 RouteSpec(name=v.name, path=v.path, method=v.method, price_atomic=s.price_atomic(v),
                           work_median_ms=v.work_ms.median, work_sigma=v.work_ms.sigma,
-                          response_bytes=v.response_bytes, workers=v.workers, description=v.description)
+                          response_bytes=v.response_bytes, workers=v.workers, description=v.description,
+                          scheme=v.scheme)
                 for v in s.services
             ],
+            receiver_authorizer_key=authorizer.key_hex if s.batch_settlement_services else "",
+            withdraw_delay_s=terms.withdraw_delay_s, min_deposit_atomic=s.deposit_atomic(),
+            claims_per_tx=terms.claims_per_tx,
         )
         config.dump(self.workdir / "resource.json")
         resource = self._spawn("services", "services.resource", self.workdir / "resource.json")
-        return {v.name: ServiceTerms(v.name, resource.url + v.path, s.price_atomic(v), pay_to, token["address"], "exact")
+        return {v.name: ServiceTerms(v.name, resource.url + v.path, s.price_atomic(v), pay_to, token["address"], v.scheme)
                 for v in s.services}
 
     def process(self, name: str) -> ServiceProcess:
@@ -419,6 +431,11 @@ def check_live_strategy(s: Scenario) -> None:
             f"{s.name}: facilitator.strategy {s.facilitator.strategy!r} is modelled by `x402bench sim` but not "
             f"available live yet; live strategies: {', '.join(sorted(ENGINES))}"
         )
+    deferred = [v.name for v in s.batch_settlement_services]
+    if deferred and s.facilitator.strategy != "sdk":
+        raise ScenarioError(
+            f"{s.name}: services {', '.join(deferred)} use scheme 'batch-settlement', which only facilitator.strategy "
+            f"'sdk' (the official SDK facilitator) runs for now, not {s.facilitator.strategy!r}")
     if s.facilitator.strategy == "batched" and s.facilitator.batch is not None:
         from services.facilitator.evm import batch_gas_limit
 

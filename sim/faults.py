@@ -224,6 +224,10 @@ def build_plan(scenario: Scenario) -> FaultPlan | None:
     Raises ScenarioError naming the first entry the sim cannot apply, so `x402bench sim` exits 2
     instead of simulating a run that silently lacks it."""
     strategy = scenario.facilitator.strategy
+    deferred = [s.name for s in scenario.batch_settlement_services]
+    if deferred:
+        raise ScenarioError(f"{scenario.name}: services {', '.join(deferred)} use scheme 'batch-settlement', which is "
+                            "live-only: the sim models exact payments only; run it with `x402bench up` (strategy sdk)")
     if strategy == "sdk" and scenario.agents.retry.attempts:
         raise ScenarioError(f"{scenario.name}: agents.retry with facilitator strategy 'sdk' is live-only: the sim "
                             "does not model how the SDK facilitator answers a repeated payment")

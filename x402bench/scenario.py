@@ -154,12 +154,30 @@ def parse_price(price: str | int, decimals: int) -> int:
     return atomic
 
 
+class ChannelTerms(_Strict):
+    """The `batch-settlement` scheme's terms, shared by every such route of the priced services (one
+    SDK server scheme serves them all): the payer deposits into an escrow channel once, then pays each
+    request with a signed voucher; the services claim the vouchers and settle to the payee later."""
+
+    withdraw_delay_s: int = Field(
+        900, ge=900, le=2_592_000, description="The channels' withdrawDelay: how long a payer's timed withdrawal "
+        "waits, so the receiver can still claim (the scheme's bounds: 15 minutes to 30 days).")
+    deposit_usdc: float | None = Field(
+        None, gt=0, description="The deposit a new channel is asked for (the 402's extra.minDeposit, which the SDK "
+        "client deposits); absent: the SDK server's default, a multiple of the price.")
+    claims_per_tx: int = Field(100, ge=1, le=1000, description="Vouchers per claimWithSignature tx when the services "
+                               "claim (the local harness route POST /_channels/claim_settle).")
+
+
 class Service(_Strict):
     """One priced route of the resource server."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
     path: str = Field(pattern=r"^/[A-Za-z0-9_/.-]*$")
     method: Literal["GET", "POST"] = "GET"
+    scheme: Literal["exact", "batch-settlement"] = Field(
+        "exact", description="exact: one EIP-3009 transfer per request; batch-settlement: a deposit into an escrow "
+        "channel, then vouchers, claimed and settled later (terms in the top-level `channel` section).")
     price: str | int = Field(description="Atomic units (1000) or dollars ('$0.001').")
     work_ms: Annotated[Duration, Field(default_factory=lambda: Duration(median=0))]
     response_bytes: int = Field(256, ge=0, le=10_000_000)
@@ -356,6 +374,8 @@ class Scenario(_Strict):
     run: Run = Field(default_factory=Run)
     slo: Slo = Field(default_factory=Slo)
     faults: list[Fault] = Field(default_factory=list, description="What breaks during the run, and when.")
+    channel: ChannelTerms | None = Field(
+        None, description="Terms of the batch-settlement routes (defaults when absent); only with such a route.")
     external_service_url: str | list[str] | None = Field(
         None, description="Pay the priced route(s) already running at this URL (or these URLs) instead of starting "
         "services; price, payee and asset come from each one's 402 answer (`load --service-url` overrides it).")
@@ -390,7 +410,32 @@ class Scenario(_Strict):
                 parse_price(service.price, self.token.decimals)
             except ValueError as exc:
                 raise ValueError(f"services.{i}.price: {exc}") from None
+        if self.channel is not None and not self.batch_settlement_services:
+            raise ValueError("channel: set, but no service has scheme 'batch-settlement' (the terms would be ignored)")
+        if self.channel is not None and self.channel.deposit_usdc is not None:
+            try:
+                deposit = parse_price(f"${self.channel.deposit_usdc!r}", self.token.decimals)
+            except ValueError as exc:
+                raise ValueError(f"channel.deposit_usdc: {exc}") from None
+            for i, service in enumerate(self.services):
+                if service.scheme == "batch-settlement" and deposit < parse_price(service.price, self.token.decimals):
+                    raise ValueError(f"channel.deposit_usdc: below services.{i}.price: a deposit must cover one request")
         return self
+
+    @property
+    def batch_settlement_services(self) -> list[Service]:
+        """The routes paid with the batch-settlement scheme."""
+        return [s for s in self.services if s.scheme == "batch-settlement"]
+
+    @property
+    def channel_terms(self) -> ChannelTerms:
+        """The batch-settlement terms in force (the defaults when the section is absent)."""
+        return self.channel or ChannelTerms()
+
+    def deposit_atomic(self) -> int | None:
+        """channel.deposit_usdc in atomic units, or None for the SDK server's default."""
+        deposit = self.channel_terms.deposit_usdc
+        return None if deposit is None else parse_price(f"${deposit!r}", self.token.decimals)
 
     @property
     def network(self) -> str:

@@ -36,6 +36,10 @@ class FacilitatorConfig:
     batch_max_size: int = 50
     batch_max_age_s: float = 1.0
     settler: str | None = None  # the BatchSettler contract (strategy "batched")
+    #: Also serve the x402 `batch-settlement` scheme (strategy "sdk"; the escrow is at the SDK's addresses).
+    batch_settlement: bool = False
+    #: Gas limit of the SDK's batch-settlement txs: a claim of 100 channels needs ~1.5M, the SDK signer's default is 500,000.
+    batch_settlement_gas_limit: int = 15_000_000
     extra: dict[str, object] = field(default_factory=dict)
 
     @property

@@ -442,7 +442,13 @@ class BatchedEngine(OwnEngine):
 
 
 class SdkEngine(Engine):
-    """The official SDK facilitator, unchanged; our ledger only wraps it to count and dedupe."""
+    """The official SDK facilitator, unchanged; our ledger only wraps it to count and dedupe.
+
+    With `config.batch_settlement` it also serves the SDK's `batch-settlement` scheme (deposits, vouchers,
+    and the channel manager's claim / settle / refund payloads) through the SDK's own
+    BatchSettlementEvmFacilitator. Those payloads carry no EIP-3009 authorization of the payment to key a
+    ledger row on, so they go to the SDK unwrapped and unrecorded (the ledger counts exact payments).
+    """
 
     THREADS = 40  # FastAPI's default pool for plain `def` handlers: the SDK's documented deployment
 
@@ -460,6 +466,15 @@ class SdkEngine(Engine):
             facilitator = x402FacilitatorSync()
             signer = ProbedWeb3Signer(self.probe, private_key=key, rpc_url=config.rpc_url)
             register_exact_evm_facilitator(facilitator, signer, networks=config.network)
+            if config.batch_settlement:
+                from x402.mechanisms.evm.batch_settlement.facilitator import BatchSettlementEvmFacilitator
+
+                # The same key with a gas limit a 100-channel claim fits in; it shares the exact signer's
+                # nonce counter, so the two never hand out the same nonce.
+                batch_signer = ProbedWeb3Signer(self.probe, private_key=key, rpc_url=config.rpc_url,
+                                                gas_limit=config.batch_settlement_gas_limit)
+                batch_signer._reserve_nonce = signer._reserve_nonce  # type: ignore[method-assign]
+                facilitator.register([config.network], BatchSettlementEvmFacilitator(batch_signer))
             self._facilitators.append(facilitator)
             self._signers.append(signer)
         self._turn = itertools.cycle(self._facilitators)
@@ -479,6 +494,13 @@ class SdkEngine(Engine):
     def metrics(self) -> dict[str, Any]:
         return {**super().metrics(), "sdk_threads": self.probe.snapshot()}
 
+    def supported(self) -> dict[str, Any]:
+        answer = super().supported()
+        if self.config.batch_settlement:  # the SDK's own entry for it (its extra, if any, included)
+            sdk = self._facilitators[0].get_supported().model_dump(by_alias=True, exclude_none=True)
+            answer["kinds"] += [k for k in sdk["kinds"] if k.get("scheme") == "batch-settlement"]
+        return answer
+
     async def verify(self, body: bytes) -> dict[str, Any]:
         _, payload, requirements = parse_request(body)
         result = await self._in_thread("verify", next(self._turn).verify, payload, requirements)
@@ -488,8 +510,10 @@ class SdkEngine(Engine):
         try:
             _, payload, requirements = parse_request(body)
             auth = payload.payload.get("authorization")
-            if not isinstance(auth, dict) or not all(isinstance(auth.get(k), str) for k in ("from", "nonce")):
-                # nothing to key a ledger row on: the SDK judges it alone, as it would unwrapped (the baseline)
+            if payload.accepted.scheme != "exact" or not isinstance(auth, dict) or not all(
+                    isinstance(auth.get(k), str) for k in ("from", "nonce")):
+                # nothing to key a ledger row on (a batch-settlement deposit, voucher, claim, settle or refund
+                # among them): the SDK judges it alone, as it would unwrapped (the baseline)
                 result = await self._in_thread("settle", next(self._turn).settle, payload, requirements)
                 return result.model_dump(by_alias=True, exclude_none=True)
             claim = self.ledger.claim(

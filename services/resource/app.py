@@ -4,6 +4,14 @@ The SDK middleware is the real x402 server code under test; around it sit two th
 layers of ours: a guard that answers malformed PAYMENT-SIGNATURE headers with 400 and
 `invalid_payload` (the SDK would silently treat them as "no payment"), and a timer that
 reports the verify / handler / settle split in a `Server-Timing` header.
+
+A route whose scheme is `batch-settlement` is declared to the middleware with the SDK's
+batch-settlement server scheme (receiver = pay_to, receiver-authorizer = a local test key from
+the world config): the payer deposits into an escrow channel once, then pays with vouchers.
+For those routes the app also has a local harness route, `POST /_channels/claim_settle`, that
+runs the SDK channel manager's claim (claims_per_tx vouchers per tx) and settle for every
+channel with charged-but-unclaimed vouchers and answers with the tx hashes and amounts. It is
+unauthenticated and meant for a local test world only.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ from x402.http import FacilitatorConfig, HTTPFacilitatorClient
 from x402.http.facilitator_client import _attach_extension_responses, _parse_facilitator_response
 from x402.http.middleware.fastapi import PaymentMiddlewareASGI
 from x402.mechanisms.evm.exact import ExactEvmServerScheme
+
+from services.process import write_private
 from x402.schemas import PaymentPayload, SettleResponse, VerifyResponse
 from x402.server import x402ResourceServer
 
@@ -48,6 +58,7 @@ class RouteSpec:
     response_bytes: int
     workers: int | None = None
     description: str = ""
+    scheme: str = "exact"  # or "batch-settlement"
 
 
 @dataclass(frozen=True)
@@ -63,9 +74,15 @@ class ResourceConfig:
     max_timeout_s: int = 300
     facilitator_transport: str = "aiohttp"  # or "httpx", the SDK's own client, for comparison
     extra: dict[str, Any] = field(default_factory=dict)
+    # batch-settlement routes: the receiver-authorizer's key (a local test key), the channels' withdrawDelay,
+    # the deposit a new channel is asked for (None: the SDK server's default) and vouchers per claim tx.
+    receiver_authorizer_key: str = ""
+    withdraw_delay_s: int = 900
+    min_deposit_atomic: int | None = None
+    claims_per_tx: int = 100
 
     def dump(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2))
+        write_private(path, json.dumps(asdict(self), indent=2))  # it may hold the receiver-authorizer key
 
     @classmethod
     def load(cls, path: str | Path) -> "ResourceConfig":
@@ -236,18 +253,21 @@ def create_app(config: ResourceConfig) -> FastAPI:
     routes: dict[str, Any] = {}
     for spec in config.routes:
         app.add_api_route(spec.path, _route_handler(spec, rng), methods=[spec.method], name=spec.name)
-        routes[f"{spec.method} {spec.path}"] = {
-            "accepts": {
-                "scheme": "exact",
-                "payTo": config.pay_to,
-                "network": config.network,
-                "maxTimeoutSeconds": config.max_timeout_s,
-                "price": {
-                    "amount": str(spec.price_atomic),
-                    "asset": config.token_address,
-                    "extra": {"name": config.token_name, "version": config.token_version},
-                },
+        accepts: dict[str, Any] = {
+            "scheme": spec.scheme,
+            "payTo": config.pay_to,
+            "network": config.network,
+            "maxTimeoutSeconds": config.max_timeout_s,
+            "price": {
+                "amount": str(spec.price_atomic),
+                "asset": config.token_address,
+                "extra": {"name": config.token_name, "version": config.token_version},
             },
+        }
+        if spec.scheme == "batch-settlement" and config.min_deposit_atomic is not None:
+            accepts["extra"] = {"minDeposit": str(config.min_deposit_atomic)}
+        routes[f"{spec.method} {spec.path}"] = {
+            "accepts": accepts,
             "description": spec.description or spec.name,
             "mimeType": "application/json",
         }
@@ -260,8 +280,55 @@ def create_app(config: ResourceConfig) -> FastAPI:
     # 2 s blocks each settle holds its connection for a block: size the pool for the load instead.
     pool = httpx.AsyncClient(timeout=300.0, limits=httpx.Limits(max_connections=4096, max_keepalive_connections=1024))
     facilitator = FacilitatorConfig(url=config.facilitator_url, timeout=300.0, http_client=pool)
-    server = x402ResourceServer(TimedFacilitatorClient(facilitator, transport=config.facilitator_transport))
+    client = TimedFacilitatorClient(facilitator, transport=config.facilitator_transport)
+    server = x402ResourceServer(client)
     server.register(config.network, ExactEvmServerScheme())
+    if any(spec.scheme == "batch-settlement" for spec in config.routes):
+        _add_batch_settlement(app, server, client, config)
     app.add_middleware(PaymentMiddlewareASGI, routes=routes, server=server)
     app.add_middleware(GuardAndTiming)
     return app
+
+
+def _add_batch_settlement(app: FastAPI, server: x402ResourceServer, client: TimedFacilitatorClient,
+                          config: ResourceConfig) -> None:
+    """The SDK's batch-settlement server scheme for this network, and the harness route that claims and settles."""
+    from eth_account import Account
+    from x402.mechanisms.evm.batch_settlement.authorizer_signer import LocalAuthorizerSigner
+    from x402.mechanisms.evm.batch_settlement.server import (
+        BatchSettlementChannelManager,
+        BatchSettlementEvmScheme,
+        BatchSettlementEvmSchemeServerConfig,
+        ChannelManagerConfig,
+        ClaimOptions,
+    )
+
+    if not config.receiver_authorizer_key:
+        raise ValueError("a batch-settlement route needs ResourceConfig.receiver_authorizer_key")
+    scheme = BatchSettlementEvmScheme(config.pay_to, BatchSettlementEvmSchemeServerConfig(
+        receiver_authorizer_signer=LocalAuthorizerSigner(Account.from_key(config.receiver_authorizer_key)),
+        withdraw_delay=config.withdraw_delay_s))
+    server.register(config.network, scheme)
+    # scheme.create_channel_manager looks up a default asset for the network (chain 31337 has none);
+    # the manager itself takes any token.
+    manager = BatchSettlementChannelManager(ChannelManagerConfig(
+        scheme=scheme, facilitator=client, receiver=scheme.get_receiver_address(), token=config.token_address,
+        network=config.network))
+    lock = asyncio.Lock()
+
+    @app.post("/_channels/claim_settle")
+    async def claim_settle() -> dict[str, Any]:
+        """Local harness route: claim every channel's charged-but-unclaimed vouchers, then settle the
+        receiver's claimed total to pay_to. Answers the claim and settle txs and the amounts claimed."""
+        async with lock:
+            channels = {c.channel_id: int(c.charged_cumulative_amount) - int(c.total_claimed)
+                        for c in scheme.get_storage().list()
+                        if int(c.charged_cumulative_amount) > int(c.total_claimed)}
+            done = await manager.claim_and_settle(ClaimOptions(max_claims_per_batch=config.claims_per_tx))
+        settle = done["settle"]
+        return {
+            "claims": [{"transaction": c.transaction, "vouchers": c.vouchers} for c in done["claims"]],
+            "channels": {cid: str(amount) for cid, amount in channels.items()},
+            "claimed": str(sum(channels.values())),
+            "settle_transaction": settle.transaction if settle is not None else None,
+        }
