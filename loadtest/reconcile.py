@@ -38,14 +38,39 @@ def _topic_address(topic: str) -> str:
     return "0x" + topic[-40:]
 
 
+def _canonical(rpc: Rpc, logs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
+    """Only logs of blocks still on the chain: after a reorg a node may go on answering logs (and
+    receipts) of the blocks it replaced, which would count an undone settlement as paid. Also returns
+    the canonical headers read, by number."""
+    numbers = sorted({int(log["blockNumber"], 16) for log in logs})
+    headers: dict[int, dict[str, Any]] = {}
+    for i in range(0, len(numbers), CHUNK):
+        part = numbers[i : i + CHUNK]
+        for number, block in zip(part, rpc.batch([("eth_getBlockByNumber", [hex(b), False]) for b in part])):
+            if block:
+                headers[number] = block
+    kept = [log for log in logs if (headers.get(int(log["blockNumber"], 16)) or {}).get("hash", "").lower()
+            == str(log.get("blockHash", "")).lower()]
+    return kept, headers
+
+
+def _canonical_pair(rpc: Rpc, used: list[dict[str, Any]], transfers: list[dict[str, Any]]
+                    ) -> tuple[tuple[list[dict[str, Any]], list[dict[str, Any]]], dict[int, dict[str, Any]]]:
+    kept, headers = _canonical(rpc, used + transfers)
+    ids = {id(log) for log in kept}
+    return ([log for log in used if id(log) in ids], [log for log in transfers if id(log) in ids]), headers
+
+
 def read_chain(rpc: Rpc, token: str, payees: list[str], from_block: int, to_block: int) -> ChainView:
-    """One eth_getLogs per event, then receipts and block headers in batched calls."""
+    """One eth_getLogs per event, then receipts and block headers in batched calls; logs of blocks a
+    reorg replaced are left out."""
     if to_block < from_block:  # no block was mined during the run: nothing can have settled
         return ChainView([], {}, {}, 0)
     span = {"address": token, "fromBlock": hex(from_block), "toBlock": hex(to_block)}
     used_logs = rpc.call("eth_getLogs", {**span, "topics": [TOPIC_AUTHORIZATION_USED]})
     payee_topics = ["0x" + p.lower().removeprefix("0x").rjust(64, "0") for p in payees]
     transfer_logs = rpc.call("eth_getLogs", {**span, "topics": [TOPIC_TRANSFER, None, payee_topics]})
+    (used_logs, transfer_logs), headers = _canonical_pair(rpc, used_logs, transfer_logs)
     used = [(_topic_address(log["topics"][1]).lower(), log["topics"][2].lower(), log["transactionHash"].lower())
             for log in used_logs]
     hashes = sorted({h for _, _, h in used} | {log["transactionHash"].lower() for log in transfer_logs})
@@ -54,12 +79,7 @@ def read_chain(rpc: Rpc, token: str, payees: list[str], from_block: int, to_bloc
         part = hashes[i : i + CHUNK]
         for tx_hash, receipt in zip(part, rpc.batch([("eth_getTransactionReceipt", [h]) for h in part])):
             receipts[tx_hash] = receipt
-    blocks = sorted({int(r["blockNumber"], 16) for r in receipts.values()})
-    block_times: dict[int, int] = {}
-    for i in range(0, len(blocks), CHUNK):
-        part = blocks[i : i + CHUNK]
-        for number, block in zip(part, rpc.batch([("eth_getBlockByNumber", [hex(b), False]) for b in part])):
-            block_times[number] = int(block["timestamp"], 16)
+    block_times = {number: int(block["timestamp"], 16) for number, block in headers.items()}
     payee_in = sum(int(log["data"], 16) for log in transfer_logs)
     return ChainView(used, receipts, block_times, payee_in)
 

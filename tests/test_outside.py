@@ -117,7 +117,8 @@ def test_dead_or_wrong_urls_exit_2_at_once_naming_the_url(tmp_path: Path) -> Non
         done = x402bench("load", "scenarios/smoke.yaml", "--world", str(world_json), *SHORT, "--out", str(tmp_path / "ok"))
         assert done.returncode == 0, done.stdout + done.stderr
     summary = only_summary(tmp_path / "ok")  # the whole running world, attached: its facilitator's ledger is read
-    assert summary["meta"]["parts"] == {"started": [], "outside": {"world": True, "service_urls": True}}
+    assert summary["meta"]["parts"] == {"started": [], "outside": {"world": True, "facilitator_url": True,
+                                                                   "service_urls": True}}
     assert summary["reconciliation"]["ledger"] is True
     assert_exact(summary)
     (world_dir,) = (tmp_path / "ok").glob("*/*/world")

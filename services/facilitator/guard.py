@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from services.facilitator.evm import AsyncRpc, ReceiptWatcher, RpcError
+from services.facilitator.evm import SEL_AUTHORIZATION_STATE, AsyncRpc, ReceiptWatcher, RpcError, call_data
 from services.facilitator.ledger import Claim
 from services.facilitator.signers import SentTx, SignerLane
 
@@ -41,6 +41,7 @@ TICK_S = 1.0
 
 
 class GuardedEngine(Protocol):
+    config: Any  # its token address: config.token.address
     rpc: AsyncRpc
     watcher: ReceiptWatcher
     ledger: Any
@@ -125,12 +126,19 @@ class SettlementGuard:
                 self.reorgs += 1
                 fork = min(self.txs[h].block for h in undone)  # type: ignore[type-var]
                 self.engine.watcher.rewind(fork)
-                receipts = await rpc.batch([("eth_getTransactionReceipt", [h]) for h in undone])
-                for tx_hash, receipt in zip(undone, receipts):
-                    if receipt is None:
+                # The token's state decides, not the receipt: a node may go on answering receipts of the
+                # blocks it replaced. A tx any of whose authorizations is unused again is sent again.
+                token = self.engine.config.token.address
+                for tx_hash in undone:
+                    claims = self.txs[tx_hash].claims
+                    states = await rpc.batch([("eth_call", [{"to": token, "data": call_data(
+                        SEL_AUTHORIZATION_STATE, c.payer, c.nonce)}, "latest"]) for c in claims])
+                    if any(isinstance(s, RpcError) for s in states):
+                        continue  # ask again next tick
+                    if any(int(s, 16) == 0 for s in states):
                         await self._send_again(tx_hash, "reorged")
-                    else:  # mined again in the new chain (a replay of the old block): keep the new place
-                        self.mined(receipt)
+                    else:
+                        del self.txs[tx_hash]  # every authorization it carried is used on the new chain
 
     async def _send_again(self, tx_hash: str, why: str) -> None:
         tracked = self.txs[tx_hash]
