@@ -32,6 +32,12 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     ("name: x\nservices: []\n", "services", "at least 1"),
     ("- just\n- a list\n", "", "mapping at the top level"),
     ("name: [unclosed\n", "", "not valid YAML"),
+    ("name: x\nagents: {retry: {timeout_s: 5}}\nservices: [{name: a, path: /a, price: 1}]\n", "agents.retry",
+     "only to retries"),
+    ("name: x\nfaults: [{at_s: 1, kind: rpc_latency, for_s: 2}]\nservices: [{name: a, path: /a, price: 1}]\n",
+     "faults.0.rpc_latency.ms", "Field required"),
+    ("name: x\nfaults: [{at_s: 1, kind: meteor}]\nservices: [{name: a, path: /a, price: 1}]\n", "faults.0",
+     "does not match any of the expected tags"),
 ])
 def test_bad_scenario_exits_2_naming_file_field_and_problem(tmp_path: Path, body: str, field: str, problem: str) -> None:
     path = tmp_path / "bad.yaml"

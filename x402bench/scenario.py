@@ -360,6 +360,14 @@ class Retry(_Strict):
     backoff_s: float = Field(0.5, ge=0, le=60, description="Wait before each retry.")
     timeout_s: float = Field(30.0, gt=0, le=600, description="A paid request with no answer by then is retried.")
 
+    @model_validator(mode="after")
+    def _knobs_need_attempts(self) -> "Retry":
+        idle = [k for k in ("backoff_s", "timeout_s") if getattr(self, k) != type(self).model_fields[k].default]
+        if idle and self.attempts == 0:
+            raise ValueError(f"{' and '.join(idle)} {'apply' if len(idle) > 1 else 'applies'} only to retries: "
+                             "set attempts (it is 0)")
+        return self
+
 
 class Scenario(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
