@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from sim.calibration import Calibration
 from sim.chain import Chain, Tx
@@ -512,27 +512,26 @@ class Facilitator:
                 self._lost(r, crash)
                 return
         hop = self.hop()
-        if not r.answered:
-            r.answered = True
-            self.world.finish(r, t + hop)
-        waiters, r.waiters = r.waiters, None
-        for w in waiters or ():
-            if not w.answered:
-                w.answered = True
-                w.tx = r.tx
-                self.world.finish(w, t + hop)
+
+        def served(w: "Req") -> None:
+            w.tx = r.tx
+            self.world.finish(w, t + hop)
+
+        self._to_all(r, served)
 
     def _lost(self, r: "Req", crash: float) -> None:
         """The process died at `crash` owing r's client (and r's repeats) an answer: their connections break."""
         hop = self.hop()
-        if not r.answered:
-            r.answered = True
-            self.world.fac_lost(r, crash + hop)
+        self._to_all(r, lambda w: self.world.fac_lost(w, crash + hop))
+
+    @staticmethod
+    def _to_all(r: "Req", deliver: "Callable[[Req], None]") -> None:
+        """One outcome to r's client and to every repeat of r waiting on it, each at most once."""
         waiters, r.waiters = r.waiters, None
-        for w in waiters or ():
+        for w in (r, *(waiters or ())):
             if not w.answered:
                 w.answered = True
-                self.world.fac_lost(w, crash + hop)
+                deliver(w)
 
     def _repeat(self, r: "Req", t: float) -> None:
         """/settle of an authorization the ledger holds (a retry): checked (CPU), then answered from the ledger."""
