@@ -166,7 +166,11 @@ class ChannelTerms(_Strict):
         None, gt=0, description="The deposit a new channel is asked for (the 402's extra.minDeposit, which the SDK "
         "client deposits); absent: the SDK server's default, a multiple of the price.")
     claims_per_tx: int = Field(100, ge=1, le=1000, description="Vouchers per claimWithSignature tx when the services "
-                               "claim (the local harness route POST /_channels/claim_settle).")
+                               "claim (on their cadence and on the local harness route POST /_channels/claim_settle).")
+    claim_every_s: float = Field(10.0, gt=0, le=86_400, description="How often the services claim the vouchers "
+                                 "they hold (one claimWithSignature per claims_per_tx channels).")
+    settle_every_s: float = Field(30.0, gt=0, le=86_400, description="How often the services settle what was claimed "
+                                  "to the receiver (one settle tx per receiver and token).")
 
 
 class Service(_Strict):

@@ -35,6 +35,9 @@ class RequestRecord:
     nonce: str = ""                # EIP-3009 nonce, 0x-hex: the payment's identity
     tx_hash: str = ""              # settlement tx from PAYMENT-RESPONSE
     attempts: int = 1              # sends of this payment: 1 + retries of the same signed authorization
+    scheme: str = "exact"          # the route's x402 scheme: exact | batch-settlement
+    channel: str = ""              # batch-settlement: the channel id (0x-hex) the voucher drew on; "" for exact
+    cumulative: int = 0            # batch-settlement: the voucher's signed cumulative amount (maxClaimableAmount)
 
     @property
     def latency_s(self) -> float:
@@ -71,7 +74,50 @@ class SettlementRecord:
         return self.t_included - self.t_accepted
 
 
-R = TypeVar("R", RequestRecord, SettlementRecord)
+@dataclass(slots=True)
+class ChannelRecord:
+    """One batch-settlement channel at the end of a run. Deferred settlement moves money in three steps
+    (deposit into escrow, claim of vouchers, settle to the receiver), so its books are kept per channel:
+    a voucher is only money once a claim covers it, and `charged - claimed` is the seller's exposure."""
+
+    channel: str                   # channel id, 0x-hex
+    payer: str
+    receiver: str                  # the payee the channel pays
+    deposited: int = 0             # atomic units put into escrow (first deposit and every top-up)
+    charged: int = 0               # what the clients were served, summed from their vouchers
+    claimed: int = 0               # the channel's totalClaimed on chain
+    refunded: int = 0              # returned to the payer (cooperative refunds and finalized withdrawals)
+    vouchers: int = 0              # requests served with a voucher (or deposit) of this channel
+    deposits: int = 0              # deposit transactions (1 + top-ups)
+    t_deposit: float = -1.0        # block time of the first deposit, run clock (-1: none)
+    t_claimed: float = -1.0        # block time of the claim that covered the last charged amount (-1: not yet)
+
+    @property
+    def unclaimed(self) -> int:
+        """Served but not yet claimed: what the seller would lose if it never claimed."""
+        return self.charged - self.claimed
+
+    @property
+    def refundable(self) -> int:
+        """The payer's unspent deposit still in escrow."""
+        return self.deposited - self.claimed - self.refunded
+
+
+@dataclass(slots=True)
+class ChannelTxRecord:
+    """One on-chain transaction of the batch-settlement scheme; its gas is what deferred settlement costs."""
+
+    kind: str                      # deposit | claim | settle | refund | withdraw
+    tx_hash: str
+    t_included: float              # block time, run clock
+    gas_used: int = 0
+    effective_gas_price: int = 0   # wei
+    channels: int = 1              # channels the tx touched (a claim covers many)
+    amount: int = 0                # atomic units it moved (deposited, claimed, settled or refunded)
+    block_number: int = -1
+
+
+R = TypeVar("R", RequestRecord, SettlementRecord, ChannelRecord, ChannelTxRecord)
 
 
 def write_csv(path: Path, records: Iterable[R], kind: type[R]) -> None:
