@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from x402bench.registry import SCHEMES, STRATEGIES, schema_help
+
 
 class ScenarioError(Exception):
     """A scenario file that cannot be used; the message is meant for the user as is."""
@@ -76,11 +78,8 @@ class Batch(_Strict):
 
 
 class Facilitator(_Strict):
-    strategy: Literal["sdk", "sync", "pipelined", "batched"] = Field(
-        "sync", description="sdk: the official x402 facilitator; sync: one tx per payment, answer after receipt; "
-                            "pipelined: the same txs, answer once sent; batched: many authorizations per tx "
-                            "through a settler contract, flushed at batch.max_size or batch.max_age_s."
-    )
+    strategy: Literal[tuple(STRATEGIES)] = Field(  # type: ignore[valid-type]
+        "sync", description=schema_help("strategy"))
     signer_keys: int = Field(1, ge=1, le=64)
     batch: Batch | None = None
     receipt_poll_s: float = Field(0.05, gt=0, le=5, description="How often a waiting settlement polls for its receipt.")
@@ -179,9 +178,7 @@ class Service(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
     path: str = Field(pattern=r"^/[A-Za-z0-9_/.-]*$")
     method: Literal["GET", "POST"] = "GET"
-    scheme: Literal["exact", "batch-settlement"] = Field(
-        "exact", description="exact: one EIP-3009 transfer per request; batch-settlement: a deposit into an escrow "
-        "channel, then vouchers, claimed and settled later (terms in the top-level `channel` section).")
+    scheme: Literal[tuple(SCHEMES)] = Field("exact", description=schema_help("scheme"))  # type: ignore[valid-type]
     price: str | int = Field(description="Atomic units (1000) or dollars ('$0.001').")
     work_ms: Annotated[Duration, Field(default_factory=lambda: Duration(median=0))]
     response_bytes: int = Field(256, ge=0, le=10_000_000)
