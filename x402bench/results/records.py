@@ -30,7 +30,8 @@ class RequestRecord:
     verify_s: float = 0.0          # facilitator /verify as seen by the service (Server-Timing)
     handler_s: float = 0.0         # the route's own work (Server-Timing)
     settle_s: float = 0.0          # facilitator /settle as seen by the service (Server-Timing)
-    amount: int = 0                # atomic units paid (0 when not paid)
+    amount: int = 0                # atomic units paid (0 when not paid); batch-settlement: this request's charge
+                                   # (the voucher's increment over the last one), never the deposit
     payer: str = ""                # agent address
     nonce: str = ""                # EIP-3009 nonce, 0x-hex: the payment's identity
     tx_hash: str = ""              # settlement tx from PAYMENT-RESPONSE
