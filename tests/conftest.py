@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,26 +33,38 @@ _WORLD_MARKERS = ("anvil-linux", "anvil-darwin", "services.facilitator", "servic
                   "tests/outside/", "services.faults")
 
 
-def _world_processes() -> set[tuple[int, str]]:
-    """(pid, command line) of every live Anvil, facilitator, service or Locust process on the machine."""
+#: Every process this session starts inherits this mark in its environment (nothing here passes a
+#: bare environment to a child), so the leak check below counts this session's processes only: a
+#: second pytest session, a benchmark or a user's own world on the same machine is none of its business.
+SESSION_MARK = "X402BENCH_TEST_SESSION"
+
+
+def _world_processes(mark: str) -> set[tuple[int, str]]:
+    """(pid, command line) of every live Anvil, facilitator, service or Locust process carrying `mark`."""
     found = set()
+    wanted = f"{SESSION_MARK}={mark}".encode()
     for entry in Path("/proc").glob("[0-9]*"):
         try:
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state == "Z" or not any(marker in cmd for marker in _WORLD_MARKERS):
+                continue
+            if wanted not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
         except OSError:
             continue
-        if state != "Z" and any(marker in cmd for marker in _WORLD_MARKERS):
-            found.add((int(entry.name), cmd.strip()))
+        found.add((int(entry.name), cmd.strip()))
     return found
 
 
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_running() -> Iterator[None]:
-    """Fail the session if the tests leave any world process behind that was not there before."""
-    before = _world_processes()
+    """Fail the session if the tests leave any world process of theirs behind."""
+    mark = uuid.uuid4().hex
+    os.environ[SESSION_MARK] = mark
+    before = _world_processes(mark)  # empty unless a mark collides; kept so the check reads as a difference
     yield
     deadline = time.monotonic() + 10
-    while (leaked := _world_processes() - before) and time.monotonic() < deadline:
+    while (leaked := _world_processes(mark) - before) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not leaked, f"tests left processes running: {sorted(leaked)}"
