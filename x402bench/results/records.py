@@ -92,6 +92,8 @@ class ChannelRecord:
     deposits: int = 0              # deposit transactions (1 + top-ups)
     t_deposit: float = -1.0        # block time of the first deposit, run clock (-1: none)
     t_claimed: float = -1.0        # block time of the claim that covered the last charged amount (-1: not yet)
+    claims: str = ""               # the channel's claims in order, "t:totalClaimed" space-separated (run clock,
+                                   # absolute on-chain totals): what dates each voucher's settlement (see claim_history)
 
     @property
     def unclaimed(self) -> int:
@@ -102,6 +104,16 @@ class ChannelRecord:
     def refundable(self) -> int:
         """The payer's unspent deposit still in escrow."""
         return self.deposited - self.claimed - self.refunded
+
+    def claim_history(self) -> list[tuple[float, int]]:
+        """(block time, totalClaimed after it) of each claim, oldest first; a voucher of cumulative amount c
+        was settled by the first claim whose total reaches c."""
+        return [(float(t), int(total)) for t, total in (item.split(":") for item in self.claims.split())]
+
+
+def format_claims(history: Iterable[tuple[float, int]]) -> str:
+    """The text of ChannelRecord.claims for (block time, totalClaimed) pairs; repr keeps floats exact."""
+    return " ".join(f"{float(t)!r}:{int(total)}" for t, total in history)
 
 
 @dataclass(slots=True)
