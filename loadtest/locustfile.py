@@ -26,7 +26,9 @@ from locust.contrib.fasthttp import FastHttpUser
 from locust.runners import MasterRunner, WorkerRunner
 
 from loadtest.behaviour import Pacer, RouteChooser, agent_rng
-from loadtest.paying import AgentWallet, Manners, facilitator_requirement, pay, settle_direct
+from loadtest.paying import (
+    BATCH_SETTLEMENT, BROKE_REASONS, AgentWallet, Manners, facilitator_requirement, pay, pay_channel, settle_direct,
+)
 from services.payer.payload import Quote
 from x402bench.results.records import RequestRecord, write_csv
 from x402bench.scenario import load_scenario
@@ -57,6 +59,8 @@ else:
     PRICES = {name: int(price) for name, price in WORLD["prices"].items()}
     HOST = "/".join(next(iter(WORLD["service_urls"].values())).split("/", 3)[:3])
 ROUTES = RouteChooser.for_routes(SCENARIO, list(PRICES))
+#: Each route's x402 scheme, from the scenario (routes it does not name, outside services, are exact).
+SCHEMES = {v.name: v.scheme for v in SCENARIO.services}
 RECORDS: list[RequestRecord] = []
 BROKE: set[int] = set()
 _local_users = itertools.count()
@@ -116,15 +120,20 @@ class PayingAgent(FastHttpUser):
             return
         rng = agent_rng(SCENARIO.seed, wallet.index * 7_919 + wallet.sent)
         route = ROUTES.choose(rng)
-        if not wallet.can_afford(self._route_price(route)):
+        channel = TARGET != "facilitator" and SCHEMES.get(route) == BATCH_SETTLEMENT
+        url = WORLD["service_urls"].get(route, "")
+        headroom = wallet.channels.headroom("GET", url) if channel else None
+        if not wallet.can_afford(self._route_price(route), headroom):
             BROKE.add(wallet.index)
             return
         if TARGET == "facilitator":
             record = settle_direct(self.client, wallet, route, QUOTES[route])
+        elif channel:
+            record = pay_channel(self.client, wallet, route, url, self._manners(rng))
         else:
-            record = pay(self.client, wallet, route, WORLD["service_urls"][route], self._manners(rng))
+            record = pay(self.client, wallet, route, url, self._manners(rng))
         RECORDS.append(record)
-        if record.error == "invalid_exact_evm_insufficient_balance":
+        if record.error in BROKE_REASONS:
             BROKE.add(wallet.index)
 
 

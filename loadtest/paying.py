@@ -16,6 +16,7 @@ from typing import Any
 import gevent
 from locust import events
 
+from services.payer.channel import ERR_SPEND_CAP, SCHEME as BATCH_SETTLEMENT, ChannelPayer
 from services.payer.client import PayerCore, PaymentResult
 from services.payer.payload import Quote
 from x402bench.results.records import RequestRecord
@@ -23,22 +24,34 @@ from x402bench.results.records import RequestRecord
 
 @dataclass
 class AgentWallet:
-    """One funded agent as a Locust user sees it: its payer, and what it may still spend."""
+    """One funded agent as a Locust user sees it: its payers (exact and channel, one key), and what it may
+    still spend. A channel deposit counts as spent when it is made, not when vouchers draw on it: the
+    deposit locks that much of the agent's funding in escrow, so the cap bounds what it may lose."""
 
     index: int
     private_key: str
     network: str
     cache_requirements: bool
     spend_cap: int  # atomic units: funding or budget, whichever is smaller
-    spent: int = 0
+    spent: int = 0  # exact payments made + channel deposits made
     sent: int = 0
     payer: PayerCore = field(init=False)
+    channels: ChannelPayer = field(init=False)
 
     def __post_init__(self) -> None:
         self.payer = PayerCore(self.private_key, self.network, cache=self.cache_requirements)
+        self.channels = ChannelPayer(self.payer.signer, self.network, cache=self.cache_requirements)
 
-    def can_afford(self, price: int) -> bool:
-        return self.spent + price <= self.spend_cap
+    @property
+    def left(self) -> int:
+        return self.spend_cap - self.spent
+
+    def can_afford(self, price: int, headroom: int | None = None) -> bool:
+        """Can it pay `price`? `headroom` (channel routes): what its channel's deposit still covers; the rest
+        would be a deposit, which must fit in what is left."""
+        if headroom is not None and headroom >= price:
+            return True
+        return price - max(headroom or 0, 0) <= self.left
 
 
 #: Reasons that mean "the answer is not in yet", not "refused": the same payment is worth sending again.
@@ -127,6 +140,37 @@ def pay(client, wallet: AgentWallet, route: str, url: str, manners: Manners | No
         amount=result.amount if result.status == 200 else 0, payer=result.payer, nonce=result.nonce,
         tx_hash=result.transaction or "", attempts=attempts,
     )
+
+
+def pay_channel(client, wallet: AgentWallet, route: str, url: str, manners: Manners | None = None) -> RequestRecord:  # noqa: ANN001
+    """Pay for one request of a batch-settlement route from the agent's channel: a voucher, with a deposit (never
+    more than the agent has left) when the channel needs funds. No resend of the same payment: a voucher whose
+    answer was lost is put right by the next one (the server's corrective 402 says what it charged)."""
+    manners = manners or Manners()
+    wallet.sent += 1
+    start = time.time()
+    result = wallet.channels.pay(_send_via(client, route, manners), "GET", url, deposit_limit=wallet.left)
+    end = time.time()
+    if result.status == 200:
+        wallet.spent += result.deposit
+    events.request.fire(
+        request_type="PAY", name="paid", response_time=(end - start) * 1000, response_length=0,
+        exception=None if result.status == 200 else RuntimeError(result.error or str(result.status)), context={},
+    )
+    timing = result.server_timing
+    return RequestRecord(
+        t_start=start, t_end=end, route=route, agent=wallet.index, status=result.status, error=result.error or "",
+        challenge_s=result.challenge_s, sign_s=result.sign_s, paid_s=result.paid_s,
+        verify_s=timing.get("verify", 0.0), handler_s=timing.get("handler", 0.0), settle_s=timing.get("settle", 0.0),
+        amount=result.amount if result.status == 200 else 0, payer=result.payer, nonce="",
+        tx_hash=(result.transaction or "") if result.deposit else "", attempts=2 if result.corrected else 1,
+        scheme=BATCH_SETTLEMENT, channel=result.channel, cumulative=result.cumulative,
+    )
+
+
+#: Refusals after which an agent stops paying: it cannot fund what it would owe.
+BROKE_REASONS = frozenset({"invalid_exact_evm_insufficient_balance", ERR_SPEND_CAP,
+                           "invalid_batch_settlement_evm_insufficient_balance"})
 
 
 def facilitator_requirement(network: str, token: dict[str, Any], pay_to: str, amount: int,

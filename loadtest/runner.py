@@ -22,8 +22,9 @@ from typing import Any, Callable
 
 from loadtest import cpu
 from loadtest.faults import FaultDriver, check_faults
-from loadtest.reconcile import chain_settlements, read_chain, reconcile, settlement_records
+from loadtest.reconcile import ChainView, chain_settlements, read_chain, reconcile, settlement_records
 from services.chain import REPO_ROOT, Rpc, free_port
+from services.escrow import escrow_events
 from services.facilitator.ledger import read_payments
 from services.process import write_private
 from services.stack import PARTS, Outside, World, read_world_file
@@ -174,6 +175,52 @@ def drain(ledger_path: str, timeout_s: float) -> None:
         time.sleep(0.25)
 
 
+def claim_and_settle_channels(scenario: Scenario, service_urls: dict[str, str], timeout_s: float) -> list[dict[str, Any]]:
+    """Ask every service with batch-settlement routes to claim all the vouchers it holds and settle them to the payee
+    (its local harness route POST <base>/_channels/claim_settle), and wait for the answers: vouchers are money only
+    once claimed, so the chain read after this shows everything the agents were charged. One call per service
+    base URL (one SDK channel manager serves all its routes); each answer comes back with its `service` URL, or
+    an `error` when the service could not be asked."""
+    import urllib.error
+    import urllib.request
+
+    deferred = {v.name for v in scenario.batch_settlement_services}
+    bases = sorted({"/".join(url.split("/", 3)[:3]) for name, url in service_urls.items() if name in deferred})
+    answers = []
+    for base in bases:
+        request = urllib.request.Request(base + "/_channels/claim_settle", data=b"", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=max(30.0, timeout_s)) as response:
+                answer = json.loads(response.read())
+        except (OSError, ValueError, urllib.error.HTTPError) as exc:
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        answers.append({"service": base, **(answer if isinstance(answer, dict) else {"answer": answer})})
+    return answers
+
+
+def exact_view(records: list[RequestRecord], chain: ChainView, escrow_log: list[dict[str, Any]],
+               payees: list[str]) -> tuple[list[RequestRecord], ChainView, int]:
+    """What the exact reconciliation may see, and the payees' channel income it must not.
+
+    Exact reconciliation matches each 200 to an EIP-3009 authorization used on chain. A batch-settlement request
+    carries no such nonce (a voucher is money only through a later claim), so records with scheme != "exact" are
+    left out here and belong to the channel books instead. The chain side is cut the same way: a channel deposit
+    uses an ERC-3009 ReceiveWithAuthorization (an AuthorizationUsed log, in the escrow's deposit tx) that no
+    exact 200 stands for, and the escrow's settle transfers channel money to the payees, which no exact payment
+    explains. Returns (exact records, the chain without the escrow's txs, what the escrow settled to the payees).
+    """
+    exact_records = [r for r in records if r.scheme == "exact"]
+    if not escrow_log:
+        return exact_records, chain, 0
+    escrow_txs = {str(e["tx"]).lower() for e in escrow_log if e.get("tx")}
+    wanted = {p.lower() for p in payees}
+    settled = sum(int(e["args"]["amount"]) for e in escrow_log
+                  if e["event"] == "Settled" and str(e["args"]["receiver"]).lower() in wanted)
+    used = [u for u in chain.used if u[2] not in escrow_txs]
+    receipts = {h: r for h, r in chain.receipts.items() if h not in escrow_txs}
+    return exact_records, ChainView(used, receipts, chain.block_times, chain.payee_in - settled), settled
+
+
 def world_for(scenario: Scenario, options: LoadOptions, workdir: Path) -> World:
     """The world a run needs for its target, from outside parts where the options name them."""
     if options.target not in TARGETS:
@@ -182,10 +229,10 @@ def world_for(scenario: Scenario, options: LoadOptions, workdir: Path) -> World:
         raise ScenarioError("--target facilitator pays the facilitator directly: drop --service-url / "
                             "external_service_url")
     deferred = [v.name for v in scenario.batch_settlement_services if scenario.mix_weights()[v.name] > 0]
-    if options.target == "service" and deferred:
-        raise ScenarioError(f"{scenario.name}: services {', '.join(deferred)} use scheme 'batch-settlement', which the "
-                            "agents' payer does not pay yet (exact only): give them weight 0 in agents.mix, or bring "
-                            "the world up with `x402bench up` and pay them with the SDK client")
+    if options.target == "facilitator" and deferred:
+        raise ScenarioError(f"{scenario.name}: services {', '.join(deferred)} use scheme 'batch-settlement', whose "
+                            "vouchers are checked by the priced service, not sent to a facilitator: --target facilitator "
+                            "pays exact only (give them weight 0 in agents.mix)")
     attached = read_world_file(options.world_file) if options.world_file else None
     outside = Outside.of(scenario, rpc_url=options.rpc_url, facilitator_url=options.facilitator_url,
                          service_urls=options.service_urls, world=attached)
@@ -225,9 +272,12 @@ def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | N
             driver.stop()
         cpu_after = cpu.sample(pids)
         drain(info.ledger_path, options.drain_timeout_s)
+        channel_claims = claim_and_settle_channels(scenario, info.service_urls, options.drain_timeout_s)
         last_block = int(rpc.call("eth_blockNumber"), 16)
         payee_after = balances_of(info.rpc_url, info.token["address"], info.payees)
         chain = read_chain(rpc, info.token["address"], info.payees, first_block, last_block)
+        escrow_log = (escrow_events(info.rpc_url, first_block, last_block)
+                      if scenario.batch_settlement_services and last_block >= first_block else [])
         has_ledger = bool(info.ledger_path) and Path(info.ledger_path).exists()
         ledger_rows = read_payments(info.ledger_path) if has_ledger else []
         facilitator_metrics = _get_json(info.facilitator_url + "/metrics") if info.facilitator_url else {}
@@ -241,9 +291,17 @@ def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | N
     for r in records:
         r.t_start -= t0
         r.t_end -= t0
-    settlements = settlement_records(ledger_rows, chain, t0) if has_ledger else chain_settlements(records, chain, t0)
-    reconciliation, money_events = reconcile(records, ledger_rows, chain, sum(payee_after) - sum(payee_before),
+    exact_records, exact_chain, channel_settled = exact_view(records, chain, escrow_log, info.payees)
+    settlements = (settlement_records(ledger_rows, exact_chain, t0) if has_ledger
+                   else chain_settlements(exact_records, exact_chain, t0))
+    reconciliation, money_events = reconcile(exact_records, ledger_rows, exact_chain,
+                                             sum(payee_after) - sum(payee_before) - channel_settled,
                                              ledger=has_ledger, t0=t0)
+    # === CHANNEL BOOKS: the one call site for the batch-settlement books (loadtest/reconcile.py, wired by the
+    # lead): from `records` (scheme "batch-settlement": channel, cumulative, amount, deposit tx_hash),
+    # `escrow_log` (the escrow's decoded events of blocks first_block..last_block), `channel_claims` (what the
+    # services' claim and settle answered) and the chain at info.rpc_url before world.stop(). ===
+    channel_books: Any = None
     paid = sum(1 for r in records if r.paid)
     cpu_after = {**cpu_after, **loadgen_cpu}
     cpu_before = {**cpu_before, "loadgen": 0.0}
@@ -265,6 +323,7 @@ def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | N
         "parts": info.parts,
         "faults_applied": [asdict(a) for a in driver.applied],
         "fault_proxies": proxy_counters,
+        "channel_claims": channel_claims,
     }
     summary = build_summary(scenario, records, settlements, reconciliation, "load", meta, money_events)
     out = write_run(options.out_root, scenario.name, run_id, summary, records, settlements)

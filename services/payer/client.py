@@ -85,6 +85,13 @@ class PaymentResult:
     payment_required: dict[str, Any] | None = None  # last decoded PAYMENT-REQUIRED
     payment: Payment | None = None  # the last payment sent (header, nonce, payload when tampered)
     body: bytes = b""
+    # batch-settlement (services.payer.channel): the channel paid from, the voucher's signed cumulative amount,
+    # what this request deposited (0: a voucher alone), and whether a corrective 402 made it sign again
+    scheme: str = "exact"
+    channel: str = ""
+    cumulative: int = 0
+    deposit: int = 0
+    corrected: bool = False
 
     @property
     def total(self) -> float:
