@@ -475,3 +475,83 @@ def test_facilitator_tx_signing_is_byte_identical_to_eth_account() -> None:
             "to": to_checksum_address(to), "data": "0x" + data.hex(), "value": fields["value"], "gas": fields["gas"],
             "gasPrice": fields["gas_price"], "nonce": fields["nonce"], "chainId": fields["chain_id"]})
         assert raw == bytes(expected.raw_transaction) and tx_hash == bytes(expected.hash)
+
+
+# --- the channel payer (batch-settlement): pure logic, checked against the official SDK client ----------
+
+BS_OFFER = {
+    "scheme": "batch-settlement", "network": NETWORK, "asset": to_checksum_address(TOKEN), "amount": "1000",
+    "payTo": PAY_TO, "maxTimeoutSeconds": 300,
+    "extra": {"name": "USD Coin", "version": "2", "receiverAuthorizer": to_checksum_address("0x" + "ef" * 20),
+              "withdrawDelay": 900, "minDeposit": "5000"},
+}
+
+
+def bs_required() -> dict[str, Any]:
+    return {"x402Version": 2, "accepts": [copy_of(BS_OFFER)], "resource": {"url": "http://127.0.0.1/metered"}}
+
+
+def copy_of(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def test_channel_id_voucher_and_deposit_match_the_sdk_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    from x402.mechanisms.evm.batch_settlement.client import BatchSettlementEvmScheme
+    from x402.mechanisms.evm.batch_settlement.client import eip3009 as sdk_eip3009
+    from x402.mechanisms.evm.batch_settlement.client.voucher import sign_voucher
+    from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
+    from x402.mechanisms.evm.signers import EthAccountSigner
+
+    from services.payer.channel import ChannelPayer
+
+    key = agent(3).key_hex
+    account = Account.from_key(key)
+    sdk = BatchSettlementEvmScheme(EthAccountSigner(account))
+    requirements = PaymentRequirements.model_validate(BS_OFFER)
+    payer = ChannelPayer(key, NETWORK)
+    channel = payer.channel_quote(bs_required())
+    config = sdk.build_channel_config(requirements)
+    assert channel.config == config.to_dict()
+    assert channel.channel_id == compute_channel_id(config, NETWORK)
+    for cumulative in (1000, 7000, 10**20):
+        assert payer.sign_voucher(channel, cumulative) == sign_voucher(
+            EthAccountSigner(account), channel.channel_id, cumulative, NETWORK).signature
+    voucher = decode(payer.voucher_header(channel, 2000))
+    assert voucher["accepted"] == BS_OFFER and voucher["resource"] == {"url": "http://127.0.0.1/metered"}
+    assert voucher["payload"]["type"] == "voucher" and voucher["payload"]["voucher"]["maxClaimableAmount"] == "2000"
+    # the deposit: same salt and clock on both sides, then the SDK's whole payload equals ours
+    salt, now = os.urandom(32), int(time.time())
+    monkeypatch.setattr(sdk_eip3009, "create_nonce", lambda: "0x" + salt.hex())
+    monkeypatch.setattr(sdk_eip3009.time, "time", lambda: now)
+    ours = decode(payer.deposit_header(channel, 1000, 5000, now_s=now, salt=salt))
+    assert ours["payload"] == sdk.create_payment_payload(requirements)
+
+
+def test_channel_payer_adopts_only_charges_it_can_prove() -> None:
+    from services.payer.channel import ChannelPayer, voucher_digest
+
+    payer, stranger = ChannelPayer(agent(4).key_hex, NETWORK), ChannelPayer(agent(5).key_hex, NETWORK)
+    channel = payer.channel_quote(bs_required())
+    channel.book.signed_max = 3000
+    assert payer._provable(channel, 3000, None)  # within what it signed itself
+    assert not payer._provable(channel, 4000, None)  # more, with nothing to show for it
+    own = payer.sign_voucher(channel, 9000)
+    assert payer._provable(channel, 8000, {"signedMaxClaimable": "9000", "signature": own})
+    assert channel.book.signed_max == 9000
+    channel.book.signed_max = 0
+    forged = "0x" + stranger.signer.sign_digest(voucher_digest(channel.separator, channel.channel_word, 9000)).hex()
+    assert not payer._provable(channel, 8000, {"signedMaxClaimable": "9000", "signature": forged})
+    assert not payer._provable(channel, 9500, {"signedMaxClaimable": "9000", "signature": own})  # beyond the voucher
+    assert not payer._provable(channel, 8000, {"signedMaxClaimable": "9000", "signature": "0x1234"})
+
+
+def test_channel_deposits_stay_within_the_limit() -> None:
+    from services.payer.channel import ChannelPayer
+
+    payer = ChannelPayer(agent(6).key_hex, NETWORK)
+    channel = payer.channel_quote(bs_required())
+    assert payer.deposit_amount(channel, 1000, None) == 5000  # the 402's minDeposit
+    assert payer.deposit_amount(channel, 1000, 2500) == 2500  # what the budget leaves
+    assert payer.deposit_amount(channel, 1000, 999) is None  # not even this request: do not send
+    assert payer.deposit_amount(channel, 7000, None) == 7000  # never less than needed
+    assert ChannelPayer(agent(6).key_hex, NETWORK, deposit=20_000).deposit_amount(channel, 1000, None) == 20_000
