@@ -29,6 +29,12 @@ KEY_METRICS: tuple[tuple[str, str], ...] = (
     ("paid unserved", "reconciliation.paid_unserved"),
     ("double settled", "reconciliation.double_settled"),
     ("reconciliation exact", "reconciliation.exact"),
+    ("channel gas per payment", "channels.economics.gas_per_payment"),
+    ("channel cost per payment (USD)", "channels.economics.cost_per_payment_usd"),
+    ("channel settlement latency p95 (s)", "channels.settlement_latency_s.p95"),
+    ("channel exposure peak (USD)", "channels.exposure.peak_usd"),
+    ("channel capital locked (USD)", "channels.capital.deposited_usd"),
+    ("channel books exact", "channels.reconciliation.exact"),
     ("SLO passed", "slo.passed"),
 )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 from x402bench.results.records import SettlementRecord
 from x402bench.scenario import Economics
@@ -110,3 +110,123 @@ def max_gas_for_fraction(price_usd: float, fraction: float, economics: Economics
     if budget < 0 or per_gas <= 0:
         return None
     return budget / per_gas
+
+
+# --- batch-settlement (deferred settlement through an escrow channel) ---------------------------
+#
+# Reference figures, the one place they are kept. Measured on this repository's contracts on Anvil
+# (services/contracts/, driven by the official SDK): gasUsed of whole transactions.
+
+#: Exact scheme, gas per payment: one transferWithAuthorization per payment (`sync`, `pipelined`,
+#: also the SDK facilitator), and `batched` at REFERENCE_BATCH_SIZE authorizations per tx.
+EXACT_SINGLE_GAS = 85_014.0
+EXACT_BATCHED_GAS = 48_185.0
+REFERENCE_BATCH_SIZE = 50
+#: The exact strategies the economics table compares with batch-settlement, in display order.
+EXACT_STRATEGIES = ("sync", "pipelined", "batched")
+
+
+def exact_gas_per_payment(batch_size: float = 1.0) -> float:
+    """Exact-scheme gas per payment settling `batch_size` authorizations per tx. A straight line through
+    the two reference figures, gas = per_payment + per_tx / batch_size: a lone authorization pays both,
+    a batch shares the tx overhead (base cost, calldata head, the batch call itself)."""
+    per_tx = (EXACT_SINGLE_GAS - EXACT_BATCHED_GAS) / (1 - 1 / REFERENCE_BATCH_SIZE)
+    return EXACT_SINGLE_GAS - per_tx + per_tx / max(1.0, batch_size)
+
+
+@dataclass(frozen=True)
+class ChannelGas:
+    """Gas of each batch-settlement transaction. Defaults are the reference figures measured on these
+    contracts; fit_channel_gas replaces them with a run's own."""
+
+    deposit_new: float = 139_278.0        # first deposit: creates the channel
+    deposit_topup: float = 118_479.0      # a deposit into an existing channel
+    claim_base: float = 72_404.0          # claimWithSignature of one channel
+    claim_per_extra: float = 17_900.0     # each further channel in the same claim tx
+    settle: float = 57_285.0              # settle(receiver, token): one transfer of everything claimed
+    refund: float | None = None           # cooperative refund (none measured by default: not in the model)
+
+    def claim_tx(self, channels: float) -> float:
+        return self.claim_base + max(0.0, channels - 1) * self.claim_per_extra
+
+    def claim_per_channel(self, channels: float) -> float:
+        """A channel's share of one claim tx covering `channels` channels."""
+        return self.claim_tx(channels) / max(1.0, channels)
+
+    def deposits(self, per_channel: float) -> float:
+        """Deposit gas of one channel making `per_channel` deposits (the first creates it)."""
+        return self.deposit_new + max(0.0, per_channel - 1) * self.deposit_topup
+
+
+REFERENCE_CHANNEL_GAS = ChannelGas()
+
+
+@dataclass(frozen=True)
+class ChannelUsage:
+    """How a run uses its channels; the model's inputs, in payments (paid requests).
+
+    payments_per_channel: payments a channel serves over its life (between its first deposit and its end);
+    payments_per_claim: payments a channel accrues between two claims of it (its claim interval);
+    payments_per_settle: payments of all channels between two settle txs (the settle interval);
+    channels_per_claim: channels one claim tx covers; deposits_per_channel: 1 + top-ups.
+    """
+
+    payments_per_channel: float
+    payments_per_claim: float
+    payments_per_settle: float
+    channels_per_claim: float = 1.0
+    deposits_per_channel: float = 1.0
+
+
+def channel_gas_per_payment(usage: ChannelUsage, gas: ChannelGas = REFERENCE_CHANNEL_GAS) -> float:
+    """The model: deposit gas / payments per channel + claim gas per channel / payments per channel per
+    claim interval + settle gas / payments per settle interval. Refunds are left out: a payer that keeps
+    its channel open never pays one; measured figures include them."""
+    return (gas.deposits(usage.deposits_per_channel) / usage.payments_per_channel
+            + gas.claim_per_channel(usage.channels_per_claim) / usage.payments_per_claim
+            + gas.settle / usage.payments_per_settle)
+
+
+def channel_txs_per_payment(usage: ChannelUsage) -> float:
+    """Transactions per payment under the same model (what the per-tx L1 fee multiplies)."""
+    return (usage.deposits_per_channel / usage.payments_per_channel
+            + 1 / (usage.payments_per_claim * max(1.0, usage.channels_per_claim))
+            + 1 / usage.payments_per_settle)
+
+
+def _mean(values: list[float]) -> float | None:
+    return math.fsum(values) / len(values) if values else None
+
+
+def fit_channel_gas(txs: Iterable[Any], new_channels: int | None = None,
+                    reference: ChannelGas = REFERENCE_CHANNEL_GAS) -> ChannelGas:
+    """The model's gas figures from a run's own ChannelTxRecords; a kind the run never sent keeps its
+    reference figure.
+
+    Claims: least squares of gas on channels per tx (intercept at one channel) when the run's claims
+    covered at least two distinct channel counts, else the mean intercept under the reference slope.
+    Deposits: a tx record does not say whether it created its channel, so with `new_channels` (how many
+    of the deposits did) the total is split keeping the reference top-up/new ratio; without it every
+    deposit is taken as a new channel.
+    """
+    txs = [t for t in txs if t.gas_used > 0]
+    by = {kind: [t for t in txs if t.kind == kind] for kind in ("deposit", "claim", "settle", "refund")}
+    deposit_new, deposit_topup = reference.deposit_new, reference.deposit_topup
+    if by["deposit"]:
+        total = math.fsum(t.gas_used for t in by["deposit"])
+        n_new = len(by["deposit"]) if new_channels is None else min(max(new_channels, 0), len(by["deposit"]))
+        ratio = reference.deposit_topup / reference.deposit_new
+        deposit_new = total / (n_new + (len(by["deposit"]) - n_new) * ratio)
+        deposit_topup = deposit_new * ratio if n_new < len(by["deposit"]) or new_channels is not None else deposit_topup
+    claim_base, claim_extra = reference.claim_base, reference.claim_per_extra
+    claims = [(max(1, t.channels) - 1, float(t.gas_used)) for t in by["claim"]]
+    if len({x for x, _ in claims}) >= 2:
+        mx, my = _mean([x for x, _ in claims]), _mean([y for _, y in claims])
+        sxx = math.fsum((x - mx) ** 2 for x, _ in claims)
+        claim_extra = math.fsum((x - mx) * (y - my) for x, y in claims) / sxx
+        claim_base = my - claim_extra * mx
+    elif claims:
+        claim_base = _mean([y - claim_extra * x for x, y in claims])
+    settle = _mean([float(t.gas_used) for t in by["settle"]]) or reference.settle
+    refund = _mean([float(t.gas_used) for t in by["refund"]]) or reference.refund
+    return ChannelGas(deposit_new, deposit_topup, claim_base, claim_extra, settle, refund)

@@ -66,8 +66,13 @@ def _cpu_block(cpu: Any, paid: int) -> dict[str, Any] | None:
 
 
 def compute_metrics(scenario: Scenario, requests: Sequence[RequestRecord],
-                    settlements: Sequence[SettlementRecord], meta: dict[str, Any]) -> dict[str, Any]:
-    """Every figure under summary.json's `metrics`."""
+                    settlements: Sequence[SettlementRecord], meta: dict[str, Any],
+                    voucher_settlement_latency: Sequence[float] = ()) -> dict[str, Any]:
+    """Every figure under summary.json's `metrics`. `voucher_settlement_latency`: the batch-settlement
+    requests' settlement latencies (x402bench.results.channels.settlement_latencies, steady window), which
+    join the exact settlements' in `settlement_latency_s`: a payment is settled when a block makes its
+    money the seller's, a transfer for exact, the claim covering the voucher for batch-settlement. Gas and
+    cost here are the exact scheme's; the channels section has the batch-settlement figures."""
     start, end = steady_window(scenario, requests, meta)
     length = end - start
     paid_all = [r for r in requests if r.paid]
@@ -79,6 +84,7 @@ def compute_metrics(scenario: Scenario, requests: Sequence[RequestRecord],
     settled = [s for s in settlements if s.state == "settled"]
     steady_settled = [s for s in settled if s.t_accepted >= start]
     settle_latency = [s.settlement_latency_s for s in steady_settled if s.settlement_latency_s is not None]
+    settle_latency += list(voucher_settlement_latency)
 
     gas = econ.gas_stats(settlements)
     decimals = scenario.token.decimals

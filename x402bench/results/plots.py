@@ -10,11 +10,12 @@ from typing import Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
+from x402bench.results.channels import exposure_series, settlement_latencies
 from x402bench.results.economics import gas_stats
 from x402bench.results.metrics import error_reason
-from x402bench.results.records import RequestRecord, SettlementRecord
+from x402bench.results.records import ChannelRecord, ChannelTxRecord, RequestRecord, SettlementRecord
 from x402bench.results.stats import ecdf, finite, percentile
 
 #: File name -> title, in report order.
@@ -24,6 +25,11 @@ PLOTS = {
     "settlement_latency_cdf.png": "Settlement latency CDF",
     "gas_per_payment.png": "Gas per payment",
     "errors.png": "Errors by reason",
+}
+#: The Channels section's plots (batch-settlement runs only, and only those with data: no empty panel).
+CHANNEL_PLOTS = {
+    "channel_exposure.png": "Seller exposure and locked capital over time",
+    "channel_settlement_latency_cdf.png": "Voucher settlement latency CDF",
 }
 _SIZE = (7.0, 3.6)
 _DPI = 100
@@ -150,25 +156,73 @@ def errors_plot(path: Path, requests: Sequence[RequestRecord]) -> Path:
     return _save(fig, path)
 
 
+def _plain(axis) -> None:
+    """Tick labels as written numbers: no offset, no scientific notation."""
+    formatter = ScalarFormatter(useOffset=False)
+    formatter.set_scientific(False)
+    axis.set_major_formatter(formatter)
+
+
+def exposure_plot(path: Path, requests: Sequence[RequestRecord], channels: Sequence[ChannelRecord],
+                  txs: Sequence[ChannelTxRecord], decimals: int,
+                  faults: Sequence[tuple[str, float, float]] = ()) -> Path | None:
+    """Step lines, USD: what the seller served but had not claimed yet, and what the payers had locked in
+    escrow and not yet paid or got back; None when there is nothing to draw."""
+    ts, exposure, locked = exposure_series(requests, channels, txs)
+    if not ts:
+        return None
+    scale = 10 ** decimals
+    fig, (ax,) = _figure()
+    ax.step(ts, [v / scale for v in exposure], where="post", color="#d83b3b", label="seller exposure (charged, unclaimed)")
+    ax.step(ts, [v / scale for v in locked], where="post", color="#3b7dd8", label="locked by payers (deposits in escrow)")
+    _fault_windows(ax, faults)
+    ax.set_ylim(bottom=0)
+    _plain(ax.xaxis)
+    _plain(ax.yaxis)
+    ax.set_xlabel("seconds since start")
+    ax.set_ylabel("USD")
+    ax.set_title(CHANNEL_PLOTS["channel_exposure.png"])
+    ax.legend(loc="best", fontsize="small")
+    return _save(fig, path)
+
+
 def render_plots(out_dir: Path, requests: Sequence[RequestRecord], settlements: Sequence[SettlementRecord],
                  window: tuple[float, float] | None = None,
-                 faults: Sequence[tuple[str, float, float]] = ()) -> dict[str, Path]:
+                 faults: Sequence[tuple[str, float, float]] = (), channels: Sequence[ChannelRecord] = (),
+                 channel_txs: Sequence[ChannelTxRecord] = (), decimals: int = 6) -> dict[str, Path]:
     """Write every plot into out_dir; returns file name -> path in report order. `faults`: (kind, start,
-    end) of each fault window, marked on the time plots."""
+    end) of each fault window, marked on the time plots. Channel plots (CHANNEL_PLOTS) are added only
+    for a run with channels and only when they have data."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = window[0] if window else 0.0
     request_latency = [r.latency_s for r in requests if r.paid and r.t_start >= start]
     settle_latency = [s.settlement_latency_s for s in settlements
                       if s.state == "settled" and s.t_accepted >= start and s.settlement_latency_s is not None]
+    drawn: dict[str, Path] = {}
+    if channels or channel_txs:
+        exposure = exposure_plot(out_dir / "channel_exposure.png", requests, channels, channel_txs, decimals, faults)
+        if exposure is not None:
+            drawn["channel_exposure.png"] = exposure
+        latencies, _ = settlement_latencies(requests, channels, start)
+        exact_too = bool(settle_latency)  # a voucher-only CDF says something new only next to exact ones
+        settle_latency = settle_latency + latencies
+        if latencies and exact_too:
+            drawn["channel_settlement_latency_cdf.png"] = cdf_plot(
+                out_dir / "channel_settlement_latency_cdf.png", latencies,
+                CHANNEL_PLOTS["channel_settlement_latency_cdf.png"], "seconds (voucher served to the claim covering it)",
+                "no claimed voucher")
     return {
         "throughput.png": throughput_plot(out_dir / "throughput.png", requests, window, faults),
         "request_latency_cdf.png": cdf_plot(out_dir / "request_latency_cdf.png", request_latency,
                                             PLOTS["request_latency_cdf.png"], "seconds (first byte to paid 200)",
                                             "no paid request in the steady window"),
         "settlement_latency_cdf.png": cdf_plot(out_dir / "settlement_latency_cdf.png", settle_latency,
-                                               PLOTS["settlement_latency_cdf.png"], "seconds (accepted to block)",
+                                               PLOTS["settlement_latency_cdf.png"],
+                                               "seconds (accepted to block; voucher: served to its claim)"
+                                               if channels else "seconds (accepted to block)",
                                                "no settlement included in the steady window"),
         "gas_per_payment.png": gas_plot(out_dir / "gas_per_payment.png", settlements),
         "errors.png": errors_plot(out_dir / "errors.png", requests),
+        **drawn,
     }

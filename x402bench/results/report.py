@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from x402bench.results.metrics import PHASES
-from x402bench.results.plots import PLOTS
+from x402bench.results.plots import CHANNEL_PLOTS, PLOTS
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1000px;color:#222;padding:0 1em}
@@ -112,8 +112,94 @@ def _cpu_html(cpu: Mapping[str, Any] | None) -> str:
 
 def _img(name: str, data: bytes) -> str:
     b64 = base64.b64encode(data).decode("ascii")
-    return (f'<figure><img alt="{esc(PLOTS.get(name, name))}" src="data:image/png;base64,{b64}">'
-            f"<figcaption>{esc(PLOTS.get(name, name))}</figcaption></figure>")
+    title = PLOTS.get(name) or CHANNEL_PLOTS.get(name, name)
+    return (f'<figure><img alt="{esc(title)}" src="data:image/png;base64,{b64}">'
+            f"<figcaption>{esc(title)}</figcaption></figure>")
+
+
+def _plot(plots: Mapping[str, bytes | Path], name: str) -> list[str]:
+    if name not in plots:
+        return []
+    data = plots[name]
+    return [_img(name, data if isinstance(data, bytes) else Path(data).read_bytes())]
+
+
+def _usd(amount: Any, decimals: int) -> Any:
+    return None if amount is None else amount / 10**decimals
+
+
+def _channels_html(section: Mapping[str, Any] | None, decimals: int, plots: Mapping[str, bytes | Path]) -> list[str]:
+    """The Channels section: the books, their verdict, exposure and locked capital, the economics of the
+    scheme against the exact strategies (x402bench.results.channels defines every figure)."""
+    if not section:
+        return []
+    t = section.get("totals") or {}
+    rec = section.get("reconciliation") or {}
+    books = [(label, t.get(key), _usd(t.get(key), decimals)) for key, label in (
+        ("deposited", "deposited into escrow"), ("charged", "charged (vouchers served)"),
+        ("claimed", "claimed"), ("refunded", "refunded to payers"),
+        ("unclaimed", "unclaimed (seller's exposure at the end)"),
+        ("refundable", "refundable (payers' unspent deposits)"))]
+    if rec.get("settled") is not None:
+        books.insert(3, ("settled to the payees", rec.get("settled"), _usd(rec.get("settled"), decimals)))
+    if rec.get("payee_balance_delta") is not None:
+        books.insert(4, ("payees' balance change from the escrow", rec.get("payee_balance_delta"),
+                         _usd(rec.get("payee_balance_delta"), decimals)))
+    exact = rec.get("exact")
+    badge = "pass" if exact else "fail"
+    verdict = [(k, rec.get(k)) for k in ("served_unpaid", "paid_unserved", "double_settled", "pending",
+                                         "served_unpaid_amount", "paid_unserved_amount")]
+    verdict += [(f"check: {name}", ok) for name, ok in sorted((rec.get("checks") or {}).items())]
+    verdict += [("findings", "; ".join(rec.get("findings") or []) or "none")]
+    cap, exp = section.get("capital") or {}, section.get("exposure") or {}
+    lat = section.get("settlement_latency_s") or {}
+    e = section.get("economics") or {}
+    comparison = [(r.get("scheme"), r.get("strategy"), r.get("gas_per_payment"), r.get("txs_per_payment"),
+                   r.get("cost_per_payment_usd"),
+                   *((r.get("break_even_price_usd") or {}).get(f) for f in ("0.01", "0.05", "0.1")),
+                   r.get("source")) for r in e.get("comparison") or []]
+    usage = e.get("usage") or {}
+    return [
+        "<h2>Channels (batch-settlement)</h2>",
+        f"<p>{fmt(t.get('channels'))} channels of {fmt(t.get('payers'))} payers · {fmt(t.get('vouchers'))} "
+        f"voucher-paid requests · {fmt(t.get('deposits'))} deposits · books "
+        f"<span class='badge {badge}'>{'exact' if exact else 'not exact'}</span></p>",
+        _table(books, ("books", "atomic units", "USD")),
+        _table(verdict, ("reconciliation", "value"), ["fail" if isinstance(v, int) and not isinstance(v, bool) and v
+                                                      or v is False else "" for _, v in verdict]),
+        _table([
+            ("settlement latency (s): voucher served to the claim covering it",
+             " / ".join(f"{q} {fmt(lat.get(q))}" for q in ("p50", "p95", "p99", "mean", "max"))),
+            ("vouchers no claim covered", section.get("unsettled_vouchers")),
+            ("capital locked in deposits (USD)", cap.get("deposited_usd")),
+            ("locked per payer, mean / max (USD)", f"{fmt(cap.get('per_payer_mean_usd'))} / "
+                                                   f"{fmt(cap.get('per_payer_max_usd'))}"),
+            ("peak locked at once (USD)", cap.get("peak_locked_usd")),
+            ("deposit per paid request (USD)", cap.get("deposit_per_paid_request_usd")),
+            ("seller exposure peak / time-mean / end (USD)", f"{fmt(exp.get('peak_usd'))} / "
+                                                             f"{fmt(exp.get('mean_usd'))} / {fmt(exp.get('final_usd'))}"),
+        ], ("figure", "value")),
+        *_plot(plots, "channel_exposure.png"),
+        *_plot(plots, "channel_settlement_latency_cdf.png"),
+        "<h3>Economics per scheme</h3>",
+        '<p class="muted">measured: this run; model: x402bench.results.economics reference figures '
+        "(exact) or its channel model on this run's usage (batch-settlement)</p>",
+        _table(comparison, ("scheme", "strategy", "gas / payment", "txs / payment", "USD / payment",
+                            "break-even 1%", "break-even 5%", "break-even 10%", "source")),
+        _table([(kind, v.get("count"), v.get("gas")) for kind, v in (e.get("txs") or {}).items()],
+               ("escrow tx", "count", "gas"))
+        if e.get("txs") else '<p class="muted">no escrow transaction</p>',
+        _table([("payments per channel", usage.get("payments_per_channel")),
+                ("payments per channel per claim", usage.get("payments_per_claim")),
+                ("payments per settle", usage.get("payments_per_settle")),
+                ("channels per claim tx", usage.get("channels_per_claim")),
+                ("deposits per channel", usage.get("deposits_per_channel")),
+                ("model gas per payment (fitted gas, this usage)", e.get("model_gas_per_payment"))],
+               ("model input (this run)", "value")) if usage else "",
+        _table([(r.get("payments_per_channel"), r.get("payments_per_claim"), r.get("gas_per_payment"))
+                for r in e.get("sensitivity") or []], ("payments per channel", "payments per claim",
+                                                       "model gas / payment")),
+    ]
 
 
 def _faults_html(rows: list[Mapping[str, Any]]) -> list[str]:
@@ -161,8 +247,10 @@ def render_report(summary: Mapping[str, Any], plots: Mapping[str, bytes | Path])
         if slo.get("checks") else '<p class="muted">no SLO set in the scenario</p>',
         "<h2>Reconciliation</h2>",
         _table([(k, v if not isinstance(v, (list, dict)) else ", ".join(map(str, v)) or "none")
-                for k, v in sorted(rec.items())], ("figure", "value"))
+                for k, v in sorted(rec.items()) if k != "channels"], ("figure", "value"))
         if rec else '<p class="muted">no reconciliation for this run</p>',
+        *_channels_html(summary.get("channels"), int((scenario.get("config") or {}).get("token", {}).get("decimals", 6)),
+                        plots),
         *_faults_html(summary.get("faults") or []),
         "<h2>Phase split (paid requests, steady window)</h2>", _phase_html(m.get("phase_s") or {}),
         "<h2>Errors</h2>",

@@ -49,8 +49,11 @@ def check(name: str, measured: Any, op: str, bound: Any, no_data: str) -> dict[s
             "message": f"{verdict}: measured {measured:g}, required {op} {bound:g}"}
 
 
-def evaluate_slo(slo: Slo, metrics: dict[str, Any], reconciliation: dict[str, Any] | None = None) -> dict[str, Any]:
-    """{passed, checks: [{name, measured, op, bound, passed, message}]}, checks in a fixed order."""
+def evaluate_slo(slo: Slo, metrics: dict[str, Any], reconciliation: dict[str, Any] | None = None,
+                 channels: dict[str, Any] | None = None) -> dict[str, Any]:
+    """{passed, checks: [{name, measured, op, bound, passed, message}]}, checks in a fixed order.
+    `channels`: the batch-settlement books' verdict (summary channels.reconciliation); its losses and
+    each of its checks fail the run like the exact books' do."""
     checks = []
     for name, (path, op, no_data) in SLO_METRICS.items():
         bound = getattr(slo, name)
@@ -63,6 +66,12 @@ def evaluate_slo(slo: Slo, metrics: dict[str, Any], reconciliation: dict[str, An
         actual, expected = reconciliation.get("payee_balance_delta"), reconciliation.get("expected_payee_delta")
         if actual is not None and expected is not None:
             checks.append(check("payee_delta_matches", actual - expected, "==", 0, missing))
+    if channels:
+        missing = "the channel books did not report it"
+        for key in (*LOSS_KEYS, "pending"):
+            checks.append(check(f"channels_{key}", channels.get(key), "==", 0, missing))
+        for name, ok in sorted((channels.get("checks") or {}).items()):
+            checks.append(check(f"channels_{name}", int(not ok), "==", 0, missing))
     return {"passed": all(c["passed"] for c in checks), "checks": checks}
 
 

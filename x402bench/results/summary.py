@@ -14,9 +14,10 @@ import platform
 from importlib import metadata
 from typing import Any, Literal, Sequence
 
-from x402bench.results.metrics import compute_metrics
+from x402bench.results.channels import channels_section, settlement_latencies
+from x402bench.results.metrics import compute_metrics, steady_window
 from x402bench.results.money import LOSS_KEYS, MoneyEvent, fault_table
-from x402bench.results.records import RequestRecord, SettlementRecord
+from x402bench.results.records import ChannelRecord, ChannelTxRecord, RequestRecord, SettlementRecord
 from x402bench.results.slo import evaluate_slo
 from x402bench.scenario import Scenario
 
@@ -70,16 +71,35 @@ def exact_reconciliation(rec: dict[str, Any]) -> bool:
 def build_summary(scenario: Scenario, requests: Sequence[RequestRecord], settlements: Sequence[SettlementRecord],
                   reconciliation: dict[str, Any] | None, mode: Literal["load", "sim"],
                   meta: dict[str, Any] | None = None,
-                  money_events: Sequence[MoneyEvent] = ()) -> dict[str, Any]:
+                  money_events: Sequence[MoneyEvent] = (), *,
+                  channels: Sequence[ChannelRecord] = (), channel_txs: Sequence[ChannelTxRecord] = (),
+                  channel_reconciliation: dict[str, Any] | None = None) -> dict[str, Any]:
     """The whole summary.json as a dict (see the README/report for the key tree). `money_events` place
-    each loss in time, for the per-fault table (`faults`, one row per entry of the scenario's timeline)."""
+    each loss in time, for the per-fault table (`faults`, one row per entry of the scenario's timeline);
+    a run with batch-settlement channels passes their events there too (channels.channel_money_events).
+
+    `channels`/`channel_txs`: the batch-settlement books, summarised under `channels` (keys:
+    x402bench.results.channels.ChannelsSection; null without channels). `channel_reconciliation`: what
+    the live books read from the chain (loadtest.reconcile.channel_books); the sim leaves it out and
+    the records alone judge. The `reconciliation` block stays the exact scheme's books; with channels
+    it gains `channels_exact`, and its `exact` requires both."""
     if mode not in ("load", "sim"):
         raise ValueError(f"mode must be 'load' or 'sim', not {mode!r}")
     meta = dict(meta or {})
-    metrics = compute_metrics(scenario, requests, settlements, meta)
+    voucher_latency: list[float] = []
+    if channels:
+        start, _ = steady_window(scenario, requests, meta)
+        voucher_latency, _ = settlement_latencies(requests, channels, start)
+    metrics = compute_metrics(scenario, requests, settlements, meta, voucher_latency)
     rec = dict(reconciliation or {})
     if rec:
         rec["exact"] = exact_reconciliation(rec)
+    section = None
+    if channels or channel_txs:
+        section = channels_section(scenario, requests, channels, channel_txs, metrics, channel_reconciliation)
+        if rec:
+            rec["channels_exact"] = section["reconciliation"]["exact"]
+            rec["exact"] = rec["exact"] and rec["channels_exact"]
     summary = {
         "schema_version": SCHEMA_VERSION,
         "scenario": {"name": scenario.name, "config": scenario.model_dump(mode="json")},
@@ -90,9 +110,11 @@ def build_summary(scenario: Scenario, requests: Sequence[RequestRecord], settlem
         "started_at": _iso(meta.get("started_at")),
         "metrics": metrics,
         "reconciliation": rec,
+        "channels": section,
         "faults": fault_table(scenario.faults, money_events, requests,
                               float(meta.get("duration_s") or scenario.run.duration_s)) if scenario.faults else [],
-        "slo": evaluate_slo(scenario.slo, metrics, rec or None),
+        "slo": evaluate_slo(scenario.slo, metrics, rec or None,
+                            section["reconciliation"] if section else None),
         "meta": {k: v for k, v in meta.items() if k not in _CONSUMED},
     }
     return clean(summary)
