@@ -8,6 +8,8 @@ Prints, all measured in this one run on one core:
   - payment headers/s: ours (`sign_payment`, the PAYMENT-SIGNATURE value) vs the SDK client's
     `create_payment_payload` alone and with `encode_payment_signature_header`, and the ratios;
   - our tamper (dict) path, for reference;
+  - batch-settlement vouchers (services.payer.channel): our voucher signature and whole PAYMENT-SIGNATURE
+    vs the SDK client's `sign_voucher` and its `create_payment_payload` on a funded channel, and the ratios;
   - settlement txs/s: the facilitator's coincurve signer (`sign_legacy`) vs eth_account's
     `sign_transaction` on the same transferWithAuthorization tx, and the ratio;
   - time to derive 100,000 agents (keys + checksummed addresses).
@@ -42,6 +44,12 @@ from services.payer.agents import derive_agents  # noqa: E402
 from services.payer.hashing import KECCAK_BACKEND  # noqa: E402
 from services.payer.signing import typed_data as eip712_typed_data  # noqa: E402
 from services.payer.payload import Quote, Tamper, sign_payment  # noqa: E402
+from services.payer.channel import ChannelPayer  # noqa: E402
+from x402.mechanisms.evm.batch_settlement.client import BatchSettlementEvmScheme  # noqa: E402
+from x402.mechanisms.evm.batch_settlement.client.storage import BatchSettlementClientContext  # noqa: E402
+from x402.mechanisms.evm.batch_settlement.client.voucher import sign_voucher  # noqa: E402
+from x402.mechanisms.evm.signers import EthAccountSigner  # noqa: E402
+from x402.schemas import PaymentRequirements  # noqa: E402
 
 NETWORK = "eip155:31337"
 TOKEN = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
@@ -52,6 +60,11 @@ REQUIRED = {
     "accepts": [{"scheme": "exact", "network": NETWORK, "asset": TOKEN, "amount": "1000", "payTo": PAY_TO,
                  "maxTimeoutSeconds": 300, "extra": {"name": "USD Coin", "version": "2"}}],
 }
+
+
+BS_OFFER = {"scheme": "batch-settlement", "network": NETWORK, "asset": TOKEN, "amount": "1000", "payTo": PAY_TO,
+            "maxTimeoutSeconds": 300, "extra": {"name": "USD Coin", "version": "2", "withdrawDelay": 900,
+                                                "receiverAuthorizer": "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"}}
 
 
 def typed_data(sender: str, nonce: bytes, valid_before: int) -> dict:
@@ -107,6 +120,14 @@ def main() -> None:
           "gasPrice": 10**9, "nonce": 7, "chainId": 31337}
 
     tamper = Tamper()
+    channels = ChannelPayer(signer, NETWORK)
+    channel = channels.channel_quote({"x402Version": 2, "accepts": [BS_OFFER]})
+    sdk_channels = BatchSettlementEvmScheme(EthAccountSigner(account))
+    bs_requirements = PaymentRequirements.model_validate(BS_OFFER)
+    # a funded channel, so the SDK client signs a voucher rather than a deposit (its storage, its own API)
+    sdk_channels._storage.set(channel.channel_id.lower(), BatchSettlementClientContext(
+        balance=str(10**18), charged_cumulative_amount="0"))
+    cumulative = iter(range(1000, 10**15, 1000))
     cases: dict[str, Callable[[], object]] = {
         "ours: signature": ours_signature,
         "eth_account sign_typed_data": eth_account_signature,
@@ -114,6 +135,11 @@ def main() -> None:
         "ours: header via tamper (dict) path": lambda: sign_payment(quote, signer, tamper=tamper),
         "SDK create_payment_payload": lambda: sdk.create_payment_payload(sdk_required),
         "SDK payload + encode header": sdk_header,
+        "ours: voucher signature": lambda: channels.sign_voucher(channel, next(cumulative)),
+        "SDK sign_voucher": lambda: sign_voucher(EthAccountSigner(account), channel.channel_id, next(cumulative),
+                                                 NETWORK),
+        "ours: voucher PAYMENT-SIGNATURE header": lambda: channels.voucher_header(channel, next(cumulative)),
+        "SDK batch-settlement voucher payload": lambda: sdk_channels.create_payment_payload(bs_requirements),
         "facilitator: settlement tx (coincurve)": lambda: sign_legacy(
             relayer, nonce=7, gas_price=10**9, gas=120_000, to=bytes.fromhex(TOKEN[2:]), value=0, data=settle_data,
             chain_id=31337),
@@ -138,6 +164,10 @@ def main() -> None:
           f"{best['ours: PAYMENT-SIGNATURE header'] / best['SDK create_payment_payload']:.1f}x")
     print(f"  header: ours / SDK payload + encode header   = "
           f"{best['ours: PAYMENT-SIGNATURE header'] / best['SDK payload + encode header']:.1f}x")
+    print(f"  voucher signature: ours / SDK sign_voucher   = "
+          f"{best['ours: voucher signature'] / best['SDK sign_voucher']:.1f}x")
+    print(f"  voucher header: ours / SDK voucher payload   = "
+          f"{best['ours: voucher PAYMENT-SIGNATURE header'] / best['SDK batch-settlement voucher payload']:.1f}x")
     print(f"  settlement tx: ours / eth_account           = "
           f"{best['facilitator: settlement tx (coincurve)'] / best['eth_account sign_transaction']:.1f}x")
     print(f"  derive {args.agents:,} agents: {derive_s:.2f} s ({derive_s / args.agents * 1e6:.1f} us per agent)")
