@@ -198,6 +198,26 @@ def claim_and_settle_channels(scenario: Scenario, service_urls: dict[str, str], 
     return answers
 
 
+def escrow_receipts(rpc: Rpc, escrow_log: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each escrow transaction of the run, read while the chain is still up: its events (Deposited, Claimed,
+    Settled...), block, gasUsed and effectiveGasPrice from its receipt. Raw chain facts for the run folder, so the
+    gas deferred settlement cost can be counted after the world is gone."""
+    order: dict[str, list[str]] = {}
+    for event in escrow_log:
+        order.setdefault(str(event["tx"]).lower(), []).append(event["event"])
+    hashes = list(order)
+    out = []
+    for i in range(0, len(hashes), 500):
+        part = hashes[i : i + 500]
+        for tx_hash, receipt in zip(part, rpc.batch([("eth_getTransactionReceipt", [h]) for h in part])):
+            receipt = receipt or {}
+            out.append({"tx": tx_hash, "events": order[tx_hash],
+                        "block": int(receipt.get("blockNumber", "0x0"), 16),
+                        "gas_used": int(receipt.get("gasUsed", "0x0"), 16),
+                        "effective_gas_price": int(receipt.get("effectiveGasPrice", "0x0"), 16)})
+    return out
+
+
 def exact_view(records: list[RequestRecord], chain: ChainView, escrow_log: list[dict[str, Any]],
                payees: list[str]) -> tuple[list[RequestRecord], ChainView, int]:
     """What the exact reconciliation may see, and the payees' channel income it must not.
@@ -278,6 +298,7 @@ def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | N
         chain = read_chain(rpc, info.token["address"], info.payees, first_block, last_block)
         escrow_log = (escrow_events(info.rpc_url, first_block, last_block)
                       if scenario.batch_settlement_services and last_block >= first_block else [])
+        escrow_txs = escrow_receipts(rpc, escrow_log)
         has_ledger = bool(info.ledger_path) and Path(info.ledger_path).exists()
         ledger_rows = read_payments(info.ledger_path) if has_ledger else []
         facilitator_metrics = _get_json(info.facilitator_url + "/metrics") if info.facilitator_url else {}
@@ -324,6 +345,7 @@ def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | N
         "faults_applied": [asdict(a) for a in driver.applied],
         "fault_proxies": proxy_counters,
         "channel_claims": channel_claims,
+        "escrow_txs": escrow_txs,
     }
     summary = build_summary(scenario, records, settlements, reconciliation, "load", meta, money_events)
     out = write_run(options.out_root, scenario.name, run_id, summary, records, settlements)
