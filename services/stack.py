@@ -372,7 +372,8 @@ class World:
             ],
             receiver_authorizer_key=authorizer.key_hex if s.batch_settlement_services else "",
             withdraw_delay_s=terms.withdraw_delay_s, min_deposit_atomic=s.deposit_atomic(),
-            claims_per_tx=terms.claims_per_tx,
+            claims_per_tx=terms.claims_per_tx, claim_every_s=terms.claim_every_s, settle_every_s=terms.settle_every_s,
+            channel_dir=str(self.workdir / "channels"),  # durable: a restarted service keeps the vouchers it served
         )
         config.dump(self.workdir / "resource.json")
         resource = self._spawn("services", "services.resource", self.workdir / "resource.json")
@@ -431,11 +432,6 @@ def check_live_strategy(s: Scenario) -> None:
             f"{s.name}: facilitator.strategy {s.facilitator.strategy!r} is modelled by `x402bench sim` but not "
             f"available live yet; live strategies: {', '.join(sorted(ENGINES))}"
         )
-    deferred = [v.name for v in s.batch_settlement_services]
-    if deferred and s.facilitator.strategy != "sdk":
-        raise ScenarioError(
-            f"{s.name}: services {', '.join(deferred)} use scheme 'batch-settlement', which only facilitator.strategy "
-            f"'sdk' (the official SDK facilitator) runs for now, not {s.facilitator.strategy!r}")
     if s.facilitator.strategy == "batched" and s.facilitator.batch is not None:
         from services.facilitator.evm import batch_gas_limit
 

@@ -29,6 +29,7 @@ import anyio
 from anyio import CapacityLimiter
 
 from services.facilitator import reasons
+from services.facilitator.channels import ChannelSettlement
 from services.facilitator.checks import Authorization, Rejection, check_chain, check_payment, parse_request
 from services.facilitator.config import FacilitatorConfig
 from services.facilitator.evm import (
@@ -108,6 +109,8 @@ class OwnEngine(Engine):
         self._tracking: set[asyncio.Task[dict[str, Any]]] = set()
         self._outcomes: dict[int, asyncio.Future[dict[str, Any]]] = {}  # claim id -> its answer, while settling
         self.guard = SettlementGuard(self)
+        # The batch-settlement scheme, the same for every one of our strategies (services.facilitator.channels).
+        self.channels: ChannelSettlement | None = ChannelSettlement(self) if config.batch_settlement else None
 
     @property
     def signer_addresses(self) -> list[str]:
@@ -117,10 +120,14 @@ class OwnEngine(Engine):
         await self.watcher.start()
         await self._recover()
         self.guard.start()
+        if self.channels is not None:
+            await self.channels.start()
 
     async def stop(self) -> None:
         if self._tracking:  # receipts still on their way: a last chance to reach the ledger
             await asyncio.wait(set(self._tracking), timeout=min(5.0, self.config.receipt_timeout_s))
+        if self.channels is not None:
+            await self.channels.stop()
         await self.guard.stop()
         await self.watcher.stop()
         await super().stop()
@@ -130,8 +137,22 @@ class OwnEngine(Engine):
         for claim in claims:
             await self._close_from_receipt(claim, receipt["transactionHash"], receipt)
 
+    def supported(self) -> dict[str, Any]:
+        answer = super().supported()
+        if self.channels is not None:
+            answer["kinds"].append(self.channels.supported_kind())
+        return answer
+
     def metrics(self) -> dict[str, Any]:
-        return {**super().metrics(), "guard": {"resends": self.guard.resends, "reorgs": self.guard.reorgs}}
+        """The exact payments' ledger and guard figures; with the batch-settlement scheme also
+        `batch_settlement`: deposits_verified, deposits (landed), deposits_answered_again (retries answered
+        from their record), vouchers_verified, refund_vouchers_verified, claims (txs), claimed_vouchers,
+        settles, refunds, refused (and `refusals` by reason), tx_failed, `records` (rows per kind and state)
+        and the channel txs' own guard resends and reorgs."""
+        out = {**super().metrics(), "guard": {"resends": self.guard.resends, "reorgs": self.guard.reorgs}}
+        if self.channels is not None:
+            out["batch_settlement"] = self.channels.metrics()
+        return out
 
     def _spawn_tracked(self, work: Any) -> "asyncio.Task[Any]":
         """Run `work` (a coroutine) to its end even if the request that started it is gone; stop() waits for it."""
@@ -148,10 +169,6 @@ class OwnEngine(Engine):
         answer = {"success": False, "errorReason": reason, "transaction": tx_hash, "network": self.config.network,
                   "payer": payer}
         return {**answer, "errorMessage": message} if message else answer
-
-    async def _checked(self, body: bytes) -> Authorization:
-        _, payload, requirements = parse_request(body)
-        return check_payment(payload, requirements, self.config.token, self.config.chain_id)
 
     # --- a payment seen before: a retry is answered from the ledger, never settled again -------------
 
@@ -193,7 +210,10 @@ class OwnEngine(Engine):
             await asyncio.sleep(0.05)
 
     async def verify(self, body: bytes) -> dict[str, Any]:
-        auth = await self._checked(body)
+        _, payload, requirements = parse_request(body)
+        if self.channels is not None and self.channels.handles(payload, requirements):
+            return await self.channels.verify(payload, requirements)
+        auth = check_payment(payload, requirements, self.config.token, self.config.chain_id)
         if self._earlier(auth) is not None:
             return {"isValid": True, "payer": auth.payer}  # a retry: /settle answers it from the ledger
         await check_chain(self.rpc, self.config.token, auth, self.ledger.reserved(auth.payer))
@@ -201,7 +221,10 @@ class OwnEngine(Engine):
 
     async def settle(self, body: bytes) -> dict[str, Any]:
         try:
-            auth = await self._checked(body)
+            _, payload, requirements = parse_request(body)
+            if self.channels is not None and self.channels.handles(payload, requirements):
+                return await self.channels.settle(payload, requirements)
+            auth = check_payment(payload, requirements, self.config.token, self.config.chain_id)
             claim = self.ledger.claim(self.config.token.address, auth.payer, auth.nonce, auth.payee, auth.value,
                                       auth.valid_after, auth.valid_before, auth.signature)
             if claim is None:

@@ -22,10 +22,12 @@ import binascii
 import contextvars
 import json
 import random
+import tempfile
 import time
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import aiohttp
 import httpx
@@ -38,6 +40,8 @@ from x402.http.middleware.fastapi import PaymentMiddlewareASGI
 from x402.mechanisms.evm.exact import ExactEvmServerScheme
 
 from services.process import write_private
+from services.resource.channel_storage import make_storage
+from services.resource.channels import ChannelKeeper
 from x402.schemas import PaymentPayload, SettleResponse, VerifyResponse
 from x402.server import x402ResourceServer
 
@@ -80,6 +84,14 @@ class ResourceConfig:
     withdraw_delay_s: int = 900
     min_deposit_atomic: int | None = None
     claims_per_tx: int = 100
+    # The claim and settle cadence (services.resource.channels), and where the channels are kept:
+    # `sqlite` under channel_dir (durable: a restarted service still holds the vouchers it served), `file`
+    # (the SDK's FileChannelStorage) or `memory` (the SDK's in-memory storage), the last two for comparison.
+    claim_every_s: float = 10.0
+    settle_every_s: float = 30.0
+    channel_storage: str = "sqlite"
+    channel_dir: str = ""
+    shutdown_flush_s: float = 5.0
 
     def dump(self, path: str | Path) -> None:
         write_private(path, json.dumps(asdict(self), indent=2))  # it may hold the receiver-authorizer key
@@ -248,7 +260,19 @@ def _route_handler(spec: RouteSpec, rng: random.Random):  # noqa: ANN202
 
 
 def create_app(config: ResourceConfig) -> FastAPI:
-    app = FastAPI(title="x402bench priced services")
+    started: list[Any] = []  # things with async start() / stop(), run by the lifespan
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        for part in started:
+            part.start()
+        try:
+            yield
+        finally:
+            for part in reversed(started):
+                await part.stop()
+
+    app = FastAPI(title="x402bench priced services", lifespan=lifespan)
     rng = random.Random(config.seed)
     routes: dict[str, Any] = {}
     for spec in config.routes:
@@ -284,15 +308,16 @@ def create_app(config: ResourceConfig) -> FastAPI:
     server = x402ResourceServer(client)
     server.register(config.network, ExactEvmServerScheme())
     if any(spec.scheme == "batch-settlement" for spec in config.routes):
-        _add_batch_settlement(app, server, client, config)
+        started.append(_add_batch_settlement(app, server, client, config))
     app.add_middleware(PaymentMiddlewareASGI, routes=routes, server=server)
     app.add_middleware(GuardAndTiming)
     return app
 
 
 def _add_batch_settlement(app: FastAPI, server: x402ResourceServer, client: TimedFacilitatorClient,
-                          config: ResourceConfig) -> None:
-    """The SDK's batch-settlement server scheme for this network, and the harness route that claims and settles."""
+                          config: ResourceConfig) -> "ChannelKeeper":
+    """The SDK's batch-settlement server scheme for this network over a durable channel storage, the keeper
+    that claims and settles on the scenario's cadence, and the harness routes."""
     from eth_account import Account
     from x402.mechanisms.evm.batch_settlement.authorizer_signer import LocalAuthorizerSigner
     from x402.mechanisms.evm.batch_settlement.server import (
@@ -300,35 +325,33 @@ def _add_batch_settlement(app: FastAPI, server: x402ResourceServer, client: Time
         BatchSettlementEvmScheme,
         BatchSettlementEvmSchemeServerConfig,
         ChannelManagerConfig,
-        ClaimOptions,
     )
 
     if not config.receiver_authorizer_key:
         raise ValueError("a batch-settlement route needs ResourceConfig.receiver_authorizer_key")
     scheme = BatchSettlementEvmScheme(config.pay_to, BatchSettlementEvmSchemeServerConfig(
         receiver_authorizer_signer=LocalAuthorizerSigner(Account.from_key(config.receiver_authorizer_key)),
-        withdraw_delay=config.withdraw_delay_s))
+        withdraw_delay=config.withdraw_delay_s,
+        storage=make_storage(config.channel_storage, config.channel_dir or tempfile.mkdtemp(prefix="x402bench-channels-"))))
     server.register(config.network, scheme)
     # scheme.create_channel_manager looks up a default asset for the network (chain 31337 has none);
     # the manager itself takes any token.
     manager = BatchSettlementChannelManager(ChannelManagerConfig(
         scheme=scheme, facilitator=client, receiver=scheme.get_receiver_address(), token=config.token_address,
         network=config.network))
-    lock = asyncio.Lock()
+    keeper = ChannelKeeper(manager, scheme, config.claims_per_tx, config.claim_every_s, config.settle_every_s,
+                           flush_s=config.shutdown_flush_s)
 
     @app.post("/_channels/claim_settle")
     async def claim_settle() -> dict[str, Any]:
         """Local harness route: claim every channel's charged-but-unclaimed vouchers, then settle the
-        receiver's claimed total to pay_to. Answers the claim and settle txs and the amounts claimed."""
-        async with lock:
-            channels = {c.channel_id: int(c.charged_cumulative_amount) - int(c.total_claimed)
-                        for c in scheme.get_storage().list()
-                        if int(c.charged_cumulative_amount) > int(c.total_claimed)}
-            done = await manager.claim_and_settle(ClaimOptions(max_claims_per_batch=config.claims_per_tx))
-        settle = done["settle"]
-        return {
-            "claims": [{"transaction": c.transaction, "vouchers": c.vouchers} for c in done["claims"]],
-            "channels": {cid: str(amount) for cid, amount in channels.items()},
-            "claimed": str(sum(channels.values())),
-            "settle_transaction": settle.transaction if settle is not None else None,
-        }
+        receiver's claimed total to pay_to (also a settle an earlier claim left owed). Answers the claim and
+        settle txs and the amounts claimed."""
+        return await keeper.claim_and_settle()
+
+    @app.get("/_channels/status")
+    async def channel_status() -> dict[str, Any]:
+        """Local harness route: what the cadence has claimed and settled, and what is still unclaimed."""
+        return keeper.status()
+
+    return keeper

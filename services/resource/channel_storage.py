@@ -1,0 +1,98 @@
+"""Where the priced services keep their batch-settlement channels: durable, and cheap on the voucher path.
+
+A service's channel records are money: each holds the latest voucher a payer signed, the only
+thing the service can claim with. A service restarted mid-run with its channels in memory would
+have served those vouchers for nothing. So the records are written through to a file on every
+change, and read back at start.
+
+Why not the SDK's FileChannelStorage: it writes one JSON file per channel through a lock file made
+with O_EXCL and polls for it forever, so a service killed while holding one (SIGKILL mid-update)
+hangs on that channel after its restart; its `list()`, which every claim runs, reads and parses every
+file; and every access is blocking file I/O on the event loop.
+
+`SqliteChannelStorage` keeps the working set in a dict (reads and `list()` cost what the SDK's
+InMemoryChannelStorage costs) and writes each change to SQLite in WAL mode with synchronous=NORMAL
+before the update returns: a change survives the process being killed at any instant (the WAL is
+in the OS's hands once written); only a power loss may take the last few. It implements the SDK's
+ChannelStorage protocol with the in-memory storage's semantics (copies in and out; an update
+returning the same object changes nothing, returning None deletes).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from x402.mechanisms.evm.batch_settlement.server.storage import (
+    Channel,
+    ChannelUpdate,
+    ChannelUpdateResult,
+    InMemoryChannelStorage,
+)
+from x402.mechanisms.evm.batch_settlement.utils import normalize_channel_id
+
+STORAGE_KINDS = ("sqlite", "file", "memory")
+
+
+class SqliteChannelStorage:
+    """The SDK's ChannelStorage, held in memory and written through to one SQLite file."""
+
+    def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS channels (id TEXT PRIMARY KEY, record TEXT NOT NULL)")
+        self._channels: dict[str, Channel] = {
+            cid: Channel.from_dict(json.loads(record)) for cid, record in self._db.execute("SELECT id, record FROM channels")}
+        self._lock = threading.RLock()  # the SDK's hooks may call in from threads; one lock, held microseconds
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def get(self, channel_id: str) -> Channel | None:
+        key = normalize_channel_id(channel_id)
+        with self._lock:
+            channel = self._channels.get(key)
+            return channel.copy() if channel else None
+
+    def list(self) -> list[Channel]:
+        with self._lock:
+            return [c.copy() for c in self._channels.values()]
+
+    def update_channel(self, channel_id: str, update: ChannelUpdate) -> ChannelUpdateResult:
+        key = normalize_channel_id(channel_id)
+        with self._lock:  # one lock for all channels: updates are microseconds, and the update callback is pure
+            current = self._channels.get(key)
+            snapshot = current.copy() if current else None
+            following = update(snapshot)
+            if following is snapshot:
+                return ChannelUpdateResult(channel=current.copy() if current else None, status="unchanged")
+            if following is None:
+                if current is None:
+                    return ChannelUpdateResult(channel=None, status="unchanged")
+                self._db.execute("DELETE FROM channels WHERE id = ?", (key,))
+                del self._channels[key]
+                return ChannelUpdateResult(channel=None, status="deleted")
+            self._db.execute("INSERT INTO channels (id, record) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET "
+                             "record = excluded.record", (key, json.dumps(following.to_dict(), separators=(",", ":"))))
+            self._channels[key] = following
+            return ChannelUpdateResult(channel=following.copy(), status="updated")
+
+
+def make_storage(kind: str, directory: str | Path) -> Any:
+    """`sqlite` (durable, the default), `file` (the SDK's FileChannelStorage, for comparison) or `memory`
+    (the SDK's InMemoryChannelStorage: lost on restart)."""
+    if kind == "sqlite":
+        return SqliteChannelStorage(Path(directory) / "channels.sqlite")
+    if kind == "file":
+        from x402.mechanisms.evm.batch_settlement.server.file_storage import FileChannelStorage
+
+        return FileChannelStorage(str(directory))
+    if kind == "memory":
+        return InMemoryChannelStorage()
+    raise ValueError(f"channel storage {kind!r}: choose one of {', '.join(STORAGE_KINDS)}")
