@@ -8,18 +8,33 @@ The categories (served_unpaid, paid_unserved, double_settled, pending) are defin
 x402bench.results.money, for live and simulated runs alike; our strategies keep the first three at 0.
 Settlement records for the summary are built here too, with gas from the chain's own
 receipts rather than from what the facilitator claims.
+
+The batch-settlement scheme's books (channel_books, at the end) are kept apart, per channel, from
+the escrow's events: its vouchers have no authorization for the exact books to match, and its
+deposits and settles are escrow txs the exact books must not see.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from eth_utils import to_checksum_address
+
 from services.chain import Rpc
+from services.escrow import decode_escrow_log
 from services.facilitator.evm import TOPIC_AUTHORIZATION_USED, TOPIC_TRANSFER
+from services.token import encode_call
+from x402bench.results.channels import SCHEME, channel_money_events, channel_reconciliation, voucher_requests
 from x402bench.results.money import LOSS_KEYS, MoneyEvent, classify, counts
-from x402bench.results.records import RequestRecord, SettlementRecord
+from x402bench.results.records import (
+    ChannelRecord,
+    ChannelTxRecord,
+    RequestRecord,
+    SettlementRecord,
+    format_claims,
+)
 
 CHUNK = 500
 
@@ -202,3 +217,251 @@ def reconcile(
         "expected_payee_delta": expected,
     }
     return rec, events
+
+
+# --- batch-settlement channels ---------------------------------------------------------------------
+#
+# Deferred settlement leaves no per-payment transfer to match: a voucher is money once a claim covers
+# its cumulative amount, and the payee is paid by a later settle of everything claimed. So the books
+# are kept per channel, from the escrow's own events (canonical blocks only), its state before and
+# after the run, and what the clients were served; the verdict's categories are those of
+# x402bench.results.money, per voucher (x402bench.results.channels defines them once for live and sim).
+
+#: Tx kinds by the escrow event that names them, in the order a tx with several events is named by.
+_TX_KINDS = (("Deposited", "deposit"), ("Claimed", "claim"), ("Settled", "settle"), ("Refunded", "refund"),
+             ("Withdrawn", "withdraw"), ("WithdrawInitiated", "withdraw"))
+
+
+@dataclass
+class ChannelChain:
+    """What the chain says about a run's channels; read before the world stops, judged after."""
+
+    escrow: str
+    token: str
+    payees: list[str]
+    events: list[dict[str, Any]]            # decoded escrow events of canonical blocks, chain order
+    receipts: dict[str, dict[str, Any]]     # escrow tx hash -> receipt
+    block_times: dict[int, int]             # block number -> timestamp
+    start: dict[str, tuple[int, int]]       # channel -> (balance, totalClaimed) before the first block
+    end: dict[str, tuple[int, int]]         # channel -> (balance, totalClaimed) at the last block
+    receivers: dict[str, tuple[int, int]]   # payee -> (totalClaimed, totalSettled) at the last block
+    escrow_balance: int                     # the escrow's token balance at the last block
+    payee_in_escrow: int                    # Transfer escrow -> payees in the window
+    payee_in_other: int                     # Transfer anyone else -> payees in the window (exact payments)
+
+
+@dataclass
+class ChannelBooks:
+    """The batch-settlement books of a run: records for the run folder, the verdict for the summary
+    (summary `channels.reconciliation`), and money events for the per-fault table."""
+
+    channels: list[ChannelRecord]
+    txs: list[ChannelTxRecord]
+    reconciliation: dict[str, Any]
+    events: list[MoneyEvent]
+    settled: int                            # Settled to the payees in the window (atomic)
+    escrow_txs: set[str] = field(default_factory=set)  # hashes of every escrow tx of the window
+
+
+def _word(value: int | str) -> str:
+    raw = value if isinstance(value, str) else hex(value)
+    return "0x" + raw.removeprefix("0x").lower().rjust(64, "0")
+
+
+def _reads(rpc: Rpc, calls: list[tuple[str, str]], block: int) -> list[str]:
+    """eth_call (to, data) pairs at one block, batched."""
+    out: list[str] = []
+    for i in range(0, len(calls), CHUNK):
+        out += rpc.batch([("eth_call", [{"to": to, "data": data}, hex(block)]) for to, data in calls[i : i + CHUNK]])
+    return out
+
+
+def _states(rpc: Rpc, escrow: str, ids: list[str], block: int) -> dict[str, tuple[int, int]]:
+    if block < 0 or not ids:
+        return {cid: (0, 0) for cid in ids}
+    replies = _reads(rpc, [(escrow, encode_call("channels(bytes32)", bytes.fromhex(cid[2:]))) for cid in ids], block)
+    return {cid: (int(r[2:66], 16), int(r[66:130], 16)) for cid, r in zip(ids, replies)}
+
+
+def read_channels(rpc: Rpc | str, escrow: str, token: str, payees: list[str], first_block: int, last_block: int,
+                  channel_ids: Iterable[str] = ()) -> ChannelChain:
+    """The escrow's events, receipts and states for blocks first_block..last_block, and the token moves to
+    the payees; `channel_ids` adds channels the events may not name (a channel deposited before the run)."""
+    rpc = Rpc(rpc) if isinstance(rpc, str) else rpc
+    escrow, token = escrow.lower(), token.lower()
+    payees = [p.lower() for p in payees]
+    if last_block < first_block:
+        logs: list[dict[str, Any]] = []
+        transfers: list[dict[str, Any]] = []
+    else:
+        span = {"fromBlock": hex(first_block), "toBlock": hex(last_block)}
+        logs = rpc.call("eth_getLogs", {**span, "address": escrow})
+        transfers = rpc.call("eth_getLogs", {**span, "address": token,
+                                             "topics": [TOPIC_TRANSFER, None, [_word(p) for p in payees]]}) if payees else []
+    kept, headers = _canonical(rpc, logs + transfers)
+    ids = {id(log) for log in kept}
+    logs = [log for log in logs if id(log) in ids]
+    transfers = [log for log in transfers if id(log) in ids]
+    events = [e for log in logs if (e := decode_escrow_log(log)) is not None]
+    events.sort(key=lambda e: (e["block"], e["log_index"]))
+    hashes = sorted({str(e["tx"]).lower() for e in events})
+    receipts: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(hashes), CHUNK):
+        part = hashes[i : i + CHUNK]
+        receipts.update(zip(part, rpc.batch([("eth_getTransactionReceipt", [h]) for h in part])))
+    channel_set = {str(e["args"]["channelId"]).lower() for e in events if "channelId" in e["args"]}
+    channel_set |= {c.lower() for c in channel_ids if c}
+    chans = sorted(channel_set)
+    at = max(first_block, last_block)
+    reads = [(escrow, encode_call("receivers(address,address)", to_checksum_address(p), to_checksum_address(token)))
+             for p in payees] + [(token, encode_call("balanceOf(address)", to_checksum_address(escrow)))]
+    replies = _reads(rpc, reads, at)
+    receivers = {p: (int(r[2:66], 16), int(r[66:130], 16)) for p, r in zip(payees, replies)}
+    from_escrow = _word(escrow)
+    return ChannelChain(
+        escrow=escrow, token=token, payees=payees, events=events, receipts=receipts,
+        block_times={n: int(b["timestamp"], 16) for n, b in headers.items()},
+        start=_states(rpc, escrow, chans, first_block - 1), end=_states(rpc, escrow, chans, at),
+        receivers=receivers, escrow_balance=int(replies[-1], 16),
+        payee_in_escrow=sum(int(t["data"], 16) for t in transfers if t["topics"][1].lower() == from_escrow),
+        payee_in_other=sum(int(t["data"], 16) for t in transfers if t["topics"][1].lower() != from_escrow),
+    )
+
+
+def books_from_chain(chain: ChannelChain, requests: list[RequestRecord], t0: float,
+                     payee_balance_delta: int | None = None, final: bool = True) -> ChannelBooks:
+    """The channel books from what the chain said and what the clients were served (requests on the run
+    clock, t0 subtracted). `payee_balance_delta`: the payees' whole balance change over the run, when
+    known; the part that did not come in by Transfer from others (exact payments) must equal what the
+    escrow settled. `final`: the runner's last claim+settle has run, so a voucher no claim covered is lost
+    (`served_unpaid`), not `pending`."""
+    vouchers = voucher_requests(requests)
+    by_channel: dict[str, list[RequestRecord]] = {}
+    for r in vouchers:
+        by_channel.setdefault(r.channel.lower(), []).append(r)
+    wanted = set(chain.payees)
+    config: dict[str, dict[str, Any]] = {}
+    for e in chain.events:
+        if e["event"] == "ChannelCreated":
+            config[str(e["args"]["channelId"]).lower()] = e["args"]["config"]
+
+    def ours(cid: str) -> bool:
+        c = config.get(cid)
+        if c is None:  # created before the window: ours if our clients used it or its state was asked for
+            return cid in by_channel or cid in chain.start
+        return (str(c["receiver"]).lower() in wanted and str(c["token"]).lower() == chain.token) or cid in by_channel
+
+    def when(e: dict[str, Any]) -> float:
+        """Block time on the run clock. Timestamps are whole seconds, so a block of the run's first
+        second may read as before t0: every block of the window is of the run, hence the floor at 0
+        (which also keeps -1, "none", unambiguous)."""
+        return max(0.0, chain.block_times[e["block"]] - t0) if e["block"] in chain.block_times else -1.0
+
+    channel_ids = sorted({cid for cid in (set(config) | set(by_channel) | set(chain.start)) if ours(cid)})
+    per: dict[str, list[dict[str, Any]]] = {cid: [] for cid in channel_ids}
+    for e in chain.events:
+        cid = str(e["args"].get("channelId", "")).lower()
+        if cid in per:
+            per[cid].append(e)
+    records: list[ChannelRecord] = []
+    double: list[MoneyEvent] = []
+    findings: list[str] = []
+    mismatched: list[str] = []
+    for cid in channel_ids:
+        evs = per[cid]
+        rs = by_channel.get(cid, [])
+        c = config.get(cid) or {}
+        deposits = [e for e in evs if e["event"] == "Deposited"]
+        claims = [e for e in evs if e["event"] == "Claimed"]
+        start_balance, start_claimed = chain.start.get(cid, (0, 0))
+        previous = start_claimed
+        history: list[tuple[float, int]] = []
+        for e in claims:
+            amount, total = int(e["args"]["amount"]), int(e["args"]["totalClaimed"])
+            if total - amount < previous:  # this claim covered a range an earlier one had claimed
+                double.append(MoneyEvent("double_settled", when(e), (cid, total)))
+            previous = max(previous, total)
+            history.append((when(e), total))
+        claimed = sum(int(e["args"]["amount"]) for e in claims)
+        top = max((r.cumulative for r in rs), default=start_claimed)
+        if rs and all(r.amount > 0 and r.cumulative >= r.amount for r in rs):
+            base = min(r.cumulative - r.amount for r in rs)  # the channel's cumulative before this run's first voucher
+        else:
+            base = start_claimed
+        charged = max(0, top - base)
+        refunded = sum(int(e["args"]["amount"]) for e in evs if e["event"] in ("Refunded", "Withdrawn"))
+        deposited = sum(int(e["args"]["amount"]) for e in deposits)
+        covering = [t for t, total in history if total >= top] if rs else []
+        record = ChannelRecord(
+            channel=cid, payer=str(c.get("payer") or (rs[0].payer if rs else "")).lower(),
+            receiver=str(c.get("receiver", "")).lower(), deposited=deposited, charged=charged, claimed=claimed,
+            refunded=refunded, vouchers=len(rs), deposits=len(deposits),
+            t_deposit=when(deposits[0]) if deposits else -1.0, t_claimed=covering[0] if covering else -1.0,
+            claims=format_claims(history))
+        records.append(record)
+        end_balance, end_claimed = chain.end.get(cid, (0, 0))
+        if (end_balance - end_claimed) != (start_balance - start_claimed) + record.refundable:
+            mismatched.append(cid)
+
+    # One record per escrow tx that touched our channels or paid our payees.
+    ids = set(channel_ids)
+    by_tx: dict[str, list[dict[str, Any]]] = {}
+    for e in chain.events:
+        cid = str(e["args"].get("channelId", "")).lower()
+        mine = cid in ids if cid else (str(e["args"].get("receiver", "")).lower() in wanted
+                                       and str(e["args"].get("token", "")).lower() == chain.token)
+        if mine:
+            by_tx.setdefault(str(e["tx"]).lower(), []).append(e)
+    txs: list[ChannelTxRecord] = []
+    for tx_hash, evs in by_tx.items():
+        names = {e["event"] for e in evs}
+        event, kind = next(((ev, k) for ev, k in _TX_KINDS if ev in names), ("", "other"))
+        receipt = chain.receipts.get(tx_hash) or {}
+        touched = {str(e["args"]["channelId"]).lower() for e in evs if "channelId" in e["args"]}
+        txs.append(ChannelTxRecord(
+            kind=kind, tx_hash=tx_hash, t_included=when(evs[0]),
+            gas_used=int(receipt.get("gasUsed", "0x0"), 16),
+            effective_gas_price=int(receipt.get("effectiveGasPrice", "0x0"), 16),
+            channels=len(touched), amount=sum(int(e["args"].get("amount", 0)) for e in evs if e["event"] == event),
+            block_number=evs[0]["block"]))
+    txs.sort(key=lambda t: (t.block_number, t.tx_hash))
+
+    settled = sum(int(e["args"]["amount"]) for e in chain.events if e["event"] == "Settled"
+                  and str(e["args"]["receiver"]).lower() in wanted and str(e["args"]["token"]).lower() == chain.token)
+    claimed_total = sum(r.claimed for r in records)
+    from_escrow = chain.payee_in_escrow if payee_balance_delta is None else payee_balance_delta - chain.payee_in_other
+    owed = sum(max(0, b - c) for b, c in chain.end.values()) + sum(max(0, c - s) for c, s in chain.receivers.values())
+    checks = {
+        "payee_delta_equals_settled": from_escrow == settled,
+        "settled_equals_claimed": settled == claimed_total,
+        "escrow_covers_refundable": chain.escrow_balance >= owed,
+        "refundable_matches_chain": not mismatched,
+    }
+    if not checks["payee_delta_equals_settled"]:
+        findings.append(f"the payees received {from_escrow} atomic units from the escrow for {settled} settled")
+    if not checks["settled_equals_claimed"]:
+        findings.append(f"{settled} atomic units settled for {claimed_total} claimed")
+    if not checks["escrow_covers_refundable"]:
+        findings.append(f"the escrow holds {chain.escrow_balance} atomic units for {owed} it owes payers and receivers")
+    if mismatched:
+        findings.append(f"{len(mismatched)} channel(s) whose on-chain unclaimed balance differs from deposited - "
+                        f"claimed - refunded: {', '.join(mismatched[:5])}")
+    events = channel_money_events(requests, records, final=final) + double
+    events.sort(key=lambda e: (e.t, e.category, str(e.key)))
+    live = {"double_settled": len(double), "checks": checks, "findings": findings, "settled": settled,
+            "payee_balance_delta": from_escrow, "escrow_balance": chain.escrow_balance, "escrow_owes": owed,
+            "unsettled": sum(max(0, c - s) for c, s in chain.receivers.values())}
+    rec = dict(channel_reconciliation(requests, records, [e for e in events if e.category != "double_settled"], live))
+    if double:
+        rec["examples"] = {**rec.get("examples", {}), "double_settled": [str(e.key) for e in double][:20]}
+    return ChannelBooks(records, txs, rec, events, settled, {str(e["tx"]).lower() for e in chain.events})
+
+
+def channel_books(rpc: Rpc | str, requests: list[RequestRecord], escrow: str, token: str, payees: list[str],
+                  first_block: int, last_block: int, t0: float, payee_balance_delta: int | None = None,
+                  final: bool = True) -> ChannelBooks:
+    """read_channels + books_from_chain in one call, for a chain still running (requests already on the
+    run clock). A runner that stops its world before it has the records reads first and judges after."""
+    chain = read_channels(rpc, escrow, token, payees, first_block, last_block,
+                          {r.channel for r in requests if r.scheme == SCHEME and r.channel})
+    return books_from_chain(chain, requests, t0, payee_balance_delta, final)
