@@ -7,8 +7,10 @@ corrective 402 for a wrong cumulative amount; a replayed and a lowered voucher a
 /verify refuses vouchers the chain state rules out; a deposit sent again with the same authorization
 is answered from its record, not sent again; claim + settle pays the payee exactly what was charged;
 the cooperative refund returns the rest. Then the facilitator is SIGKILLed between a claim and its
-settle: after its restart the settle pays the payee everything claimed. Last (it moves chain time): a
-payer's timed withdrawal returns the unclaimed balance.
+settle: after its restart the settle pays the payee everything claimed. The services are SIGKILLed
+after serving vouchers: restarted, they still hold them (durable channel storage) and go on; stopped
+with SIGTERM, they claim and settle what they hold. Last (it moves chain time): a payer's timed
+withdrawal returns the unclaimed balance.
 
 World B (claim every 0.5 s, settle every 1 s): the services' cadence claims and settles on its own.
 """
@@ -275,6 +277,36 @@ def test_facilitator_killed_between_claim_and_settle_loses_nothing(world: World)
     assert balance_of(rpc, token, payee) - payee_before == charged
     claimed, settled = receiver_totals(rpc, payee, token)
     assert claimed == settled
+
+
+def test_services_keep_vouchers_across_a_kill_and_flush_on_shutdown(world: World) -> None:
+    info = world.info
+    token, rpc, payee = info.token["address"], info.rpc_url, info.payees[0]
+    payer = Payer(world, 3)
+    for _ in range(3):
+        payer.pay()
+    charged = 3 * PRICE
+    services = world.process("services")
+    pid = services.pid
+    assert pid
+    os.kill(pid, signal.SIGKILL)  # no shutdown hook runs: only the durable storage remembers the vouchers
+    assert services.process is not None and services.process.wait(timeout=10) == -signal.SIGKILL
+    services.start(port=services.port)
+    assert harness(world, "status")["charged"][payer.channel_id] == str(charged)
+    payee_before = balance_of(rpc, token, payee)
+    owed = receiver_totals(rpc, payee, token)
+    assert owed[0] - owed[1] in (0, charged)  # the cadence may have claimed before the kill; nothing settled it
+    payer.pay()  # the restarted service goes on with the same channel
+    charged += PRICE
+    assert harness(world, "status")["charged"][payer.channel_id] == str(charged)
+
+    services.stop()  # SIGTERM: the shutdown claims and settles what the service holds
+    assert channel_state(rpc, payer.channel_id).total_claimed == charged
+    assert balance_of(rpc, token, payee) - payee_before == charged
+    claimed, settled = receiver_totals(rpc, payee, token)
+    assert claimed == settled
+    services.start(port=services.port)
+    assert harness(world, "status")["unclaimed_amount"] == "0"
 
 
 def test_timed_withdrawal_returns_the_unclaimed_balance(world: World) -> None:

@@ -141,6 +141,8 @@ class ChannelKeeper:
 
     def status(self) -> dict[str, Any]:
         unclaimed = self.unclaimed()
-        return {**self.counts, "settle_owed": self.settle_owed, "channels": len(self.scheme.get_storage().list()),
+        channels = self.scheme.get_storage().list()
+        return {**self.counts, "settle_owed": self.settle_owed, "channels": len(channels),
+                "charged": {c.channel_id: c.charged_cumulative_amount for c in channels},
                 "unclaimed_channels": len(unclaimed), "unclaimed_amount": str(sum(unclaimed.values())),
                 "claim_every_s": self.claim_every_s, "settle_every_s": self.settle_every_s}
