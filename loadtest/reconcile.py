@@ -457,6 +457,16 @@ def books_from_chain(chain: ChannelChain, requests: list[RequestRecord], t0: flo
     return ChannelBooks(records, txs, rec, events, settled, {str(e["tx"]).lower() for e in chain.events})
 
 
+def exact_chain_view(chain: ChainView, books: ChannelBooks) -> ChainView:
+    """The chain as the exact books may see it in a run that also has channels: without the escrow's
+    txs (a deposit redeems an ERC-3009 authorization no exact 200 stands for) and without what the
+    escrow settled to the payees (no exact payment explains it). Pass the payees' balance delta less
+    `books.settled` to reconcile() alongside."""
+    used = [u for u in chain.used if u[2] not in books.escrow_txs]
+    receipts = {h: r for h, r in chain.receipts.items() if h not in books.escrow_txs}
+    return ChainView(used, receipts, chain.block_times, chain.payee_in - books.settled)
+
+
 def channel_books(rpc: Rpc | str, requests: list[RequestRecord], escrow: str, token: str, payees: list[str],
                   first_block: int, last_block: int, t0: float, payee_balance_delta: int | None = None,
                   final: bool = True) -> ChannelBooks:

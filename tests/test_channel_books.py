@@ -31,7 +31,7 @@ from x402bench.results.channels import (
 from x402bench.results.money import counts
 from x402bench.results.records import ChannelRecord, ChannelTxRecord, RequestRecord, format_claims, read_csv
 from x402bench.results.rundir import load_channels, rebuild_report, write_run
-from x402bench.results.summary import build_summary, summary_json
+from x402bench.results.summary import build_summary, exact_reconciliation, summary_json
 from x402bench.scenario import load_scenario, validate_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,7 +186,9 @@ def test_live_books_exact_after_claim_settle_and_not_when_a_voucher_is_left(worl
     from x402.mechanisms.evm.signers import EthAccountSigner
     from x402.schemas import PaymentRequirements
 
-    from loadtest.reconcile import channel_books
+    from loadtest.reconcile import channel_books, exact_chain_view, read_chain, reconcile
+    from services.facilitator.ledger import read_payments
+    import payments
     from services.chain import Rpc
     from services.escrow import ESCROW_ADDRESS
     from services.token import balance_of
@@ -219,14 +221,31 @@ def test_live_books_exact_after_claim_settle_and_not_when_a_voucher_is_left(worl
 
     records = [pay() for _ in range(4)]
     assert [r.cumulative for r in records] == [PRICE, 2 * PRICE, 3 * PRICE, 4 * PRICE]
+    # One exact payment in the same run, to the same payee: both books must stay exact, each on its own.
+    required = payments.requirements(world)
+    payload = payments.build_payment(world, 1, required)
+    start = time.time() - t0
+    assert payments.pay(world, payments.encode(payload)).status_code == 200
+    exact_amount = int(required["accepts"][0]["amount"])
+    exact_record = RequestRecord(t_start=start, t_end=time.time() - t0, route="weather", agent=1, status=200,
+                                 amount=exact_amount, payer=world.agents[1].address.lower(),
+                                 nonce=payload["payload"]["authorization"]["nonce"].lower())
     done = httpx.post(url.rsplit("/", 1)[0] + "/_channels/claim_settle", timeout=120).json()
     assert done["claimed"] == str(4 * PRICE) and done["settle_transaction"]
     last_block = int(rpc.call("eth_blockNumber"), 16)
     delta = balance_of(info.rpc_url, token, payee) - payee_before
-    b = channel_books(rpc, records, ESCROW_ADDRESS, token, info.payees, first_block, last_block, t0, delta)
+    b = channel_books(rpc, [*records, exact_record], ESCROW_ADDRESS, token, info.payees, first_block, last_block, t0,
+                      delta)
     (ch,) = b.channels
     deposit = int(offer["extra"]["minDeposit"])
-    assert (ch.channel, ch.charged, ch.claimed, b.settled, delta) == (channel.lower(), 4 * PRICE, 4 * PRICE, 4 * PRICE, 4 * PRICE)
+    assert delta == 4 * PRICE + exact_amount
+    assert (ch.channel, ch.charged, ch.claimed, b.settled) == (channel.lower(), 4 * PRICE, 4 * PRICE, 4 * PRICE)
+    assert b.reconciliation["payee_balance_delta"] == 4 * PRICE  # the escrow's part of the payee's income
+    chain = read_chain(rpc, token, info.payees, first_block, last_block)
+    assert len(chain.used) == 2  # the exact payment and the deposit's ERC-3009 authorization
+    exact_rec, _ = reconcile([exact_record], read_payments(info.ledger_path), exact_chain_view(chain, b),
+                             delta - b.settled, t0=t0)
+    assert exact_reconciliation(exact_rec) and exact_rec["settled"] == 1, exact_rec
     assert (ch.deposited, ch.deposits, ch.refundable, ch.vouchers) == (deposit, 1, deposit - 4 * PRICE, 4)
     assert ch.t_deposit >= 0 and ch.t_claimed >= ch.t_deposit and ch.claim_history()[-1][1] == 4 * PRICE
     assert b.reconciliation["exact"], b.reconciliation
