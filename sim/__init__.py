@@ -9,6 +9,9 @@ Public API:
     Calibration, load_calibration, default_calibration, instant_calibration
     calibration_from_run(summary, requests, settlements) / calibrate_from_run_dir(run_dir) -> Calibration
     validate_against(live_summary, calibration, replicates=5) -> (rows, sim summaries, one per seed)
+
+batch-settlement routes (deposits, vouchers, claims, settles) are modelled in sim/channels.py; a
+SimResult then carries `channels` and `channel_txs` records for the results package.
 """
 
 from sim.calibrate import calibrate_from_run_dir, calibration_from_run

@@ -23,9 +23,12 @@ from sim.faults import FaultPlan
 from x402bench.scenario import Scenario
 
 
+Included = Callable[["Tx", float, int], None]  # (tx, block time, block number)
+
+
 @dataclass(slots=True)
 class Tx:
-    """One settlement tx: one payment (sync) or many (batched)."""
+    """One settlement tx: one payment (sync) or many (batched), or a channel tx of sim/channels.py (`owner`)."""
 
     id: int
     gas: int
@@ -35,9 +38,7 @@ class Tx:
     ready: float = float("inf")  # when its receipt can be read (set once mined)
     block_time: float = 0.0
     epoch: int = 0  # the facilitator process that sent it (a restarted one does not count it in flight)
-
-
-Included = Callable[[Tx, float, int], None]  # (tx, block time, block number)
+    owner: Included | None = None  # told of its inclusion instead of the facilitator (claims, settles, refunds)
 
 
 class Chain:
@@ -90,7 +91,7 @@ class Chain:
                 mined = tx.t_sent
             self.number += 1
             self._account(1, tx.gas)
-            self.on_included(tx, mined, self.number)
+            (tx.owner or self.on_included)(tx, mined, self.number)
             return mined
         heapq.heappush(self._pool, (tx.t_sent, next(self._seq), tx))
         return tx.t_sent
@@ -113,7 +114,7 @@ class Chain:
             _, _, tx = heapq.heappop(pool)
             room -= tx.gas
             included += 1
-            self.on_included(tx, now, self.number)
+            (tx.owner or self.on_included)(tx, now, self.number)
         if pool and pool[0][0] <= now:
             self.full_blocks += 1
         if included:

@@ -31,26 +31,26 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from sim.calibration import Calibration
 from sim.chain import Chain, Tx
 from sim.dists import sampler, stream
 from sim.engine import Clock, Pool, SharedCpu, Station
 from sim.faults import RECEIPT_TIMEOUT_S, RETRY_WAIT_S, FaultPlan, crash_in
+from sim.interfaces import PaymentHost
+from sim.payment import Req
 from sim.store import (ERR_SETTLEMENT_PENDING, ERR_TRANSACTION_FAILED, ERR_UNEXPECTED_VERIFY, ERR_VALID_BEFORE, FAILED,
                        RELEASED, SETTLED)
 from x402bench.scenario import Scenario
 
-if TYPE_CHECKING:
-    from sim.world import Req, World
 
 #: The SDK facilitator refuses an authorization whose validBefore is less than this far away.
 VALID_BEFORE_BUFFER_S = 6.0
 
 
 class Facilitator:
-    def __init__(self, clock: Clock, scenario: Scenario, cal: Calibration, world: "World") -> None:
+    def __init__(self, clock: Clock, scenario: Scenario, cal: Calibration, world: PaymentHost) -> None:
         self.clock = clock
         self.world = world
         strategy = scenario.facilitator.strategy
@@ -241,9 +241,9 @@ class Facilitator:
         ready = t + self.settle_io()
         if self.answer_after == "accepted":
             self._answer(r, ready)
-        if self.batched:
+        if self.batched and not r.deposit_gas:  # a deposit is its own contract call: never in a transfer batch
             self.clock.at(ready - self.clock.now, self._batch_add, r)
-        elif self.send_queues:
+        elif self.send_queues or self.batched:
             self.clock.at(ready - self.clock.now, self._send_one_now, r)
         else:
             self._send_one(r, ready)
@@ -252,6 +252,9 @@ class Facilitator:
         self._send_one(r, self.clock.now)
 
     def _send_one(self, r: "Req", t: float) -> None:
+        if r.deposit_gas:  # a batch-settlement deposit: a call into the escrow, not a transfer to the payee
+            self._send([r], r.deposit_gas, t)
+            return
         route = r.route
         if self.new_payee[route]:
             self.new_payee[route] = False

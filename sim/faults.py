@@ -30,7 +30,8 @@ What each kind does in the model (mirroring services/faults and services/facilit
   the next poll.
 
 A JSON-RPC batch is one HTTP request, hence one call here, as the proxy draws once per request.
-Kinds with no model here (tx_dropped, reorg, ...) are refused by name, never ignored.
+Kinds with no model here (tx_dropped, reorg, ...) are refused by name, never ignored; so are the kinds
+the channel model cannot honour on batch-settlement routes (all but CHANNEL_SAFE) and agents.retry there.
 """
 
 from __future__ import annotations
@@ -217,6 +218,10 @@ MODELS: dict[str, FaultModel] = {
 #: facilitator's RPC calls, crash and retry handling are not modelled call by call.
 OWN_ENGINE_ONLY = frozenset({"facilitator_crash", "chain_stall", "rpc_latency", "rpc_errors"})
 
+#: Kinds the channel model (sim/channels.py) honours on batch-settlement routes: they only delay
+#: blocks and the facilitator's RPC calls, which deposits, claims and settles meet like any tx.
+CHANNEL_SAFE = frozenset({"chain_stall", "rpc_latency"})
+
 
 def build_plan(scenario: Scenario) -> FaultPlan | None:
     """The plan of the scenario's faults, or None without any (the model then takes no fault path).
@@ -225,9 +230,10 @@ def build_plan(scenario: Scenario) -> FaultPlan | None:
     instead of simulating a run that silently lacks it."""
     strategy = scenario.facilitator.strategy
     deferred = [s.name for s in scenario.batch_settlement_services]
-    if deferred:
-        raise ScenarioError(f"{scenario.name}: services {', '.join(deferred)} use scheme 'batch-settlement', which is "
-                            "live-only: the sim models exact payments only; run it with `x402bench up` (strategy sdk)")
+    if deferred and scenario.agents.retry.attempts:
+        raise ScenarioError(f"{scenario.name}: agents.retry with batch-settlement services ({', '.join(deferred)}) is "
+                            "live-only: the sim does not model a resent deposit or voucher (the live agents never "
+                            "resend a voucher; the server's corrective 402 puts a lost one right)")
     if strategy == "sdk" and scenario.agents.retry.attempts:
         raise ScenarioError(f"{scenario.name}: agents.retry with facilitator strategy 'sdk' is live-only: the sim "
                             "does not model how the SDK facilitator answers a repeated payment")
@@ -240,6 +246,12 @@ def build_plan(scenario: Scenario) -> FaultPlan | None:
             raise ScenarioError(
                 f"{scenario.name}: faults.{i} ({fault.kind}) is live-only: the sim does not model it (it models "
                 f"{', '.join(MODELS)}); run it with `x402bench load`, or remove it to simulate the rest")
+        if deferred and fault.kind not in CHANNEL_SAFE:
+            raise ScenarioError(
+                f"{scenario.name}: faults.{i} ({fault.kind}) with batch-settlement services ({', '.join(deferred)}) "
+                f"is live-only: the sim's channel model honours only {', '.join(sorted(CHANNEL_SAFE))} (a crash or a "
+                "failed RPC call would need the services' voucher store and the deposit's recovery, which it does "
+                "not model); run it with `x402bench load`, or remove it to simulate the rest")
         if strategy == "sdk" and fault.kind in OWN_ENGINE_ONLY:
             raise ScenarioError(
                 f"{scenario.name}: faults.{i} ({fault.kind}) with facilitator strategy 'sdk' is live-only: the sim "

@@ -29,7 +29,7 @@ from sim.faults import build_plan
 from sim.store import FAILED, PENDING, RELEASED, SETTLED, RequestView, SettlementView, materialize, nonce_hex
 from sim.world import World
 from x402bench.results.money import LOSS_KEYS, MoneyEvent, classify, counts
-from x402bench.results.records import RequestRecord, SettlementRecord
+from x402bench.results.records import ChannelRecord, ChannelTxRecord, RequestRecord, SettlementRecord
 from x402bench.scenario import Scenario
 
 Driver = Literal["open", "locust"]
@@ -44,6 +44,7 @@ class SimOptions:
     seed: int | None = None
     driver: Driver = "open"
     drain_s: float = 600.0  # most simulated seconds to let in-flight payments finish after arrivals stop
+    refund_at_end: bool = False  # batch-settlement: refund each channel's unclaimed rest after the last claim
 
 
 @dataclass
@@ -55,6 +56,8 @@ class SimResult:
     meta: dict[str, Any]  # deterministic: goes into summary.json
     perf: dict[str, float] = field(default_factory=dict)  # wall clock figures: printed, never in summary.json
     money_events: list[MoneyEvent] = field(default_factory=list)  # where money went astray, in run seconds
+    channels: list[ChannelRecord] = field(default_factory=list)  # batch-settlement books, one per channel
+    channel_txs: list[ChannelTxRecord] = field(default_factory=list)  # batch-settlement txs, by inclusion
 
     _records: tuple[list[RequestRecord], list[SettlementRecord]] | None = None
 
@@ -91,7 +94,8 @@ def run_sim(scenario: Scenario, calibration: Calibration | None = None,
     plan = build_plan(scenario)
     wall0 = time.perf_counter()
     clock = Clock()
-    world = World(clock, scenario, cal, scenario.agents.count, loadgen=options.driver == "locust", plan=plan)
+    world = World(clock, scenario, cal, scenario.agents.count, loadgen=options.driver == "locust", plan=plan,
+                  refund_at_end=options.refund_at_end)
     duration = scenario.run.duration_s
     driver = DRIVERS[options.driver](clock, world, scenario, Stopper(world, duration, scenario.run.max_requests))
     world.driver = driver
@@ -105,6 +109,12 @@ def run_sim(scenario: Scenario, calibration: Calibration | None = None,
     while t < limit and (world.in_flight or chain.pending or fac._batch or fac.awaiting_restart):
         t = min(limit, t + step)
         clock.run(t)
+    channels = world.channels
+    if channels is not None:  # every request answered: the services' last claim and settle (and refunds)
+        channels.close()
+        while t < limit and (channels.busy or chain.pending):
+            t = min(limit, t + step)
+            clock.run(t)
     chain.stop()
     end = clock.now
     wall = time.perf_counter() - wall0
@@ -117,10 +127,13 @@ def run_sim(scenario: Scenario, calibration: Calibration | None = None,
     if plan is not None:  # released claims are not in the ledger (the live one deletes them)
         state = np.frombuffer(world.settlements.state, dtype=np.uint8)
         by_acceptance = by_acceptance[state[by_acceptance] != RELEASED]
+    if channels is not None:  # deposits are channel txs (channel_txs), not exact settlements: the live ledger has none
+        exact_rows = _exact_rows(world, np.frombuffer(world.settlements.payee, dtype=np.uint16))
+        by_acceptance = by_acceptance[exact_rows[by_acceptance]]
     settlements = SettlementView(world.settlements, world.txs, gas_price_wei, by_acceptance.tolist())
     events = money_events(world)
     reconciliation = _reconcile(world, events)
-    paid = reconciliation["paid_responses"]
+    paid = int(np.count_nonzero(np.frombuffer(world.requests.status, dtype=np.uint16) == 200))  # every scheme's
     meta = {
         "seed": scenario.seed,
         "duration_s": duration,
@@ -145,11 +158,29 @@ def run_sim(scenario: Scenario, calibration: Calibration | None = None,
             "route_wait_s": {world.routes[i]: (g.wait_s / g.jobs if g and g.jobs else 0.0)
                              for i, g in enumerate(world.gates)},
             **({"faults": plan.report()} if plan is not None else {}),
+            **({"channels": channels.stats(_channel_paid(world))} if channels is not None else {}),
         },
     }
     perf = {"wall_s": wall, "paid": paid, "paid_per_wall_s": paid / wall if wall > 0 else 0.0,
             "events": clock.events, "events_per_wall_s": clock.events / wall if wall > 0 else 0.0}
-    return SimResult(scenario, requests, settlements, reconciliation, meta, perf, events)
+    result = SimResult(scenario, requests, settlements, reconciliation, meta, perf, events)
+    if channels is not None:
+        result.channels = channels.channel_records()
+        result.channel_txs = channels.channel_tx_records()
+    return result
+
+
+def _exact_rows(world: World, route: np.ndarray) -> np.ndarray:
+    """Which rows (given each row's route) belong to exact routes."""
+    exact = np.array([not c for c in world.channel_routes], dtype=bool)
+    return exact[route] if route.size else np.zeros(0, dtype=bool)
+
+
+def _channel_paid(world: World) -> int:
+    rq = world.requests
+    status = np.frombuffer(rq.status, dtype=np.uint16)
+    route = np.frombuffer(rq.route, dtype=np.uint16)
+    return int(np.count_nonzero((status == 200) & ~_exact_rows(world, route)))
 
 
 def _request_order(world: World) -> list[int]:
@@ -180,6 +211,14 @@ def money_events(world: World) -> list[MoneyEvent]:
     t_start = np.frombuffer(rq.t_start, dtype=np.float64)
     s_state = np.frombuffer(st.state, dtype=np.uint8)
     s_seq = np.frombuffer(st.seq, dtype=np.int64)
+    s_t_accepted = np.frombuffer(st.t_accepted, dtype=np.float64)
+    s_t_included = np.frombuffer(st.t_included, dtype=np.float64)
+    if world.channels is not None:  # batch-settlement payments are in the channel books, as live (exact_view)
+        keep = _exact_rows(world, np.frombuffer(rq.route, dtype=np.uint16))
+        status, seq, t_end, t_start = status[keep], seq[keep], t_end[keep], t_start[keep]
+        s_keep = _exact_rows(world, np.frombuffer(st.payee, dtype=np.uint16))
+        s_state, s_seq = s_state[s_keep], s_seq[s_keep]
+        s_t_accepted, s_t_included = s_t_accepted[s_keep], s_t_included[s_keep]
     served = status == 200
     settled = s_state == SETTLED
     settled_seq = s_seq[settled]
@@ -187,7 +226,7 @@ def money_events(world: World) -> list[MoneyEvent]:
     quiet = np.intersect1d(seq[served], once[times == 1], assume_unique=True)
     loud_served = served & ~np.isin(seq, quiet, assume_unique=True)
     loud_settled = ~np.isin(settled_seq, quiet)
-    t_included = np.frombuffer(st.t_included, dtype=np.float64)[settled]
+    t_included = s_t_included[settled]
     open_ = s_state == PENDING
     settlements: dict[int, list[float]] = {}
     for key, t in zip(settled_seq[loud_settled].tolist(), t_included[loud_settled].tolist()):
@@ -196,7 +235,7 @@ def money_events(world: World) -> list[MoneyEvent]:
         served=dict(zip(seq[loud_served].tolist(), t_end[loud_served].tolist())),
         sent=dict(zip(seq[~served].tolist(), t_start[~served].tolist())),
         settlements=settlements,
-        pending=dict(zip(s_seq[open_].tolist(), np.frombuffer(st.t_accepted, dtype=np.float64)[open_].tolist())),
+        pending=dict(zip(s_seq[open_].tolist(), s_t_accepted[open_].tolist())),
     )
 
 
@@ -210,9 +249,14 @@ def _reconcile(world: World, events: list[MoneyEvent]) -> dict[str, Any]:
     rq, st = world.requests, world.settlements
     status = np.frombuffer(rq.status, dtype=np.uint16)
     amount = np.frombuffer(rq.amount, dtype=np.int64)
-    served = status == 200
     s_state = np.frombuffer(st.state, dtype=np.uint8)
     s_amount = np.frombuffer(st.amount, dtype=np.int64)
+    if world.channels is not None:  # exact payments only, as live (loadtest/runner.py exact_view)
+        keep = _exact_rows(world, np.frombuffer(rq.route, dtype=np.uint16))
+        status, amount = status[keep], amount[keep]
+        s_keep = _exact_rows(world, np.frombuffer(st.payee, dtype=np.uint16))
+        s_state, s_amount = s_state[s_keep], s_amount[s_keep]
+    served = status == 200
     settled_mask = s_state == SETTLED
     settled_amount = int(s_amount[settled_mask].sum())
     tally = counts(events)
@@ -241,7 +285,7 @@ def _digest(text: str) -> str:
 def sim_run_id(scenario: Scenario, cal: Calibration, options: SimOptions) -> str:
     """Content-addressed: the same inputs give the same id, hence the same folder and summary."""
     key = json.dumps([scenario.model_dump(mode="json"), cal.model_dump(mode="json"), options.driver,
-                      options.drain_s], sort_keys=True)
+                      options.drain_s, *([True] if options.refund_at_end else [])], sort_keys=True)
     return f"sim-s{scenario.seed}-{_digest(key)[:10]}"
 
 
@@ -250,7 +294,14 @@ def build_sim_summary(result: SimResult) -> dict[str, Any]:
 
     requests, settlements = result.records()
     return build_summary(result.scenario, requests, settlements, result.reconciliation, "sim", result.meta,
-                         money_events=result.money_events)
+                         money_events=result.money_events, **_channel_kwargs(result))
+
+
+def _channel_kwargs(result: SimResult) -> dict[str, Any]:
+    """channels= / channel_txs= for the results package, only for a world with batch-settlement routes."""
+    if not result.scenario.batch_settlement_services:
+        return {}
+    return {"channels": result.channels, "channel_txs": result.channel_txs}
 
 
 def simulate(scenario: Scenario, calibration: Calibration | None = None, options: SimOptions = SimOptions(),
@@ -264,7 +315,8 @@ def simulate(scenario: Scenario, calibration: Calibration | None = None, options
     result.meta["run_id"] = run_id
     summary = build_sim_summary(result)
     requests, settlements = result.records()
-    run_dir = write_run(Path(out_root), result.scenario.name, run_id, summary, requests, settlements)
+    run_dir = write_run(Path(out_root), result.scenario.name, run_id, summary, requests, settlements,
+                        **_channel_kwargs(result))
     return run_dir, summary, result
 
 

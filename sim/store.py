@@ -37,6 +37,11 @@ def tx_hex(tx_id: int) -> str:
     return f"0x{0xfeed:04x}{tx_id:060x}"
 
 
+def channel_hex(agent: int, route: int) -> str:
+    """A fake but well-formed batch-settlement channel id (bytes32), one per agent and route."""
+    return f"0x{0xcc:02x}{agent:031x}{route:031x}"
+
+
 class RequestColumns:
     """One row per finished payment: a payment retried with the same signed authorization is one row,
     from its first send to its final answer (as the live harness records it), its sends in `attempts`."""
@@ -58,6 +63,7 @@ class RequestColumns:
         self.seq = array("q")
         self.tx = array("q")
         self.attempts: dict[int, int] = {}  # row -> sends, only for rows sent more than once
+        self.cumulative: dict[int, int] = {}  # row -> the voucher's signed cumulative, batch-settlement rows only
 
     def __len__(self) -> int:
         return len(self.t_start)
@@ -121,6 +127,13 @@ class Names:
         self._nonces: dict[int, str] = {}
         self._txs: dict[int, str] = {}
         self._ints: dict[int, int] = {}
+        self._channels: dict[tuple[int, int], str] = {}
+
+    def channel(self, agent: int, route: int) -> str:
+        name = self._channels.get((agent, route))
+        if name is None:
+            name = self._channels[(agent, route)] = channel_hex(agent, route)
+        return name
 
     def num(self, value: int) -> int:
         """One int object per value (agent indices, amounts, gas, block numbers repeat across records)."""
@@ -175,6 +188,10 @@ class RequestView(Sequence[RequestRecord]):
     def _make(self, i: int, keep: bool = False) -> RequestRecord:
         c = self.cols
         n = self.names
+        if c.cumulative:
+            cumulative = c.cumulative.get(i)
+            if cumulative is not None:
+                return self._make_channel(i, cumulative)
         return RequestRecord(
             t_start=c.t_start[i], t_end=c.t_end[i], route=self.routes[c.route[i]], agent=n.num(c.agent[i]),
             status=c.status[i], error=ERRORS[c.error[i]], challenge_s=c.challenge[i], sign_s=c.sign[i],
@@ -182,6 +199,21 @@ class RequestView(Sequence[RequestRecord]):
             amount=n.num(c.amount[i]),
             payer=n.agent(c.agent[i]), nonce=n.nonce(c.seq[i], keep), tx_hash=n.tx(c.tx[i]),
             attempts=c.attempts.get(i, 1) if c.attempts else 1,
+        )
+
+    def _make_channel(self, i: int, cumulative: int) -> RequestRecord:
+        """A batch-settlement request: no nonce of its own (a voucher is not an authorization), its channel
+        and the voucher's cumulative; a deposit names its deposit tx."""
+        c = self.cols
+        n = self.names
+        agent, route = c.agent[i], c.route[i]
+        return RequestRecord(
+            t_start=c.t_start[i], t_end=c.t_end[i], route=self.routes[route], agent=n.num(agent),
+            status=c.status[i], error=ERRORS[c.error[i]], challenge_s=c.challenge[i], sign_s=c.sign[i],
+            paid_s=c.paid[i], verify_s=c.verify[i], handler_s=c.handler[i], settle_s=c.settle[i],
+            amount=n.num(c.amount[i]), payer=n.agent(agent), nonce="", tx_hash=n.tx(c.tx[i]),
+            attempts=c.attempts.get(i, 1) if c.attempts else 1,
+            scheme="batch-settlement", channel=n.channel(agent, route), cumulative=cumulative,
         )
 
     @overload

@@ -2,7 +2,9 @@
 
 client: [402 round trip unless cached] -> sign -> half a round trip ->
 service: middleware CPU -> /verify -> route worker (queue, work) -> /settle ->
-client: half a round trip back. The facilitator and the chain are in their own modules.
+client: half a round trip back. The facilitator and the chain are in their own modules; a
+batch-settlement route's requests (deposits take this path, vouchers stop at the service) and its
+channels' books are sim/channels.py's, which the world plugs in only when the scenario has one.
 
 Only arrivals at a contended resource are events; pure delays are added up, and FIFO
 queues are resolved at arrival (sim/engine.py), so a payment costs a handful of events.
@@ -17,57 +19,22 @@ attempts: its first send, its last answer, its final status (as the live harness
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable
 
 from sim.calibration import Calibration, Dist
 from sim.dists import sampler, stream
 from sim.engine import Clock, Machine, Station
 from sim.facilitator import Facilitator
 from sim.faults import FaultPlan, crash_in, down_at
+from sim.interfaces import Driver
+from sim.payment import FaultReq, Req
 from sim.store import ERR_SETTLEMENT_PENDING, RequestColumns, SettlementColumns, TxColumns
 from x402bench.scenario import Duration, Scenario
 
+if TYPE_CHECKING:
+    from sim.channels import Channels
+
 MS = 0.001
-
-
-class Driver(Protocol):
-    def done(self, r: "Req", t_end: float) -> None: ...
-
-
-class Req:
-    """A request in flight (agent, route, and the times its record needs)."""
-
-    __slots__ = ("seq", "agent", "route", "amount", "user", "t0", "challenge", "sign", "t_send", "half",
-                 "valid_before", "t_verify", "verify", "handler", "t_settle", "row", "tx")
-
-    def __init__(self, seq: int, agent: int, route: int, amount: int, user: Any, t0: float) -> None:
-        self.seq = seq
-        self.agent = agent
-        self.route = route
-        self.amount = amount
-        self.user = user
-        self.t0 = t0
-        self.row = -1
-        self.tx = -1
-        self.verify = -1.0
-        self.handler = 0.0
-        self.t_settle = -1.0
-
-
-class FaultReq(Req):
-    """One attempt of a payment in a run with faults or retries: what the fault paths track besides Req."""
-
-    __slots__ = ("t_svc", "tries", "closed", "deadline", "answered", "epoch", "waiters")
-
-    def __init__(self, seq: int, agent: int, route: int, amount: int, user: Any, t0: float) -> None:
-        super().__init__(seq, agent, route, amount, user, t0)
-        self.t_svc = 0.0  # reached the service
-        self.tries = 0  # retries before this attempt
-        self.closed = False  # its client has its outcome (or gave up on it)
-        self.deadline = float("inf")  # when its client gives up (agents.retry.timeout_s)
-        self.answered = False  # the facilitator gave (or lost) its /settle answer
-        self.epoch = 0  # the facilitator process that holds its claim
-        self.waiters: list[FaultReq] | None = None  # repeats of its payment waiting for its claim to close
 
 
 def _worth_retrying(status: int, error: int) -> bool:
@@ -79,7 +46,7 @@ class World:
     """Agents' wallets, the service, the facilitator and the chain of one scenario."""
 
     def __init__(self, clock: Clock, scenario: Scenario, cal: Calibration, agents: int, loadgen: bool,
-                 plan: FaultPlan | None = None) -> None:
+                 plan: FaultPlan | None = None, refund_at_end: bool = False) -> None:
         self.clock = clock
         self.scenario = scenario
         seed = scenario.seed
@@ -124,6 +91,15 @@ class World:
                 clock.at(end, self._service_back)
         self.facilitator = Facilitator(clock, scenario, cal, self)
         self.hop = self.facilitator.hop
+        # batch-settlement routes: their own model; the exact-only world keeps its plain start and record
+        self.channel_routes = [s.scheme == "batch-settlement" for s in scenario.services]
+        self.channels: Channels | None = None
+        if any(self.channel_routes):
+            from sim.channels import Channels
+
+            self.channels = Channels(self, scenario, cal, self.facilitator.chain, refund_at_end)
+            self.start = self._start_mixed  # type: ignore[method-assign]
+            self._record = self.channels.record  # type: ignore[method-assign]
 
     # ---- the client -------------------------------------------------------------------------
 
@@ -132,17 +108,33 @@ class World:
         price = self.prices[route]
         spent = self.spent[agent]
         if spent + price > self.cap:
-            if not self.broke[agent]:
-                self.broke[agent] = 1
-                self.broke_count += 1
-                if self.broke_first_t < 0:
-                    self.broke_first_t = self.clock.now
+            self.mark_broke(agent)
             return False
         self.spent[agent] = spent + price
-        now = self.clock.now
-        r = self._req(self.started, agent, route, price, user, now)
+        r = self._req(self.started, agent, route, price, user, self.clock.now)
         self.started += 1
         self.in_flight += 1
+        self.launch(r, self._service, self._at_service)
+        return True
+
+    def _start_mixed(self, agent: int, route: int, user: Any = None) -> bool:
+        """`start` of a world with batch-settlement routes: those go to the channel model."""
+        if self.channel_routes[route]:
+            return self.channels.start(agent, route, user)  # type: ignore[union-attr]
+        return World.start(self, agent, route, user)
+
+    def mark_broke(self, agent: int) -> None:
+        if not self.broke[agent]:
+            self.broke[agent] = 1
+            self.broke_count += 1
+            if self.broke_first_t < 0:
+                self.broke_first_t = self.clock.now
+
+    def launch(self, r: Req, service: Callable[[Req, float], None], at_service: Callable[[Req], None]) -> None:
+        """The client's side of a paid request started now: the 402 round trip unless cached, signing, the
+        way there; the service takes it with service(r, t), or at_service(r) as an event when its CPU queues."""
+        now = self.clock.now
+        agent, route = r.agent, r.route
         challenge = 0.0
         cached = self.cached
         if cached is None:
@@ -169,14 +161,19 @@ class World:
         if self.retry is not None:
             self._arm(r, t_send)  # type: ignore[arg-type]
         if self.svc_busy:
-            self.clock.at(t_send + half - now, self._at_service, r)
+            self.clock.at(t_send + half - now, at_service, r)
         else:
-            self._service(r, t_send + half)
-        return True
+            service(r, t_send + half)
 
     # ---- the service --------------------------------------------------------------------------
 
     def _at_service(self, r: Req) -> None:
+        self._service(r, self.clock.now)
+
+    def pay_exact_way(self, r: Req, t: float) -> None:
+        self._service(r, t)
+
+    def pay_exact_way_now(self, r: Req) -> None:
         self._service(r, self.clock.now)
 
     def _service(self, r: Req, t: float) -> None:
@@ -317,6 +314,10 @@ class World:
     def plan_count(self, what: str) -> None:
         if self.plan is not None:
             self.plan.count(what)
+
+    def record(self, r: Req, t_end: float, status: int, error: int, verify: float, handler: float,
+               settle: float, amount: int, tx: int) -> None:
+        World._record(self, r, t_end, status, error, verify, handler, settle, amount, tx)
 
     def _record(self, r: Req, t_end: float, status: int, error: int, verify: float, handler: float,
                 settle: float, amount: int, tx: int) -> None:
