@@ -54,6 +54,13 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def _plain(axis) -> None:
+    """Tick labels as written numbers: no offset, no scientific notation."""
+    formatter = ScalarFormatter(useOffset=False)
+    formatter.set_scientific(False)
+    axis.set_major_formatter(formatter)
+
+
 #: One colour per fault window on time plots (cycled); each window is labelled with its kind.
 _FAULT_COLOURS = ("#f4a261", "#e76f51", "#2a9d8f", "#9b5de5", "#f15bb5", "#00bbf9", "#8ac926", "#ffca3a")
 
@@ -89,6 +96,8 @@ def throughput_plot(path: Path, requests: Sequence[RequestRecord], window: tuple
             rate = sum(1 for t in ends if start <= t <= end) / length
             ax.hlines(rate, start, end, colors="#d83b3b", label=f"steady mean {rate:.2f}/s")
     _fault_windows(ax, faults)
+    _plain(ax.xaxis)
+    _plain(ax.yaxis)
     ax.set_xlabel("seconds since start")
     ax.set_ylabel("paid requests / s")
     ax.set_title(PLOTS["throughput.png"])
@@ -108,6 +117,7 @@ def cdf_plot(path: Path, values: Sequence[float], title: str, xlabel: str, why: 
         p = percentile(xs, q)
         ax.axvline(p, color="#d83b3b", linestyle=style, linewidth=1, label=f"p{q} {p:.3f} s")
     ax.set_ylim(0, 1.02)
+    _plain(ax.xaxis)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("fraction")
     ax.set_title(f"{title} (n={len(xs)})")
@@ -126,6 +136,8 @@ def gas_plot(path: Path, settlements: Sequence[SettlementRecord]) -> Path:
         return _save(fig, path)
     fig, (left, right) = _figure(2)
     left.hist(per_tx, bins=min(30, max(1, len(set(per_tx)))), color="#3b7dd8")
+    for axis in (left.xaxis, left.yaxis, right.yaxis):
+        _plain(axis)
     left.set_xlabel("gas per payment (per tx)")
     left.set_ylabel("transactions")
     left.set_title("Distribution")
@@ -154,13 +166,6 @@ def errors_plot(path: Path, requests: Sequence[RequestRecord]) -> Path:
     ax.set_xlabel("requests")
     ax.set_title(f"{PLOTS['errors.png']} (of {len(requests)} requests)")
     return _save(fig, path)
-
-
-def _plain(axis) -> None:
-    """Tick labels as written numbers: no offset, no scientific notation."""
-    formatter = ScalarFormatter(useOffset=False)
-    formatter.set_scientific(False)
-    axis.set_major_formatter(formatter)
 
 
 def exposure_plot(path: Path, requests: Sequence[RequestRecord], channels: Sequence[ChannelRecord],
