@@ -196,6 +196,8 @@ def _channels_html(section: Mapping[str, Any] | None, decimals: int, plots: Mapp
                 ("deposits per channel", usage.get("deposits_per_channel")),
                 ("model gas per payment (fitted gas, this usage)", e.get("model_gas_per_payment"))],
                ("model input (this run)", "value")) if usage else "",
+        '<p class="muted">the model over other usage: this run\'s fitted gas, settle interval and channels per '
+        "claim tx</p>",
         _table([(r.get("payments_per_channel"), r.get("payments_per_claim"), r.get("gas_per_payment"))
                 for r in e.get("sensitivity") or []], ("payments per channel", "payments per claim",
                                                        "model gas / payment")),
