@@ -842,8 +842,8 @@ class ChannelSettlement:
         pre = _parse_state(replies[:3])
         post_claimed = max([pre.total_claimed] + [r[2] for r, c in zip(rows, claims)
                                                   if Config.parse(c["voucher"]["channel"], code).channel_id(self.chain_id) == channel_id])
-        if post_claimed > pre.balance or amount == 0:
-            raise Refusal(E.ERR_REFUND_TRANSACTION_FAILED, "claims exceed the balance or the amount is zero", config.payer)
+        if post_claimed > pre.balance or amount == 0:  # the contract would revert: what its simulation says
+            raise Refusal(E.ERR_REFUND_SIMULATION_FAILED, "claims exceed the balance or the amount is zero", config.payer)
         if pre.balance - post_claimed == 0:
             raise Refusal(E.ERR_REFUND_NO_BALANCE, "Nothing to refund", config.payer)
         if isinstance(replies[3], RpcError):

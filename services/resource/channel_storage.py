@@ -16,6 +16,11 @@ before the update returns: a change survives the process being killed at any ins
 in the OS's hands once written); only a power loss may take the last few. It implements the SDK's
 ChannelStorage protocol with the in-memory storage's semantics (copies in and out; an update
 returning the same object changes nothing, returning None deletes).
+
+Measured (`python -m services.facilitator.bench_channels --only storage`, one services process, a
+shared 2-core machine): a voucher request's p50 3.60 ms in memory, 5.17 ms with FileChannelStorage,
+3.51 ms with this one; voucher requests/s with 8 payers at once 340, 217 and 335. Durable at the
+in-memory storage's cost.
 """
 
 from __future__ import annotations
