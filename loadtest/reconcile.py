@@ -276,11 +276,17 @@ def _reads(rpc: Rpc, calls: list[tuple[str, str]], block: int) -> list[str]:
     return out
 
 
+def _word_at(reply: str, i: int) -> int:
+    """The i-th 32-byte word of an eth_call reply; 0 when the reply is shorter (no code at the address)."""
+    word = reply[2 + 64 * i : 2 + 64 * (i + 1)]
+    return int(word, 16) if len(word) == 64 else 0
+
+
 def _states(rpc: Rpc, escrow: str, ids: list[str], block: int) -> dict[str, tuple[int, int]]:
     if block < 0 or not ids:
         return {cid: (0, 0) for cid in ids}
     replies = _reads(rpc, [(escrow, encode_call("channels(bytes32)", bytes.fromhex(cid[2:]))) for cid in ids], block)
-    return {cid: (int(r[2:66], 16), int(r[66:130], 16)) for cid, r in zip(ids, replies)}
+    return {cid: (_word_at(r, 0), _word_at(r, 1)) for cid, r in zip(ids, replies)}
 
 
 def read_channels(rpc: Rpc | str, escrow: str, token: str, payees: list[str], first_block: int, last_block: int,
@@ -312,17 +318,17 @@ def read_channels(rpc: Rpc | str, escrow: str, token: str, payees: list[str], fi
     channel_set = {str(e["args"]["channelId"]).lower() for e in events if "channelId" in e["args"]}
     channel_set |= {c.lower() for c in channel_ids if c}
     chans = sorted(channel_set)
-    at = max(first_block, last_block)
+    at = max(last_block, first_block - 1)  # no block mined during the run: the end is the start
     reads = [(escrow, encode_call("receivers(address,address)", to_checksum_address(p), to_checksum_address(token)))
              for p in payees] + [(token, encode_call("balanceOf(address)", to_checksum_address(escrow)))]
     replies = _reads(rpc, reads, at)
-    receivers = {p: (int(r[2:66], 16), int(r[66:130], 16)) for p, r in zip(payees, replies)}
+    receivers = {p: (_word_at(r, 0), _word_at(r, 1)) for p, r in zip(payees, replies)}
     from_escrow = _word(escrow)
     return ChannelChain(
         escrow=escrow, token=token, payees=payees, events=events, receipts=receipts,
         block_times={n: int(b["timestamp"], 16) for n, b in headers.items()},
         start=_states(rpc, escrow, chans, first_block - 1), end=_states(rpc, escrow, chans, at),
-        receivers=receivers, escrow_balance=int(replies[-1], 16),
+        receivers=receivers, escrow_balance=_word_at(replies[-1], 0),
         payee_in_escrow=sum(int(t["data"], 16) for t in transfers if t["topics"][1].lower() == from_escrow),
         payee_in_other=sum(int(t["data"], 16) for t in transfers if t["topics"][1].lower() != from_escrow),
     )

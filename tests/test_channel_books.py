@@ -158,6 +158,18 @@ def test_summary_channels_section_and_run_folder(tmp_path: Path) -> None:
     assert "Channels (batch-settlement)" not in (plain_dir / "report.html").read_text()
 
 
+def test_books_of_a_run_without_a_block_or_an_escrow(anvil: Any) -> None:
+    """Nothing mined during the run and no escrow deployed: empty books, no error, nothing owed."""
+    from loadtest.reconcile import channel_books
+    from services.chain import Rpc
+
+    rpc = Rpc(anvil.url)
+    first = int(rpc.call("eth_blockNumber"), 16) + 1
+    b = channel_books(rpc, [], "0x" + "4" * 40, "0x" + "5" * 40, ["0x" + "6" * 40], first, first - 1, time.time())
+    assert (b.channels, b.txs, b.events, b.settled) == ([], [], [], 0)
+    assert b.reconciliation["exact"] and all(b.reconciliation["checks"].values())
+
+
 # ---- live: a world with a batch-settlement route ------------------------------------------------------
 
 def scenario_data() -> dict[str, Any]:
