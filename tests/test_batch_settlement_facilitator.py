@@ -38,7 +38,7 @@ from x402.mechanisms.evm.batch_settlement.client.voucher import sign_voucher
 from x402.mechanisms.evm.batch_settlement.types import VoucherPayload
 from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id
 from x402.mechanisms.evm.signers import EthAccountSigner
-from x402.schemas import PaymentPayload, PaymentRequirements
+from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements
 
 from services.chain import Rpc
 from services.escrow import ESCROW_ADDRESS, channel_state, encode_escrow_call, escrow_events, receiver_totals
@@ -204,6 +204,26 @@ def test_sdk_client_against_our_engine(world: World) -> None:
     assert after["deposits_answered_again"] == before["deposits_answered_again"] + 1
     assert after["deposits"] == before["deposits"]
 
+    # Deposits our /verify refuses before any tx: a payer without the funds, a tampered amount.
+    broke = Payer(world, 0)
+    broke.account = Account.create()
+    broke.scheme = ClientScheme(EthAccountSigner(broke.account))
+    client = x402ClientSync()
+    client.set_spend_controls(False)
+    client.register(info.network, broke.scheme)
+    unfunded = client.create_payment_payload(PaymentRequired.model_validate(decode(httpx.get(payer.url).headers[
+        "payment-required"])))
+    assert unfunded.payload["type"] == "deposit"
+    verdict = facilitator(world, "/verify", unfunded, payer.offer)
+    assert (verdict["isValid"], verdict["invalidReason"]) == (False, bs_errors.ERR_INSUFFICIENT_BALANCE), verdict
+    tampered = unfunded.model_dump(by_alias=True, exclude_none=True)
+    tampered["payload"]["deposit"]["amount"] = str(DEPOSIT + 1)
+    verdict = facilitator(world, "/verify", tampered, payer.offer)
+    assert verdict["invalidReason"] == bs_errors.ERR_INVALID_RECEIVE_AUTHORIZATION_SIGNATURE, verdict
+    settled = facilitator(world, "/settle", tampered, payer.offer)
+    assert (settled["success"], settled["errorReason"], settled["transaction"]) == (
+        False, bs_errors.ERR_INVALID_RECEIVE_AUTHORIZATION_SIGNATURE, "")
+
     # The cadence claims (every 1 s) without anyone asking; settle only on request here.
     wait_for(lambda: channel_state(rpc, payer.channel_id).total_claimed == charged, 15, "cadence claim")
     claimed, settled = receiver_totals(rpc, payee, token)
@@ -355,3 +375,21 @@ def test_cadence_claims_and_settles_on_its_own(quick_world: World) -> None:
     status = harness(quick_world, "status")
     assert status["claim_txs"] >= 1 and status["settle_txs"] >= 1 and status["unclaimed_amount"] == "0"
     assert (status["claim_every_s"], status["settle_every_s"]) == (0.5, 1.0)
+
+
+@pytest.mark.parametrize("strategy", ["pipelined", "batched"])
+def test_every_strategy_serves_the_scheme(strategy: str, tmp_path: Path) -> None:
+    data = scenario_data({"claim_every_s": 86_400, "settle_every_s": 86_400})
+    data["facilitator"] = {"strategy": strategy, "signer_keys": 1}
+    with World(validate_scenario(data), workdir=tmp_path / "world") as w:
+        info = w.info
+        token, rpc, payee = info.token["address"], info.rpc_url, info.payees[0]
+        assert httpx.get(info.facilitator_url + "/health").json()["strategy"] == strategy
+        payee_before = balance_of(rpc, token, payee)
+        payer = Payer(w, 0)
+        assert payer.pay()["transaction"]  # the deposit
+        assert payer.pay()["transaction"] == ""  # a voucher
+        done = harness(w)
+        assert [c["vouchers"] for c in done["claims"]] == [1] and done["settle_transaction"]
+        assert balance_of(rpc, token, payee) - payee_before == 2 * PRICE
+        assert metrics(w)["deposits"] == 1
