@@ -32,6 +32,7 @@ from typing import Any, AsyncIterator
 import aiohttp
 import httpx
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from x402.http import FacilitatorConfig, HTTPFacilitatorClient
@@ -342,12 +343,16 @@ def _add_batch_settlement(app: FastAPI, server: x402ResourceServer, client: Time
     keeper = ChannelKeeper(manager, scheme, config.claims_per_tx, config.claim_every_s, config.settle_every_s,
                            flush_s=config.shutdown_flush_s)
 
-    @app.post("/_channels/claim_settle")
-    async def claim_settle() -> dict[str, Any]:
+    @app.post("/_channels/claim_settle", response_model=None)
+    async def claim_settle() -> dict[str, Any] | JSONResponse:
         """Local harness route: claim every channel's charged-but-unclaimed vouchers, then settle the
         receiver's claimed total to pay_to (also a settle an earlier claim left owed). Answers the claim and
-        settle txs and the amounts claimed."""
-        return await keeper.claim_and_settle()
+        settle txs and the amounts claimed; 502 with the error when the facilitator failed or was unreachable
+        (what was claimed stays claimed, and a settle left owed goes out at the next call or tick)."""
+        try:
+            return await keeper.claim_and_settle()
+        except Exception as exc:  # noqa: BLE001 - the caller (the load runner, a test) is told why
+            return JSONResponse({"error": f"{type(exc).__name__}: {exc}"[:1000], **keeper.status()}, status_code=502)
 
     @app.get("/_channels/status")
     async def channel_status() -> dict[str, Any]:
