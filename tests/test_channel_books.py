@@ -149,7 +149,8 @@ def test_summary_channels_section_and_run_folder(tmp_path: Path) -> None:
         x["name"] for x in broken["slo"]["checks"] if not x["passed"]}
     out = write_run(tmp_path, "smoke", "r1", s, requests, [], channels=channels, channel_txs=txs)
     assert read_csv(out / "channels.csv", ChannelRecord) == channels and load_channels(out) == (channels, txs)
-    assert (out / "channel_exposure.png").is_file()
+    assert (out / "channel_exposure.png").is_file() and (out / "channel_gas.png").is_file()
+    assert not (out / "gas_per_payment.png").exists()  # no exact settlement: no empty panel
     (out / "report.html").unlink()
     html = rebuild_report(out).read_text()
     assert "Channels (batch-settlement)" in html and "Economics per scheme" in html and "://" not in html

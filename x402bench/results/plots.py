@@ -12,7 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
-from x402bench.results.channels import exposure_series, settlement_latencies
+from x402bench.results.channels import exposure_series, settlement_latencies, voucher_requests
 from x402bench.results.economics import gas_stats
 from x402bench.results.metrics import error_reason
 from x402bench.results.records import ChannelRecord, ChannelTxRecord, RequestRecord, SettlementRecord
@@ -30,6 +30,7 @@ PLOTS = {
 CHANNEL_PLOTS = {
     "channel_exposure.png": "Seller exposure and locked capital over time",
     "channel_settlement_latency_cdf.png": "Voucher settlement latency CDF",
+    "channel_gas.png": "Gas per payment by scheme",
 }
 _SIZE = (7.0, 3.6)
 _DPI = 100
@@ -191,13 +192,51 @@ def exposure_plot(path: Path, requests: Sequence[RequestRecord], channels: Seque
     return _save(fig, path)
 
 
+#: Stack colours of the batch-settlement bar, by escrow tx kind.
+_KIND_COLOURS = {"deposit": "#3b7dd8", "claim": "#2a9d8f", "settle": "#f4a261", "refund": "#9b5de5",
+                 "withdraw": "#e76f51", "other": "#888888"}
+
+
+def scheme_gas_plot(path: Path, requests: Sequence[RequestRecord], txs: Sequence[ChannelTxRecord],
+                    comparison: Sequence[dict]) -> Path | None:
+    """Horizontal bars, gas per payment: each row of the summary's economics comparison, this run's
+    batch-settlement bar split by the escrow tx kind that spent it; None without a voucher-paid request."""
+    vouchers = len(voucher_requests(requests))
+    if not vouchers or not txs:
+        return None
+    per_kind: dict[str, float] = {}
+    for tx in txs:
+        per_kind[tx.kind] = per_kind.get(tx.kind, 0.0) + tx.gas_used / vouchers
+    rows = [r for r in comparison if r.get("gas_per_payment") is not None
+            and not (r.get("scheme") == "batch-settlement" and r.get("source") == "measured")]  # drawn stacked below
+    fig, (ax,) = _figure()
+    labels = [r["strategy"] if r["source"] in r["strategy"] else f"{r['strategy']} ({r['source']})" for r in rows]
+    labels.append("batch-settlement (measured)")
+    for i, r in enumerate(rows):
+        ax.barh(i, r["gas_per_payment"], color="#bbbbbb" if r.get("source") == "model" else "#555555")
+    left = 0.0
+    y = len(rows)
+    for kind in sorted(per_kind, key=lambda k: list(_KIND_COLOURS).index(k) if k in _KIND_COLOURS else 99):
+        ax.barh(y, per_kind[kind], left=left, color=_KIND_COLOURS.get(kind, "#888888"), label=kind)
+        left += per_kind[kind]
+    ax.set_yticks(range(len(labels)), labels, fontsize="small")
+    _plain(ax.xaxis)
+    ax.set_xlabel("gas per payment")
+    ax.set_title(CHANNEL_PLOTS["channel_gas.png"])
+    ax.legend(loc="upper right", fontsize="small", title="escrow tx", title_fontsize="small")
+    return _save(fig, path)
+
+
 def render_plots(out_dir: Path, requests: Sequence[RequestRecord], settlements: Sequence[SettlementRecord],
                  window: tuple[float, float] | None = None,
                  faults: Sequence[tuple[str, float, float]] = (), channels: Sequence[ChannelRecord] = (),
-                 channel_txs: Sequence[ChannelTxRecord] = (), decimals: int = 6) -> dict[str, Path]:
+                 channel_txs: Sequence[ChannelTxRecord] = (), decimals: int = 6,
+                 comparison: Sequence[dict] = ()) -> dict[str, Path]:
     """Write every plot into out_dir; returns file name -> path in report order. `faults`: (kind, start,
     end) of each fault window, marked on the time plots. Channel plots (CHANNEL_PLOTS) are added only
-    for a run with channels and only when they have data."""
+    for a run with channels and only when they have data; such a run without exact settlements gets no
+    (empty) exact gas plot, its gas is in channel_gas.png (`comparison`: the summary's
+    channels.economics.comparison rows)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = window[0] if window else 0.0
@@ -212,12 +251,15 @@ def render_plots(out_dir: Path, requests: Sequence[RequestRecord], settlements: 
         latencies, _ = settlement_latencies(requests, channels, start)
         exact_too = bool(settle_latency)  # a voucher-only CDF says something new only next to exact ones
         settle_latency = settle_latency + latencies
+        gas = scheme_gas_plot(out_dir / "channel_gas.png", requests, channel_txs, comparison)
+        if gas is not None:
+            drawn["channel_gas.png"] = gas
         if latencies and exact_too:
             drawn["channel_settlement_latency_cdf.png"] = cdf_plot(
                 out_dir / "channel_settlement_latency_cdf.png", latencies,
                 CHANNEL_PLOTS["channel_settlement_latency_cdf.png"], "seconds (voucher served to the claim covering it)",
                 "no claimed voucher")
-    return {
+    plots = {
         "throughput.png": throughput_plot(out_dir / "throughput.png", requests, window, faults),
         "request_latency_cdf.png": cdf_plot(out_dir / "request_latency_cdf.png", request_latency,
                                             PLOTS["request_latency_cdf.png"], "seconds (first byte to paid 200)",
@@ -231,3 +273,6 @@ def render_plots(out_dir: Path, requests: Sequence[RequestRecord], settlements: 
         "errors.png": errors_plot(out_dir / "errors.png", requests),
         **drawn,
     }
+    if (channels or channel_txs) and not gas_stats(settlements).txs:
+        plots.pop("gas_per_payment.png").unlink(missing_ok=True)
+    return plots

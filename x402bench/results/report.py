@@ -182,6 +182,7 @@ def _channels_html(section: Mapping[str, Any] | None, decimals: int, plots: Mapp
         *_plot(plots, "channel_exposure.png"),
         *_plot(plots, "channel_settlement_latency_cdf.png"),
         "<h3>Economics per scheme</h3>",
+        *_plot(plots, "channel_gas.png"),
         '<p class="muted">measured: this run; model: x402bench.results.economics reference figures '
         "(exact) or its channel model on this run's usage (batch-settlement)</p>",
         _table(comparison, ("scheme", "strategy", "gas / payment", "txs / payment", "USD / payment",

@@ -56,7 +56,9 @@ def _render(run_dir: Path, summary: dict[str, Any], requests: Sequence[RequestRe
 
     faults = [(f["kind"], f["at_s"], f["end_s"]) for f in summary.get("faults") or []]
     decimals = int(((summary.get("scenario") or {}).get("config") or {}).get("token", {}).get("decimals", 6))
-    plots = render_plots(run_dir, requests, settlements, _window(summary), faults, channels, channel_txs, decimals)
+    comparison = (((summary.get("channels") or {}).get("economics") or {}).get("comparison")) or []
+    plots = render_plots(run_dir, requests, settlements, _window(summary), faults, channels, channel_txs, decimals,
+                         comparison)
     report = run_dir / REPORT
     report.write_text(render_report(summary, plots), encoding="utf-8")
     return report
