@@ -287,6 +287,19 @@ def test_compare_ratios() -> None:
     assert ratio(True, False) is None and ratio(2, 3) == pytest.approx(1.5)
 
 
+def test_exact_only_runs_have_no_channels_and_channel_books_join_the_slo() -> None:
+    requests, settlements, rec = healthy_run()
+    s = build_summary(SMOKE, requests, settlements, rec, "load", {})
+    assert s["channels"] is None and "channels_exact" not in s["reconciliation"]
+    assert not [c for c in s["slo"]["checks"] if c["name"].startswith("channels_")]
+    rows = {r.metric: r for r in compare_summaries(s, s)}
+    assert rows["channel gas per payment"].a is None and rows["channel books exact"].ratio is None
+    books = {"served_unpaid": 1, "paid_unserved": 0, "double_settled": 0, "pending": 0,
+             "checks": {"settled_equals_claimed": True, "payee_delta_equals_settled": False}}
+    failed = failures(evaluate_slo(Slo(), {}, None, books))
+    assert [f.split(":")[0] for f in failed] == ["channels_served_unpaid", "channels_payee_delta_equals_settled"]
+
+
 def test_compare_runs_reads_two_folders(run_dir: Path) -> None:
     label_a, label_b, rows = compare_runs(run_dir, run_dir)
     assert label_a == label_b == "smoke (load) r1"
