@@ -11,7 +11,8 @@ Then the payer's own resynchronisation, against a World of the same scenario: a 
 charged amount is out of step (behind, ahead, or forgotten altogether) gets the server's corrective 402 and
 recovers on the resend, without being charged twice.
 
-Facilitator strategy `sdk` (the official SDK facilitator runs the scheme today).
+Facilitator strategy `sync`, as scenarios/deferred.yaml; its claim and settle cadence (every 10 s and 30 s)
+stays on, so the services may claim during the run too: the chain, not the runner's last claim, is the judge.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def scenario_data(name: str = "deferred-load") -> dict[str, Any]:
     data = yaml.safe_load((ROOT / "scenarios" / "deferred.yaml").read_text())
     data.update(
         name=name, chain={"chain_id": 31337, "mining": "auto"},
-        facilitator={"strategy": "sdk", "signer_keys": 1},
+        facilitator={"strategy": "sync", "signer_keys": 1},
         channel={**data["channel"], "deposit_usdc": DEPOSIT / 1e6},
         agents={"count": AGENTS, "funding_usdc": 5, "arrivals": {"kind": "closed"}, "cache_requirements": True},
         run={"duration_s": 6, "warmup_s": 1, "users": AGENTS, "spawn_rate": AGENTS}, slo={},
@@ -123,8 +124,12 @@ def test_the_chain_claimed_exactly_what_the_records_charged(load_run: tuple[Path
     total = sum(charged.values())
     assert receiver_totals(chain.url, world["pay_to"], world["token"]["address"]) == (total, total)
     meta = json.loads((run_dir / "summary.json").read_text())["meta"]
-    (claims,) = meta["channel_claims"]
-    assert claims["claimed"] == str(total) and claims["settle_transaction"]
+    (claims,) = meta["channel_claims"]  # the runner's claim took whatever the services' cadence had not yet
+    assert "error" not in claims and 0 <= int(claims["claimed"]) <= total
+    assert claims["settle_transaction"] or int(claims["claimed"]) == 0
+    claimed_txs = [t for t in meta["escrow_txs"] if "Claimed" in t["events"]]
+    assert claimed_txs and all(t["gas_used"] > 0 for t in meta["escrow_txs"])
+    assert sum(1 for t in meta["escrow_txs"] if "Deposited" in t["events"]) == sum(deposited.values())
 
 
 # --- the payer's resynchronisation through the corrective 402 ---------------------------------------------
