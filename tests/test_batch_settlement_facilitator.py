@@ -291,6 +291,11 @@ def test_facilitator_killed_between_claim_and_settle_loses_nothing(world: World)
     assert balance_of(rpc, token, payee) == payee_before
     process.start(port=process.port)  # the same port: the services point at it
     assert process.pid != pid
+    # The restarted facilitator still knows the deposit it sent: a retry is answered from its record.
+    (deposited,) = escrow_events(rpc, event="Deposited", channel_id=payer.channel_id)
+    replay = facilitator(world, "/settle", PaymentPayload.model_validate(decode(payer.sent[0])), payer.offer)
+    assert replay["success"] and replay["transaction"] == deposited["tx"], replay
+    assert len(escrow_events(rpc, event="Deposited", channel_id=payer.channel_id)) == 1
 
     done = harness(world)
     assert done["claims"] == [] and done["settle_transaction"], done
