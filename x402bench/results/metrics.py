@@ -5,7 +5,8 @@ Windows, chosen so a run is judged on its steady state but nothing is hidden:
   the caller knows it, else min(scenario duration, last response). Throughput counts paid
   200s whose response arrived inside it; request latency (paid 200s only, 402 round trip
   included) and the phase split use requests that started inside it; settlement latency
-  uses settlements accepted inside it.
+  uses settlements accepted inside it and voucher-paid (batch-settlement) requests that started
+  inside it (served to the claim covering the voucher: x402bench.results.channels).
 - counts (requests, paid, errors, error_rate), gas and cost cover the whole run: an error or
   a settlement during warmup still happened and still cost money.
 A statistic is null only when there is no data for it (no paid request, no settled payment,

@@ -12,7 +12,7 @@ import base64
 import html
 from itertools import repeat
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
@@ -128,9 +128,29 @@ def _usd(amount: Any, decimals: int) -> Any:
     return None if amount is None else amount / 10**decimals
 
 
-def _channels_html(section: Mapping[str, Any] | None, decimals: int, plots: Mapping[str, bytes | Path]) -> list[str]:
+#: Most channels listed one by one in the report (those the seller is most exposed on first).
+CHANNEL_ROWS = 20
+
+
+def _channel_rows(channels: Sequence[Any], decimals: int) -> list[str]:
+    if not channels:
+        return []
+    ranked = sorted(channels, key=lambda c: (-abs(c.unclaimed), -c.charged, c.channel))[:CHANNEL_ROWS]
+    rows = [(f"{c.channel[:10]}…", f"{c.payer[:10]}…", _usd(c.deposited, decimals), _usd(c.charged, decimals),
+             _usd(c.claimed, decimals), _usd(c.refunded, decimals), _usd(c.unclaimed, decimals),
+             _usd(c.refundable, decimals), c.vouchers, c.deposits) for c in ranked]
+    more = len(channels) - len(ranked)
+    return [_table(rows, ("channel", "payer", "deposited $", "charged $", "claimed $", "refunded $", "unclaimed $",
+                          "refundable $", "vouchers", "deposits"),
+                   ["fail" if c.unclaimed else "" for c in ranked]),
+            f'<p class="muted">{more} more channel(s) in channels.csv</p>' if more > 0 else ""]
+
+
+def _channels_html(section: Mapping[str, Any] | None, decimals: int, plots: Mapping[str, bytes | Path],
+                   channels: Sequence[Any] = ()) -> list[str]:
     """The Channels section: the books, their verdict, exposure and locked capital, the economics of the
-    scheme against the exact strategies (x402bench.results.channels defines every figure)."""
+    scheme against the exact strategies (x402bench.results.channels defines every figure); `channels`
+    (ChannelRecords, when the caller has them) adds the books per channel, most exposed first."""
     if not section:
         return []
     t = section.get("totals") or {}
@@ -165,6 +185,7 @@ def _channels_html(section: Mapping[str, Any] | None, decimals: int, plots: Mapp
         f"voucher-paid requests · {fmt(t.get('deposits'))} deposits · books "
         f"<span class='badge {badge}'>{'exact' if exact else 'not exact'}</span></p>",
         _table(books, ("books", "atomic units", "USD")),
+        *_channel_rows(channels, decimals),
         _table(verdict, ("reconciliation", "value"), ["fail" if isinstance(v, int) and not isinstance(v, bool) and v
                                                       or v is False else "" for _, v in verdict]),
         _table([
@@ -224,8 +245,9 @@ def _faults_html(rows: list[Mapping[str, Any]]) -> list[str]:
             _table(body, ("fault", "window", *losses, "throughput dip"), marks)]
 
 
-def render_report(summary: Mapping[str, Any], plots: Mapping[str, bytes | Path]) -> str:
-    """The whole HTML page for a summary and its plots (file name -> PNG bytes or path)."""
+def render_report(summary: Mapping[str, Any], plots: Mapping[str, bytes | Path], channels: Sequence[Any] = ()) -> str:
+    """The whole HTML page for a summary and its plots (file name -> PNG bytes or path); `channels`:
+    the run's ChannelRecords, for the per-channel books."""
     m = summary.get("metrics") or {}
     rec = summary.get("reconciliation") or {}
     slo = summary.get("slo") or {"passed": True, "checks": []}
@@ -253,7 +275,7 @@ def render_report(summary: Mapping[str, Any], plots: Mapping[str, bytes | Path])
                 for k, v in sorted(rec.items()) if k != "channels"], ("figure", "value"))
         if rec else '<p class="muted">no reconciliation for this run</p>',
         *_channels_html(summary.get("channels"), int((scenario.get("config") or {}).get("token", {}).get("decimals", 6)),
-                        plots),
+                        plots, channels),
         *_faults_html(summary.get("faults") or []),
         "<h2>Phase split (paid requests, steady window)</h2>", _phase_html(m.get("phase_s") or {}),
         "<h2>Errors</h2>",

@@ -60,7 +60,7 @@ def _render(run_dir: Path, summary: dict[str, Any], requests: Sequence[RequestRe
     plots = render_plots(run_dir, requests, settlements, _window(summary), faults, channels, channel_txs, decimals,
                          comparison)
     report = run_dir / REPORT
-    report.write_text(render_report(summary, plots), encoding="utf-8")
+    report.write_text(render_report(summary, plots, channels), encoding="utf-8")
     return report
 
 
