@@ -85,8 +85,8 @@ class ChannelRecord:
     payer: str
     receiver: str                  # the payee the channel pays
     deposited: int = 0             # atomic units put into escrow (first deposit and every top-up)
-    charged: int = 0               # what the clients were served, summed from their vouchers
-    claimed: int = 0               # the channel's totalClaimed on chain
+    charged: int = 0               # what the clients were served during the run, from their vouchers
+    claimed: int = 0               # claimed on chain during the run (the channel's totalClaimed when it opened in it)
     refunded: int = 0              # returned to the payer (cooperative refunds and finalized withdrawals)
     vouchers: int = 0              # requests served with a voucher (or deposit) of this channel
     deposits: int = 0              # deposit transactions (1 + top-ups)
