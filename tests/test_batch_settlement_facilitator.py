@@ -13,6 +13,8 @@ with SIGTERM, they claim and settle what they hold. Last (it moves chain time): 
 withdrawal returns the unclaimed balance.
 
 World B (claim every 0.5 s, settle every 1 s): the services' cadence claims and settles on its own.
+Strategies `pipelined` and `batched` serve the scheme with the same handler. On 0.5 s blocks with the
+RPC fault proxy dropping sent txs, a deposit and a claim are sent again by the guard and answered once.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import base64
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -41,6 +44,7 @@ from x402.mechanisms.evm.signers import EthAccountSigner
 from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements
 
 from services.chain import Rpc
+from services.faults.control import FaultControl
 from services.escrow import ESCROW_ADDRESS, channel_state, encode_escrow_call, escrow_events, receiver_totals
 from services.stack import World
 from services.token import balance_of, send_transactions
@@ -398,3 +402,39 @@ def test_every_strategy_serves_the_scheme(strategy: str, tmp_path: Path) -> None
         assert [c["vouchers"] for c in done["claims"]] == [1] and done["settle_transaction"]
         assert balance_of(rpc, token, payee) - payee_before == 2 * PRICE
         assert metrics(w)["deposits"] == 1
+
+
+def test_dropped_channel_txs_are_sent_again(tmp_path: Path) -> None:
+    """A deposit and a claim whose txs the node loses (the RPC proxy's drop_sent, 0.5 s blocks): the
+    channel txs' SettlementGuard sends them again, and each answer comes, once."""
+    data = scenario_data({"claim_every_s": 86_400, "settle_every_s": 86_400})
+    data["chain"] = {"chain_id": 31337, "mining": "interval", "block_time_s": 0.5}
+    data["faults"] = [{"kind": "tx_dropped", "at_s": 3000, "for_s": 1}]  # only so the world puts the RPC proxy in
+    with World(validate_scenario(data), workdir=tmp_path / "world") as w:
+        info = w.info
+        token, rpc, payee = info.token["address"], info.rpc_url, info.payees[0]
+        control = FaultControl(info.fault_proxies["rpc"])
+        payer = Payer(w, 0)
+        payee_before = balance_of(rpc, token, payee)
+
+        def through_a_drop(work: Callable[[], Any]) -> Any:
+            dropped = control.state()["counters"]["dropped"]
+            control.set("drop_sent")
+            result: list[Any] = []
+            thread = threading.Thread(target=lambda: result.append(work()))
+            thread.start()
+            wait_for(lambda: control.state()["counters"]["dropped"] > dropped, 20, "a dropped tx")
+            control.clear("drop_sent")
+            thread.join(timeout=60)
+            assert result, "no answer after the drop"
+            return result[0]
+
+        first = through_a_drop(payer.pay)
+        assert first["success"] and first["transaction"] and first["amount"] == str(DEPOSIT)
+        assert len(escrow_events(rpc, event="Deposited", channel_id=payer.channel_id)) == 1
+        assert channel_state(rpc, payer.channel_id).balance == DEPOSIT
+        payer.pay()
+        done = through_a_drop(lambda: harness(w))
+        assert [c["vouchers"] for c in done["claims"]] == [1] and done["settle_transaction"], done
+        assert balance_of(rpc, token, payee) - payee_before == 2 * PRICE
+        assert metrics(w)["guard"]["resends"] >= 2
