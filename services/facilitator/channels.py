@@ -488,7 +488,7 @@ class ChannelSettlement:
             if kind == "deposit" and _has(raw, "channelConfig", "voucher", "deposit"):
                 deposit = self._parse_deposit(raw, requirements)
                 known = self.records.find(deposit.key)
-                if known is not None and known["signature"] == deposit.auth_signature and known["state"] != "failed":
+                if known is not None and known["signature"] == deposit.signature and known["state"] != "failed":
                     state = json.loads(known["answer_extra"] or "{}").get("pre") or {}
                     return {"isValid": True, "payer": deposit.config.payer, "extra": state}
                 state = await self._check_deposit_chain(deposit, requirements)
@@ -503,7 +503,8 @@ class ChannelSettlement:
                 self.counters["vouchers_verified" if kind == "voucher" else "refund_vouchers_verified"] += 1
                 return {"isValid": True, "payer": config.payer, "extra": state.extra(voucher.channel_id)}
             raise Refusal(E.ERR_INVALID_PAYLOAD_TYPE, f"payload type {kind!r} is not verified here", payer)
-        except Refusal as refusal:
+        except Exception as exc:  # noqa: BLE001 - a 500 would read as a transport failure to the SDK client
+            refusal = exc if isinstance(exc, Refusal) else self._unexpected(exc, reasons.UNEXPECTED_VERIFY_ERROR, payer)
             self._refused(refusal.reason)
             answer: dict[str, Any] = {"isValid": False, "invalidReason": refusal.reason}
             if refusal.message:
@@ -527,9 +528,15 @@ class ChannelSettlement:
             if kind == "settle" and _has(raw, "receiver", "token"):
                 return await self._settle(raw, requirements)
             raise Refusal(E.ERR_INVALID_PAYLOAD_TYPE, f"payload type {kind!r} is not settled here", payer)
-        except Refusal as refusal:
+        except Exception as exc:  # noqa: BLE001 - a 500 would read as a transport failure to the SDK client
+            refusal = exc if isinstance(exc, Refusal) else self._unexpected(exc, reasons.UNEXPECTED_SETTLE_ERROR, payer)
             self._refused(refusal.reason)
             return self._failure(refusal.reason, refusal.message, refusal.payer or payer)
+
+    @staticmethod
+    def _unexpected(exc: Exception, reason: str, payer: str | None) -> Refusal:
+        log.exception("batch-settlement payload raised")
+        return Refusal(reason, f"{type(exc).__name__}: {exc}"[:300], payer)
 
     # --- shared checks ----------------------------------------------------------------------
 
@@ -704,7 +711,7 @@ class ChannelSettlement:
             return await self._answer_again(d.key, d.signature, d.config.payer)
         try:
             state = await self._check_deposit_chain(d, requirements)
-        except Refusal:
+        except BaseException:  # nothing was sent: the authorization may be tried again
             self.records.release(row_id)
             raise
         pre = state.extra(d.voucher.channel_id)
@@ -1005,9 +1012,6 @@ class _Deposit:
     data: str  # deposit() calldata
     key: str
 
-    @property
-    def auth_signature(self) -> str:
-        return self.signature
 
 
 def _has(raw: Any, *keys: str) -> bool:
