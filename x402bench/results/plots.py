@@ -10,7 +10,7 @@ from typing import Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, ScalarFormatter
+from matplotlib.ticker import MaxNLocator, ScalarFormatter, StrMethodFormatter
 
 from x402bench.results.channels import exposure_series, settlement_latencies, voucher_requests
 from x402bench.results.economics import gas_stats
@@ -60,6 +60,12 @@ def _plain(axis) -> None:
     formatter = ScalarFormatter(useOffset=False)
     formatter.set_scientific(False)
     axis.set_major_formatter(formatter)
+
+
+def _gas_axis(axis) -> None:
+    """Gas counts: whole numbers with thousands separators, few enough ticks not to collide."""
+    axis.set_major_locator(MaxNLocator(nbins=5))
+    axis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
 
 
 #: One colour per fault window on time plots (cycled); each window is labelled with its kind.
@@ -137,8 +143,9 @@ def gas_plot(path: Path, settlements: Sequence[SettlementRecord]) -> Path:
         return _save(fig, path)
     fig, (left, right) = _figure(2)
     left.hist(per_tx, bins=min(30, max(1, len(set(per_tx)))), color="#3b7dd8")
-    for axis in (left.xaxis, left.yaxis, right.yaxis):
-        _plain(axis)
+    _gas_axis(left.xaxis)
+    _plain(left.yaxis)
+    _gas_axis(right.yaxis)
     left.set_xlabel("gas per payment (per tx)")
     left.set_ylabel("transactions")
     left.set_title("Distribution")
@@ -172,23 +179,27 @@ def errors_plot(path: Path, requests: Sequence[RequestRecord]) -> Path:
 def exposure_plot(path: Path, requests: Sequence[RequestRecord], channels: Sequence[ChannelRecord],
                   txs: Sequence[ChannelTxRecord], decimals: int,
                   faults: Sequence[tuple[str, float, float]] = ()) -> Path | None:
-    """Step lines, USD: what the seller served but had not claimed yet, and what the payers had locked in
-    escrow and not yet paid or got back; None when there is nothing to draw."""
+    """Two step series over one time axis, USD: what the seller served but had not claimed yet (top), and
+    what the payers had locked in escrow and not yet paid or got back (bottom). Their scales differ by
+    orders of magnitude (a deposit covers many calls), hence two panels. None when there is nothing to draw."""
     ts, exposure, locked = exposure_series(requests, channels, txs)
     if not ts:
         return None
     scale = 10 ** decimals
-    fig, (ax,) = _figure()
-    ax.step(ts, [v / scale for v in exposure], where="post", color="#d83b3b", label="seller exposure (charged, unclaimed)")
-    ax.step(ts, [v / scale for v in locked], where="post", color="#3b7dd8", label="locked by payers (deposits in escrow)")
-    _fault_windows(ax, faults)
-    ax.set_ylim(bottom=0)
-    _plain(ax.xaxis)
-    _plain(ax.yaxis)
-    ax.set_xlabel("seconds since start")
-    ax.set_ylabel("USD")
-    ax.set_title(CHANNEL_PLOTS["channel_exposure.png"])
-    ax.legend(loc="best", fontsize="small")
+    fig = Figure(figsize=(_SIZE[0], _SIZE[1] * 1.4), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    for ax, values, colour, label in ((top, exposure, "#d83b3b", "seller exposure (charged, unclaimed)"),
+                                      (bottom, locked, "#3b7dd8", "locked by payers (deposits in escrow)")):
+        ax.step(ts, [v / scale for v in values], where="post", color=colour)
+        _fault_windows(ax, faults)
+        ax.set_ylim(bottom=0)
+        _plain(ax.yaxis)
+        ax.set_ylabel("USD")
+        ax.set_title(label, fontsize="medium")
+    _plain(bottom.xaxis)
+    bottom.set_xlabel("seconds since start")
+    fig.suptitle(CHANNEL_PLOTS["channel_exposure.png"])
     return _save(fig, path)
 
 
@@ -220,10 +231,11 @@ def scheme_gas_plot(path: Path, requests: Sequence[RequestRecord], txs: Sequence
         ax.barh(y, per_kind[kind], left=left, color=_KIND_COLOURS.get(kind, "#888888"), label=kind)
         left += per_kind[kind]
     ax.set_yticks(range(len(labels)), labels, fontsize="small")
-    _plain(ax.xaxis)
+    _gas_axis(ax.xaxis)
     ax.set_xlabel("gas per payment")
     ax.set_title(CHANNEL_PLOTS["channel_gas.png"])
-    ax.legend(loc="upper right", fontsize="small", title="escrow tx", title_fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", title="escrow tx",
+              title_fontsize="small")  # outside: the measured bar may be the longest
     return _save(fig, path)
 
 
