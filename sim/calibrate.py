@@ -19,6 +19,18 @@ What each figure is taken from (steady window, paid requests, settled payments):
 - chain.node_cpu_s       <- metrics.cpu.ms_per_paid_request.anvil (the node's share of that host)
 - gas                    <- gas_used of single-payment txs (existing / new payee) and a least-squares
                             fit gas = fixed + per_item * size over batch txs
+- batch-settlement gas   <- channel_txs.csv: deposits (new channel / top-up, told apart by gas), a
+                            least-squares fit claim = fixed + per_channel*n + per_channel_sq*n^2 over
+                            claims of different sizes (fixed alone from one size), settle and refund medians
+- service.voucher_wait_s <- voucher-paid requests (batch-settlement, no deposit tx): paid_s - handler_s
+                            - settle_s less the round trip and the service's CPU per request, plus the
+                            handler's median lateness beyond the scenario's work (quantiles); the check's
+                            CPU (voucher_verify_s) is 0 then, being inside the measured CPU per request
+  The round trip and the facilitator's verify wait are taken from requests that went through the
+  facilitator (exact payments and deposits) only, and its CPU per paid request is spread over those.
+  When vouchers are most of the paid requests, the round trip is the median of that residual: the
+  deposits' spread is the service's contention, which voucher_wait_s carries already (counted twice,
+  it put the request p50 of deferred.yaml 21% over the live run's; once, within 7%).
 - t_included = "receipt" (the live ledger stamps inclusion when the facilitator sees the receipt)
 - measured               <- the run's throughput and latency percentiles, for `validate`
 Work times are not calibrated: they are the scenario's definition of the service.
@@ -34,7 +46,7 @@ import numpy as np
 
 from sim.calibration import Calibration, Dist, StrategyTiming, default_calibration
 from x402bench.results.compare import dig
-from x402bench.results.records import RequestRecord, SettlementRecord
+from x402bench.results.records import ChannelTxRecord, RequestRecord, SettlementRecord
 
 QUANTILES = 21  # q0, q5, ..., q100
 BUSY = 0.5  # facilitator CPU utilization above which its latencies are mostly queueing
@@ -89,13 +101,18 @@ def _fit_batches(txs: dict[str, tuple[int, int]]) -> tuple[int, int] | None:
 
 def calibration_from_run(summary: dict[str, Any], requests: Sequence[RequestRecord],
                          settlements: Sequence[SettlementRecord], source: str = "live run",
-                         base: Calibration | None = None) -> Calibration:
+                         base: Calibration | None = None,
+                         channel_txs: Sequence[ChannelTxRecord] = ()) -> Calibration:
     """A calibration measured on one live run, starting from `base` (defaults) for what it cannot see."""
     base = base or default_calibration()
     config = (summary.get("scenario") or {}).get("config") or {}
     strategy = (config.get("facilitator") or {}).get("strategy", "sync")
     warmup = float((config.get("run") or {}).get("warmup_s", 0.0))
-    paid = [r for r in requests if r.status == 200 and r.t_start >= warmup]
+    paid_all = [r for r in requests if r.status == 200]
+    paid = [r for r in paid_all if r.t_start >= warmup]
+    # a voucher never reaches the facilitator: round trips and verify waits come from the others
+    facilitated = [r for r in paid if _through_facilitator(r)]
+    vouchers = [r for r in paid if not _through_facilitator(r)]
     settled = [s for s in settlements if s.state == "settled" and s.t_accepted >= warmup]
     timing = base.strategy(strategy)
     hop = base.network.hop_s.mean
@@ -112,11 +129,22 @@ def calibration_from_run(summary: dict[str, Any], requests: Sequence[RequestReco
     if loadgen is not None:
         sign_mean = sign.mean if sign is not None else 0.0
         data["client"]["cpu_s"] = Dist.const(max(0.0, loadgen - sign_mean)).model_dump()
-    rtt = quantile_dist([max(0.0, r.paid_s - r.verify_s - r.handler_s - r.settle_s - svc) for r in paid])
+    rtt = quantile_dist([max(0.0, r.paid_s - r.verify_s - r.handler_s - r.settle_s - svc) for r in facilitated])
     if rtt is not None:
         data["network"]["rtt_s"] = rtt.model_dump(exclude_none=True)
+    if vouchers:
+        window = dig(summary, "metrics.window.duration_s")
+        rate = len(paid) / float(window) if isinstance(window, (int, float)) and window > 0 else 0.0
+        data["service"].update(_voucher_service(vouchers, facilitated, svc, rate, base, config))
+        if rtt is not None and len(vouchers) > len(facilitated):
+            # the few deposits' residual spreads with the service's own contention (deposits and vouchers
+            # share its event loop), which voucher_wait_s already carries: the round trip is its median
+            data["network"]["rtt_s"] = Dist.const(_median(rtt)).model_dump()
 
     fac_cpu = _ms_per_paid(summary, "facilitator")
+    fac_paid = sum(1 for r in paid_all if _through_facilitator(r))
+    if fac_cpu is not None and fac_paid and fac_paid < len(paid_all):  # its CPU went to these payments alone
+        fac_cpu *= len(paid_all) / fac_paid
     t = timing.model_dump(mode="python", exclude_none=True)
     v_cpu, s_cpu = timing.verify_cpu_s.mean, timing.settle_cpu_s.mean
     probed = _sdk_cpu(summary, fac_cpu) if strategy == "sdk" else None
@@ -130,7 +158,7 @@ def calibration_from_run(summary: dict[str, Any], requests: Sequence[RequestReco
     t["settle_cpu_s"] = Dist.const(s_cpu).model_dump()
     busy = _facilitator_busy(summary)
     quiet = busy is not None and busy <= BUSY
-    verifies = [r.verify_s for r in paid if r.verify_s > 0]
+    verifies = [r.verify_s for r in facilitated if r.verify_s > 0]
     if verifies and quiet:
         t["verify_io_s"] = Dist.const(max(0.0, statistics.median(verifies) - 2 * hop - v_cpu)).model_dump()
     pre = [s.t_submitted - s.t_accepted for s in settled if s.t_submitted >= 0]
@@ -152,6 +180,8 @@ def calibration_from_run(summary: dict[str, Any], requests: Sequence[RequestReco
     if fit is not None:
         data["gas"]["batch_fixed"], data["gas"]["batch_per_item"] = max(21_000, fit[0]), max(0, fit[1])
 
+    data["gas"].update(_channel_gas(channel_txs or _escrow_txs(summary), base))
+
     cpus = dig(summary, "meta.machine.cpus")
     if isinstance(cpus, int) and cpus > 0:
         data["machine_cores"] = cpus
@@ -163,7 +193,8 @@ def calibration_from_run(summary: dict[str, Any], requests: Sequence[RequestReco
     measured = {"throughput_rps": m.get("throughput_rps"),
                 **{f"request_{k}_s": (m.get("request_latency_s") or {}).get(k) for k in ("p50", "p95", "p99")},
                 **{f"settlement_{k}_s": (m.get("settlement_latency_s") or {}).get(k) for k in ("p50", "p95", "p99")},
-                "gas_per_payment": m.get("gas_per_payment")}
+                "gas_per_payment": m.get("gas_per_payment") if m.get("gas_per_payment") is not None
+                else dig(summary, "channels.economics.gas_per_payment")}
     data["measured"] = {k: float(v) for k, v in measured.items() if isinstance(v, (int, float))}
     data["t_included"] = "receipt"
     data["source"] = source
@@ -171,10 +202,103 @@ def calibration_from_run(summary: dict[str, Any], requests: Sequence[RequestReco
     return Calibration.model_validate(data)
 
 
+def _voucher_service(vouchers: Sequence[RequestRecord], facilitated: Sequence[RequestRecord], svc: float,
+                     rate: float, base: Calibration, config: dict[str, Any]) -> dict[str, Any]:
+    """service.voucher_verify_s and voucher_wait_s from voucher-paid requests.
+
+    A live service's CPU per paid request (cpu_s, measured on the process) already holds its voucher
+    checks, so the check's own CPU is set to 0 and everything else a voucher spends at the service is
+    voucher_wait_s: per request, paid_s - handler_s - settle_s less the round trip and cpu_s (its time
+    outside the route), plus how late the route's handler ran beyond the scenario's work (median
+    handler_s - median work: the route's work is the scenario's, its lateness a wait of the service),
+    less the mean wait the model's own queue for the service's CPU will add at the measured paid rate
+    (M/D/1: rho * cpu_s / (2 (1 - rho))), which the measured waits already hold."""
+    rtts = [max(0.0, r.paid_s - r.verify_s - r.handler_s - r.settle_s - svc) for r in facilitated]
+    base_rtt = base.network.rtt_s.mean if base.network.rtt_s is not None else 0.0
+    rtt = statistics.median(rtts) if rtts else base_rtt
+    work = {s.get("name"): float((s.get("work_ms") or {}).get("median", 0.0)) / 1000
+            for s in config.get("services") or [] if isinstance(s, dict)}
+    late = statistics.median([r.handler_s - work.get(r.route, 0.0) for r in vouchers])
+    rho = rate * svc
+    queue = rho * svc / (2 * (1 - rho)) if rho < 0.95 else 0.0
+    waits = [r.paid_s - r.handler_s - r.settle_s - rtt - svc + max(0.0, late) - queue for r in vouchers]
+    wait = quantile_dist([max(0.0, w) for w in waits])
+    out: dict[str, Any] = {"voucher_verify_s": Dist.const(0.0).model_dump()}
+    if wait is not None:
+        out["voucher_wait_s"] = wait.model_dump(exclude_none=True)
+    return out
+
+
+def _median(dist: Dist) -> float:
+    return float(np.median(dist.quantiles)) if dist.quantiles else dist.median
+
+
+def _through_facilitator(r: RequestRecord) -> bool:
+    """An exact payment, or a batch-settlement request that carried a deposit (it names the deposit tx)."""
+    return r.scheme != "batch-settlement" or bool(r.tx_hash)
+
+
+#: What an escrow tx did, from the events its receipt logged (meta.escrow_txs of a live run).
+_ESCROW_KINDS = {"Deposited": "deposit", "Claimed": "claim", "Settled": "settle", "Refunded": "refund"}
+
+
+def _escrow_txs(summary: dict[str, Any]) -> list[ChannelTxRecord]:
+    """A live run's escrow txs as ChannelTxRecords, from summary meta.escrow_txs (for a folder without
+    channel_txs.csv): a tx's kind from its events, a claim's channels from its Claimed events."""
+    out = []
+    for tx in dig(summary, "meta.escrow_txs") or []:
+        events = list(tx.get("events") or [])
+        kinds = [_ESCROW_KINDS[e] for e in events if e in _ESCROW_KINDS]
+        if not kinds or not isinstance(tx.get("gas_used"), int):
+            continue
+        kind = kinds[0]
+        out.append(ChannelTxRecord(kind=kind, tx_hash=str(tx.get("tx", "")), t_included=-1.0,
+                                   gas_used=tx["gas_used"], channels=events.count("Claimed") if kind == "claim" else 1))
+    return out
+
+
+def _channel_gas(txs: Sequence[ChannelTxRecord], base: Calibration) -> dict[str, Any]:
+    """The escrow's gas figures a run's channel txs show (those it has no tx for keep base's)."""
+    g = base.gas
+    out: dict[str, Any] = {}
+    deposits = [t.gas_used for t in txs if t.kind == "deposit" and t.gas_used > 0]
+    split = (g.channel_deposit_new + g.channel_deposit_topup) / 2
+    new = [x for x in deposits if x >= split]
+    topup = [x for x in deposits if x < split]
+    if new:
+        out["channel_deposit_new"] = int(statistics.median(new))
+    if topup:
+        out["channel_deposit_topup"] = int(statistics.median(topup))
+    for kind, key in (("settle", "channel_settle"), ("refund", "channel_refund")):
+        values = [t.gas_used for t in txs if t.kind == kind and t.gas_used > 0]
+        if values:
+            out[key] = int(statistics.median(values))
+    claims = [(t.channels, t.gas_used) for t in txs if t.kind == "claim" and t.gas_used > 0 and t.channels > 0]
+    sizes = sorted({n for n, _ in claims})
+    if claims:
+        n = np.array([c for c, _ in claims], dtype=float)
+        gas = np.array([x for _, x in claims], dtype=float)
+        # a fit needs sizes far apart (a run's claims are mostly of one size, its channel count): otherwise keep
+        # the shape and move the base so the model meets the sizes seen
+        wide = sizes[-1] >= 2 * sizes[0]
+        if wide and len(sizes) >= 3:
+            sq, per, fixed = np.polyfit(n, gas, 2)
+        elif wide:
+            (per, fixed), sq = np.polyfit(n, gas, 1), 0.0
+        else:
+            per, sq = g.channel_claim_per_channel, g.channel_claim_per_channel_sq
+            fixed = float(np.mean(gas - per * n - sq * n * n))
+        if per >= 0 and sq >= 0 and fixed >= 0:
+            out.update(channel_claim_fixed=int(round(fixed)), channel_claim_per_channel=int(round(per)),
+                       channel_claim_per_channel_sq=round(float(sq), 4))
+    return out
+
+
 def calibrate_from_run_dir(run_dir: Path | str) -> Calibration:
-    """Read a live run folder and measure its calibration."""
-    from x402bench.results.rundir import load_records, load_summary
+    """Read a live run folder and measure its calibration (its channel txs too, when it has them)."""
+    from x402bench.results.rundir import load_channels, load_records, load_summary
 
     summary = load_summary(run_dir)
     requests, settlements = load_records(run_dir)
-    return calibration_from_run(summary, requests, settlements, source=str(run_dir))
+    _, channel_txs = load_channels(run_dir)
+    return calibration_from_run(summary, requests, settlements, source=str(run_dir), channel_txs=channel_txs)

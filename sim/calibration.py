@@ -135,6 +135,10 @@ class Service(_Strict):
         default_factory=lambda: Dist.const(0.0005),
         description="CPU of the local check of one batch-settlement voucher (EIP-712 recovery: 0.45 ms median "
                     "measured on the SDK's verify_batch_settlement_voucher_typed_data), besides cpu_s.")
+    voucher_wait_s: Dist = Field(
+        default_factory=lambda: Dist.const(0.0),
+        description="What a voucher waits for at the service that is not CPU the model places (the event loop's "
+                    "other work, the channel store's write, the handler's lateness beyond its work); measured.")
     cores: int = Field(1, ge=1)
 
 
@@ -275,7 +279,7 @@ def instant_calibration(**overrides: object) -> Calibration:
     base = Calibration(
         source="instant", strategies=strategies, network=Network(rtt_s=zero, hop_s=zero),
         client=Client(sign_s=zero, cpu_s=zero),
-        service=Service(cpu_s=zero, challenge_cpu_s=zero, voucher_verify_s=zero),
+        service=Service(cpu_s=zero, challenge_cpu_s=zero, voucher_verify_s=zero, voucher_wait_s=zero),
         chain=Chain(automine_tx_s=0.0, automine_slowdown_s_per_block=0.0),
     )
     return base.model_copy(update=overrides) if overrides else base

@@ -14,8 +14,9 @@ Per agent and route one channel:
   like an exact payment (its verify, its /settle, one tx, the answer after the receipt) but with the
   escrow's gas (a new channel, or a top-up) and never inside a transfer batch.
 - Each later request signs a voucher for cumulative + price. The service checks it locally: its CPU
-  per paid request (service.cpu_s) and the voucher check (service.voucher_verify_s), then the route;
-  no facilitator call, no tx. The record's verify_s is the check.
+  per paid request (service.cpu_s) and the voucher check (service.voucher_verify_s) on its CPU, then
+  what a live service was measured to wait besides (service.voucher_wait_s), then the route; no
+  facilitator call, no tx. The record's verify_s is the check and that wait.
 - When the next voucher would pass what was deposited, that request carries a top-up. A deposit is
   never more than the agent may still commit (cap - spent, the live agents' deposit_limit in
   loadtest/paying.py), and counts as spent when it is made; an agent whose remainder cannot cover the
@@ -133,6 +134,7 @@ class Channels:
                              f"{scenario.chain.gas_limit}: lower channel.claims_per_tx")
         seed = scenario.seed
         self.voucher_cpu = sampler(cal.service.voucher_verify_s, stream(seed, "svc.voucher"))
+        self.voucher_wait = sampler(cal.service.voucher_wait_s, stream(seed, "svc.voucher_wait"))
         # the voucher check is CPU on the service's station: it queues whenever that station can
         self.cpu_queues = world.svc_busy or not cal.service.voucher_verify_s.is_zero
         self.hop = sampler(cal.network.hop_s, stream(seed, "channels.hop"))
@@ -204,7 +206,7 @@ class Channels:
             self.clock.at(t - self.clock.now, self._voucher_now, r)
             return
         r.t_verify = t
-        self._checked(r, t)
+        self._checked(r, t + self.voucher_wait())
 
     def _voucher_now(self, r: Req) -> None:
         """At the service now: its CPU per request, then the local voucher check, as one CPU job."""
@@ -213,7 +215,7 @@ class Channels:
         mw, check = w.svc_cpu_s(), self.voucher_cpu()
         start = w.svc_cpu.enter(now, mw + check)
         r.t_verify = start + mw
-        self._checked(r, start + mw + check)
+        self._checked(r, start + mw + check + self.voucher_wait())
 
     def _checked(self, r: Req, t: float) -> None:
         """The voucher is good at t: the route runs (queueing for a worker: an event), then the answer."""
@@ -261,14 +263,19 @@ class Channels:
                 self._deposited(r, ch)
             else:
                 w.spent[r.agent] -= r.deposit
-            ch.pending = False
-            waiters, ch.waiters = ch.waiters, []
-            for k, (t0, user) in enumerate(waiters):
-                if ch.pending:  # a top-up went out: the rest wait for it
-                    ch.waiters.extend(waiters[k:])
-                    break
-                if not self._dispatch(ch, user, t0):
-                    break  # the agent is broke: its held requests are never sent
+            # the client learns the deposit's outcome with its answer (t_end, maybe still ahead): only then
+            # may the requests it held sign against the new balance
+            self.clock.at(max(0.0, t_end - self.clock.now), self._deposit_answered, ch)
+
+    def _deposit_answered(self, ch: Channel) -> None:
+        ch.pending = False
+        waiters, ch.waiters = ch.waiters, []
+        for k, (t0, user) in enumerate(waiters):
+            if ch.pending:  # a top-up went out: the rest wait for it
+                ch.waiters.extend(waiters[k:])
+                break
+            if not self._dispatch(ch, user, t0):
+                break  # the agent is broke: its held requests are never sent
 
     def _deposited(self, r: ChannelReq, ch: Channel) -> None:
         w = self.world
