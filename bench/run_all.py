@@ -24,6 +24,7 @@ BENCHES: dict[str, list[str]] = {
     "sim": ["bench/bench_sim.py"],
     "fault-proxy": ["bench/bench_fault_proxy.py"],
     "strategies": ["bench/bench_strategies.py"],
+    "deferred": ["bench/bench_deferred.py"],
     "facilitators": ["bench/bench_strategies.py", "--target", "facilitator"],
     "faults": ["bench/bench_faults.py"],
 }

@@ -1,0 +1,199 @@
+"""Exact settlement vs deferred settlement (the batch-settlement scheme), measured side by side in one run.
+
+    python bench/bench_deferred.py [SCENARIO] [--users N] [--duration S] [--strategies sync,pipelined,batched]
+                                   [--per-channel 100,1000] [--channel-strategy sync|sdk]
+
+Why: exact settles one EIP-3009 transfer per request, so the chain and the facilitator sit on every
+request's path; batch-settlement pays each request with a voucher the service checks locally, and only
+deposits, claims and settles touch the chain. The question is how much throughput and gas that buys on
+the same machine, with the same agents.
+
+Every point gets a fresh world of the same scenario (default scenarios/deferred.yaml: 2 s blocks, one
+$0.001 route) and the same closed-loop agents (each user pays again as soon as its last payment
+answered), one agent per user (so one channel per user), through the priced services. Exact points pay the route with scheme exact under each
+facilitator strategy; batch-settlement points pay it with deposits worth `--per-channel` payments. After
+each batch-settlement run the runner claims and settles every channel, so its gas is complete: gas per
+payment = gasUsed of every escrow tx of the run (deposits, claims, settles; `meta.escrow_txs`) / paid
+requests; USD per payment prices that gas, and the per-tx L1 fee, with the scenario's economics.
+
+Prints the table, the ratio of batch-settlement (first --per-channel) to pipelined paid req/s, and the
+gas per payment at the first --per-channel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from loadtest.runner import LoadOptions, run_load  # noqa: E402
+from services.stack import check_live_strategy  # noqa: E402
+from x402bench.results.economics import cost_per_payment_usd  # noqa: E402
+from x402bench.scenario import Scenario, ScenarioError, load_scenario, validate_scenario  # noqa: E402
+
+
+def variant(base: Scenario, replace: dict[str, Any], merge: dict[str, dict[str, Any]]) -> Scenario:
+    """A copy of the scenario with whole sections replaced (None drops one) and fields of others merged."""
+    data = base.model_dump(mode="python")
+    for section, value in replace.items():
+        if value is None:
+            data.pop(section, None)
+        else:
+            data[section] = value
+    for section, fields in merge.items():
+        data[section] = {**(data.get(section) or {}), **fields}
+    return validate_scenario(data, source=f"{base.name} (bench_deferred)")
+
+
+def exact_scenario(base: Scenario, route: str, strategy: str, users: int, warmup: float) -> Scenario:
+    """The route paid with scheme exact, the channel terms dropped."""
+    services = [{**s.model_dump(mode="python"), "scheme": "exact"} for s in base.services if s.name == route]
+    return variant(base, {"services": services, "channel": None, "slo": {}},
+                   {"facilitator": {"strategy": strategy}, "run": {"warmup_s": warmup},
+                    "agents": {"count": users, "arrivals": {"kind": "closed"}, "mix": {}}})
+
+
+def channel_scenario(base: Scenario, route: str, strategy: str, users: int, warmup: float, per_channel: int) -> Scenario:
+    """The route paid with batch-settlement, each deposit worth `per_channel` payments."""
+    service = next(s for s in base.services if s.name == route)
+    price = base.price_atomic(service)
+    deposit_usdc = per_channel * price / 10**base.token.decimals
+    funding = max(base.agents.funding_usdc, 2 * deposit_usdc)
+    services = [{**service.model_dump(mode="python"), "scheme": "batch-settlement"}]
+    channel = {**base.channel_terms.model_dump(mode="python"), "deposit_usdc": deposit_usdc}
+    return variant(base, {"services": services, "channel": channel, "slo": {}},
+                   {"facilitator": {"strategy": strategy}, "run": {"warmup_s": warmup},
+                    "agents": {"count": users, "funding_usdc": funding,
+                               "arrivals": {"kind": "closed"}, "mix": {}}})
+
+
+def channel_strategy(base: Scenario, wanted: str) -> str:
+    """Our `sync` engine once it runs the scheme; the SDK facilitator until then (said on stderr)."""
+    try:
+        check_live_strategy(variant(base, {}, {"facilitator": {"strategy": wanted}}))
+        return wanted
+    except ScenarioError as exc:
+        print(f"  note: batch-settlement with strategy {wanted!r} refused ({exc}); using 'sdk'", file=sys.stderr)
+        return "sdk"
+
+
+def point(label: str, scenario: Scenario, options: LoadOptions) -> dict[str, Any]:
+    result = run_load(scenario, options)
+    summary = result.summary
+    metrics = summary["metrics"]
+    paid = summary["reconciliation"].get("paid_responses") or 0
+    row: dict[str, Any] = {
+        "label": label, "strategy": scenario.facilitator.strategy, "rps": metrics["throughput_rps"],
+        "p50": metrics["request_latency_s"]["p50"], "p95": metrics["request_latency_s"]["p95"],
+        "errors": sum(metrics["errors"].values()), "run_dir": result.run_dir,
+        "cpu": ((metrics.get("cpu") or {}).get("ms_per_paid_request") or {}),
+    }
+    txs = summary["meta"].get("escrow_txs") or []
+    if scenario.batch_settlement_services:
+        import csv
+
+        with open(result.run_dir / "requests.csv", newline="") as handle:
+            paid = sum(1 for r in csv.DictReader(handle) if r["status"] == "200")
+        gas = sum(t["gas_used"] for t in txs)
+        row["gas"] = gas / paid if paid else None
+        row["usd"] = (cost_per_payment_usd(gas / paid, scenario.economics, len(txs) / paid) if paid else None)
+        row["txs"] = len(txs)
+        row["deposits"] = sum(1 for t in txs if "Deposited" in t["events"])
+        opening = [t["gas_used"] for t in txs if "ChannelCreated" in t["events"]]
+        topups = [t["gas_used"] for t in txs if "Deposited" in t["events"] and "ChannelCreated" not in t["events"]]
+        claims = [(t["gas_used"], t["events"].count("Claimed")) for t in txs if "Claimed" in t["events"]]
+        settles = [t["gas_used"] for t in txs if "Settled" in t["events"]]
+        row["parts"] = {
+            "opening": sum(opening) / len(opening) if opening else None,
+            "topup": sum(topups) / len(topups) if topups else None, "topups": len(topups),
+            "claim_per_channel": sum(g for g, _ in claims) / sum(n for _, n in claims) if claims else None,
+            "claim_txs": len(claims), "settle": sum(settles) / len(settles) if settles else None,
+            "channels": len(opening), "per_channel": paid / len(opening) if opening else None,
+        }
+    else:
+        row["gas"] = metrics["gas_per_payment"]
+        row["usd"] = metrics["cost_per_payment_usd"]
+        row["txs"] = None
+        row["deposits"] = None
+    row["paid"] = paid
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenario", nargs="?", default="scenarios/deferred.yaml")
+    parser.add_argument("--users", type=int, default=100)
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--strategies", default="sync,pipelined,batched", help="exact strategies to compare")
+    parser.add_argument("--per-channel", default="100,1000", help="payments one deposit is worth, per point")
+    parser.add_argument("--channel-strategy", default="sync", help="facilitator strategy of the batch-settlement "
+                        "points (falls back to sdk while ours refuses the scheme)")
+    parser.add_argument("--route", default=None, help="the route to pay (default: the scenario's first)")
+    args = parser.parse_args()
+    base = load_scenario(args.scenario)
+    route = args.route or base.services[0].name
+    warmup = min(5.0, args.duration / 4)
+    out = Path(tempfile.mkdtemp(prefix="bench-deferred-"))
+    options = LoadOptions(users=args.users, spawn_rate=float(args.users), duration_s=args.duration, out_root=out)
+    rows = []
+    for strategy in [s for s in args.strategies.split(",") if s]:
+        rows.append(point(f"exact {strategy}", exact_scenario(base, route, strategy, args.users, warmup), options))
+        print(f"  exact {strategy}: done ({rows[-1]['run_dir']})", flush=True)
+    bs_strategy = channel_strategy(channel_scenario(base, route, args.channel_strategy, args.users, warmup, 100),
+                                   args.channel_strategy)
+    per_channel = [int(n) for n in args.per_channel.split(",") if n]
+    for n in per_channel:
+        rows.append(point(f"batch-settlement {n:,}/channel",
+                          channel_scenario(base, route, bs_strategy, args.users, warmup, n), options))
+        print(f"  batch-settlement {n}/channel ({bs_strategy}): done ({rows[-1]['run_dir']})", flush=True)
+
+    chain = base.chain
+    print(f"\n{base.name}: {chain.mining} mining{f', {chain.block_time_s} s blocks' if chain.block_time_s else ''}, "
+          f"{args.users} closed-loop users paying {route}, {args.duration:.0f} s per point; "
+          f"gas {base.economics.gas_price_gwei} gwei, ETH ${base.economics.eth_usd:,.0f}, "
+          f"L1 ${base.economics.l1_fee_usd_per_tx}/tx")
+    header = (f"{'point':<30}{'facilitator':>12}{'paid req/s':>12}{'req p50 s':>11}{'req p95 s':>11}"
+              f"{'gas/payment':>13}{'USD/payment':>13}{'paid':>8}{'txs':>6}{'errors':>8}{'svc CPU ms':>12}"
+              f"{'fac CPU ms':>12}")
+    print(header)
+    print("-" * len(header))
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+    for r in rows:
+        print(f"{r['label']:<30}{r['strategy']:>12}{fmt(r['rps'], '.1f'):>12}{fmt(r['p50'], '.3f'):>11}"
+              f"{fmt(r['p95'], '.3f'):>11}{fmt(r['gas'], ',.0f'):>13}{fmt(r['usd'], '.7f'):>13}{r['paid']:>8}"
+              f"{fmt(r['txs'], 'd'):>6}{r['errors']:>8}{fmt(r['cpu'].get('services'), '.2f'):>12}"
+              f"{fmt(r['cpu'].get('facilitator'), '.2f'):>12}")
+    print("(svc / fac CPU ms: CPU of the services / facilitator process per paid request)")
+    for r in rows:
+        parts = r.get("parts")
+        if not parts:
+            continue
+        print(f"{r['label']}: {parts['channels']} channels, {fmt(parts['per_channel'], '.0f')} paid per channel; gas of "
+              f"an opening deposit {fmt(parts['opening'], ',.0f')}, a top-up {fmt(parts['topup'], ',.0f')} "
+              f"({parts['topups']}), a claim per channel {fmt(parts['claim_per_channel'], ',.0f')} "
+              f"({parts['claim_txs']} claim txs), a settle {fmt(parts['settle'], ',.0f')}")
+    pipelined = next((r for r in rows if r["label"] == "exact pipelined"), None)
+    first_bs = next((r for r in rows if r["label"].startswith("batch-settlement")), None)
+    if first_bs is not None:
+        if pipelined is not None and pipelined["rps"]:
+            print(f"\nbatch-settlement ({per_channel[0]:,}/channel) / exact pipelined paid req/s = "
+                  f"{first_bs['rps'] / pipelined['rps']:.2f}x (target >= 3x on 2 cores)")
+        print(f"batch-settlement gas per payment at {per_channel[0]:,}/channel = {fmt(first_bs['gas'], ',.0f')} "
+              f"(target <= 1,000)")
+        parts = first_bs.get("parts") or {}
+        deposit = parts.get("topup") or parts.get("opening")
+        if deposit and parts.get("claim_per_channel"):
+            # what a channel that spends every deposit whole costs, from the gas measured above: one deposit and
+            # one claim of that channel per deposit's worth of payments (the settle is shared by all channels)
+            for n in per_channel:
+                print(f"  projection, each deposit spent whole, one claim per deposit: "
+                      f"({deposit:,.0f} + {parts['claim_per_channel']:,.0f}) / {n:,} = "
+                      f"{(deposit + parts['claim_per_channel']) / n:,.0f} gas per payment at {n:,}/channel")
+
+
+if __name__ == "__main__":
+    main()
