@@ -159,6 +159,54 @@ def test_summary_channels_section_and_run_folder(tmp_path: Path) -> None:
     assert "Channels (batch-settlement)" not in (plain_dir / "report.html").read_text()
 
 
+class ReorgedRpc:
+    """A node that goes on answering the logs of a block a reorg replaced (the header it serves for that
+    number has another hash): the books must not count the claim in it."""
+
+    ESCROW, TOKEN, PAYEE = "0x" + "4" * 40, "0x" + "5" * 40, "0x" + "6" * 40
+
+    def __init__(self) -> None:
+        from eth_abi import encode
+
+        from services.escrow import EVENT_TOPICS
+
+        def claim(block: int, block_hash: str, amount: int, total: int) -> dict[str, Any]:
+            return {"address": self.ESCROW, "topics": [EVENT_TOPICS["Claimed"], cid(1)],
+                    "data": "0x" + encode(["uint128", "uint128"], [amount, total]).hex(), "blockNumber": hex(block),
+                    "blockHash": block_hash, "transactionHash": f"0x{block:064x}", "logIndex": "0x0"}
+
+        self.logs = [claim(5, "0x" + "a" * 64, PRICE, PRICE), claim(6, "0x" + "b" * 64, PRICE, 2 * PRICE)]
+        self.headers = {5: {"hash": "0x" + "a" * 64, "timestamp": hex(105)},
+                        6: {"hash": "0x" + "c" * 64, "timestamp": hex(106)}}  # block 6 was replaced
+
+    def call(self, method: str, *params: Any) -> Any:
+        assert method == "eth_getLogs"
+        return list(self.logs) if params[0]["address"] == self.ESCROW else []
+
+    def batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+        out: list[Any] = []
+        for method, params in calls:
+            if method == "eth_getBlockByNumber":
+                out.append(self.headers.get(int(params[0], 16)))
+            elif method == "eth_getTransactionReceipt":
+                out.append({"gasUsed": hex(72_404), "effectiveGasPrice": "0x0", "blockNumber": "0x5"})
+            else:
+                out.append("0x" + "0" * 128)
+        return out
+
+
+def test_books_count_only_canonical_blocks() -> None:
+    from loadtest.reconcile import books_from_chain, read_channels
+
+    node = ReorgedRpc()
+    chain = read_channels(node, node.ESCROW, node.TOKEN, [node.PAYEE], 5, 6, [cid(1)])  # type: ignore[arg-type]
+    assert [e["block"] for e in chain.events] == [5]
+    b = books_from_chain(chain, [voucher(cid(1), 1, 1.0), voucher(cid(1), 2, 2.0)], t0=100.0)
+    (ch,) = b.channels
+    assert (ch.claimed, ch.charged, ch.claim_history()) == (PRICE, 2 * PRICE, [(5.0, PRICE)])
+    assert b.reconciliation["served_unpaid"] == 1 and [t.kind for t in b.txs] == ["claim"]
+
+
 def test_books_of_a_run_without_a_block_or_an_escrow(anvil: Any) -> None:
     """Nothing mined during the run and no escrow deployed: empty books, no error, nothing owed."""
     from loadtest.reconcile import channel_books
