@@ -319,10 +319,12 @@ def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | N
                                              sum(payee_after) - sum(payee_before) - channel_settled,
                                              ledger=has_ledger, t0=t0)
     # === CHANNEL BOOKS: the one call site for the batch-settlement books (loadtest/reconcile.py, wired by the
-    # lead): from `records` (scheme "batch-settlement": channel, cumulative, amount, deposit tx_hash),
-    # `escrow_log` (the escrow's decoded events of blocks first_block..last_block), `channel_claims` (what the
-    # services' claim and settle answered) and the chain at info.rpc_url before world.stop(). ===
-    channel_books: Any = None
+    # lead). Inputs: `records` (scheme "batch-settlement": channel, cumulative, amount, the deposit's tx_hash),
+    # `escrow_log`/`escrow_txs` (the escrow's events and tx receipts of blocks first_block..last_block, read in
+    # the try block above while the chain was up: a books reader that needs the chain itself must read there
+    # too, next to them), `channel_claims` (what the services' last claim and settle answered), and t0.
+    # Once wired, `exact_view` above may take its escrow txs and settled amount from the books instead. ===
+    channel_books: Any = None  # noqa: F841 - the books go here
     paid = sum(1 for r in records if r.paid)
     cpu_after = {**cpu_after, **loadgen_cpu}
     cpu_before = {**cpu_before, "loadgen": 0.0}

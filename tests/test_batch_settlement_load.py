@@ -175,3 +175,28 @@ def test_a_payer_out_of_step_recovers_through_the_corrective_402(world: World) -
     assert state.balance == 2 * DEPOSIT
     assert done["claimed"] == str(6 * PRICE) and done["channels"] == {channel.channel_id: str(6 * PRICE)}
     assert balance_of(info.rpc_url, info.token["address"], info.payees[0]) > 0
+
+
+def test_agents_deposit_only_what_their_budget_leaves_then_stop(tmp_path: Path) -> None:
+    """budget_usdc 0.012 with deposits of 0.005: two whole deposits, a third cut to the 0.002 left, twelve
+    requests served per agent, and then the agent stops (counted broke) instead of paying past its budget."""
+    data = scenario_data("deferred-budget")
+    data["agents"] = {**data["agents"], "count": 2, "budget_usdc": 0.012}
+    data["run"] = {**data["run"], "duration_s": 4, "users": 2, "spawn_rate": 2}
+    scenario = tmp_path / "budget.yaml"
+    scenario.write_text(yaml.safe_dump(data))
+    with Anvil(chain_id=31337, log_path=tmp_path / "anvil.log") as anvil:
+        done = x402bench("load", str(scenario), "--rpc-url", anvil.url, "--out", str(tmp_path / "results"), timeout=240)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        (run_dir,) = (tmp_path / "results").glob("deferred-budget/*")
+        records = read_csv(run_dir / "requests.csv", RequestRecord)
+        per_channel: dict[str, list[RequestRecord]] = collections.defaultdict(list)
+        for r in records:
+            per_channel[r.channel].append(r)
+        assert len(per_channel) == 2 and all(r.status == 200 for r in records), collections.Counter(r.error for r in records)
+        assert all(len(rs) == 12 and sum(1 for r in rs if r.tx_hash) == 3 for rs in per_channel.values())
+        states = channel_states(anvil.url, sorted(per_channel))
+        assert [s.balance for s in states] == [12 * PRICE, 12 * PRICE]  # 5 + 5 + 2 thousandths, never more
+        assert [s.total_claimed for s in states] == [12 * PRICE, 12 * PRICE]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["meta"]["agents_broke"] == 2
