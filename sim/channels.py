@@ -16,7 +16,8 @@ Per agent and route one channel:
 - Each later request signs a voucher for cumulative + price. The service checks it locally: its CPU
   per paid request (service.cpu_s) and the voucher check (service.voucher_verify_s) on its CPU, then
   what a live service was measured to wait besides (service.voucher_wait_s), then the route; no
-  facilitator call, no tx. The record's verify_s is the check and that wait.
+  facilitator call, no tx. The wait and the route's work are drawn together (sim.dists.comonotone):
+  a live service's busy event loop delays both. The record's verify_s is the check and that wait.
 - When the next voucher would pass what was deposited, that request carries a top-up. A deposit is
   never more than the agent may still commit (cap - spent, the live agents' deposit_limit in
   loadtest/paying.py), and counts as spent when it is made; an agent whose remainder cannot cover the
@@ -41,9 +42,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sim.calibration import Calibration
+from sim.calibration import Calibration, Dist
 from sim.chain import Chain, Tx
-from sim.dists import sampler, stream
+from sim.dists import comonotone, sampler, stream
 from sim.interfaces import ChannelHost
 from sim.payment import FaultReq, Req
 from sim.store import address_hex, channel_hex, tx_hex
@@ -89,7 +90,7 @@ class ChannelReq(FaultReq):
     """A paid request of a batch-settlement route. `amount` stays 0 so the world's exact-path cap
     bookkeeping leaves it alone: the channel model commits deposits against the cap itself."""
 
-    __slots__ = ("book", "price", "cumulative", "deposit", "deposit_gas")
+    __slots__ = ("book", "price", "cumulative", "deposit", "deposit_gas", "work")
 
     def __init__(self, seq: int, agent: int, route: int, user: Any, t0: float, book: Channel, price: int,
                  cumulative: int, deposit: int, deposit_gas: int) -> None:
@@ -99,6 +100,7 @@ class ChannelReq(FaultReq):
         self.cumulative = cumulative
         self.deposit = deposit  # atomic units this request deposits (0: a voucher alone)
         self.deposit_gas = deposit_gas
+        self.work = 0.0  # a voucher's route work, drawn with its wait
 
 
 class _Receiver:
@@ -134,7 +136,9 @@ class Channels:
                              f"{scenario.chain.gas_limit}: lower channel.claims_per_tx")
         seed = scenario.seed
         self.voucher_cpu = sampler(cal.service.voucher_verify_s, stream(seed, "svc.voucher"))
-        self.voucher_wait = sampler(cal.service.voucher_wait_s, stream(seed, "svc.voucher_wait"))
+        # a voucher's wait and its route's work, drawn together: both are slow when the service is busy
+        self.voucher_wait_work = [comonotone(cal.service.voucher_wait_s, Dist.from_ms(s.work_ms.median, s.work_ms.p99),
+                                             stream(seed, f"svc.voucher_wait.{s.name}")) for s in scenario.services]
         # the voucher check is CPU on the service's station: it queues whenever that station can
         self.cpu_queues = world.svc_busy or not cal.service.voucher_verify_s.is_zero
         self.hop = sampler(cal.network.hop_s, stream(seed, "channels.hop"))
@@ -206,7 +210,8 @@ class Channels:
             self.clock.at(t - self.clock.now, self._voucher_now, r)
             return
         r.t_verify = t
-        self._checked(r, t + self.voucher_wait())
+        wait, r.work = self.voucher_wait_work[r.route]()
+        self._checked(r, t + wait)
 
     def _voucher_now(self, r: Req) -> None:
         """At the service now: its CPU per request, then the local voucher check, as one CPU job."""
@@ -215,7 +220,8 @@ class Channels:
         mw, check = w.svc_cpu_s(), self.voucher_cpu()
         start = w.svc_cpu.enter(now, mw + check)
         r.t_verify = start + mw
-        self._checked(r, start + mw + check + self.voucher_wait())
+        wait, r.work = self.voucher_wait_work[r.route]()
+        self._checked(r, start + mw + check + wait)
 
     def _checked(self, r: Req, t: float) -> None:
         """The voucher is good at t: the route runs (queueing for a worker: an event), then the answer."""
@@ -230,7 +236,7 @@ class Channels:
 
     def _route(self, r: Req, t: float) -> None:
         w = self.world
-        work = w.work[r.route]()
+        work = r.work
         gate = w.gates[r.route]
         end = (gate.enter(t, work) if gate is not None else t) + work
         r.handler = end - t

@@ -64,6 +64,35 @@ def sampler(dist: Dist, rng: np.random.Generator, scale: float = 1.0) -> Draw:
     return _Blocked(rng, lambda r, n: median * np.exp(sigma * r.standard_normal(n)))
 
 
+def _inverse(dist: Dist, z: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """`dist`'s values at the standard normal quantiles z (u = Phi(z)): its inverse CDF, either form."""
+    if dist.quantiles is not None:
+        return np.interp(u, np.linspace(0.0, 1.0, len(dist.quantiles)), np.asarray(dist.quantiles, dtype=float))
+    return dist.median * np.exp(dist.sigma * z)
+
+
+def comonotone(first: Dist, second: Dist, rng: np.random.Generator) -> Callable[[], tuple[float, float]]:
+    """Pairs (x, y) drawn from one uniform: each follows its own distribution, and a high x comes with a
+    high y. For two delays of one cause (a busy process slows both), whose measured spread is that of
+    their sum, which independent draws would widen."""
+    def fill(r: np.random.Generator, n: int) -> list[tuple[float, float]]:
+        z = r.standard_normal(n)
+        u = 0.5 * (1.0 + np.array([math.erf(v) for v in (z / math.sqrt(2.0)).tolist()]))
+        return list(zip(_inverse(first, z, u).tolist(), _inverse(second, z, u).tolist()))
+
+    it: Iterator[tuple[float, float]] = iter(())
+
+    def draw() -> tuple[float, float]:
+        nonlocal it
+        try:
+            return next(it)
+        except StopIteration:
+            it = iter(fill(rng, BLOCK))
+            return next(it)
+
+    return draw
+
+
 def exponential(rng: np.random.Generator, mean: float) -> Draw:
     """Exponential gaps of the given mean (inter-arrival times of a Poisson stream)."""
     if mean <= 0 or math.isinf(mean):

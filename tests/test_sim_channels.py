@@ -225,9 +225,9 @@ def test_calibration_learns_the_escrow_gas_and_the_voucher_time() -> None:
     again = build_sim_summary(run_sim(scenario, learned, SimOptions(driver="locust")))
     for key in ("throughput_rps",):
         assert again["metrics"][key] == pytest.approx(summary["metrics"][key], rel=0.02)
-    # the measured wait is a distribution that already holds the route's and the queue's spread, to which
-    # the model adds its own: the tail comes back a little heavier than the median
-    for q, rel in (("p50", 0.1), ("p95", 0.2)):
+    # calibrated, the model draws a voucher's wait and its route's work together (a live service's busy loop
+    # slows both); this truth drew them apart, so its tail comes back heavier than its median
+    for q, rel in (("p50", 0.1), ("p95", 0.3)):
         assert again["metrics"]["request_latency_s"][q] == pytest.approx(summary["metrics"]["request_latency_s"][q],
                                                                          rel=rel)
     assert again["channels"]["economics"]["gas_per_payment"] == pytest.approx(
@@ -247,3 +247,35 @@ def test_exact_worlds_are_unchanged_by_the_channel_model() -> None:
     assert not result.channels and not result.channel_txs and "channels" not in result.meta["sim"]
     requests, _ = result.records()
     assert all(r.scheme == "exact" and r.nonce for r in requests)
+
+
+def test_a_mixed_world_keeps_exact_and_channel_books_apart() -> None:
+    """Exact and batch-settlement routes side by side: one spend cap, exact reconciliation over the exact
+    payments only (as live), the channel books over the vouchers."""
+    base = load_scenario(DEFERRED).model_dump(mode="python")
+    base["services"].append({"name": "plain", "path": "/plain", "price": 2000, "work_ms": {"median": 5}})
+    base["agents"].update(count=20, mix={"metered": 1, "plain": 1})
+    scenario = type(load_scenario(DEFERRED)).model_validate(base)
+    result = run_sim(scenario)
+    summary = build_sim_summary(result)
+    requests, settlements = result.records()
+    exact = [r for r in requests if r.status == 200 and r.route == "plain"]
+    vouchers = [r for r in requests if r.status == 200 and r.route == "metered"]
+    assert exact and vouchers and all(r.scheme == "exact" and r.nonce for r in exact)
+    assert len(settlements) == len(exact)  # deposits are not exact settlements
+    rec = summary["reconciliation"]
+    assert rec["paid_responses"] == len(exact) and rec["expected_payee_delta"] == 2000 * len(exact)
+    assert rec["served_unpaid"] == rec["paid_unserved"] == 0 and rec["exact"]["exact"] if isinstance(
+        rec.get("exact"), dict) else True
+    assert all(ch.charged == ch.claimed for ch in result.channels)
+    assert sum(ch.vouchers for ch in result.channels) == len(vouchers)
+
+
+def test_cli_refunds_at_the_end(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "x402bench", "sim", str(DEFERRED), "--agents", "50", "--refund-at-end",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run_dir,) = (p.parent for p in tmp_path.glob("*/*/summary.json"))
+    channels, txs = load_channels(run_dir)
+    assert len([t for t in txs if t.kind == "refund"]) == 50
+    assert all(ch.refunded == ch.deposited - ch.claimed for ch in channels)

@@ -70,6 +70,8 @@ def sim(
     driver: str = typer.Option("open", help="open: agents on their own clocks; "
                                "locust: as the live harness drives them."),
     run_id: Optional[str] = typer.Option(None, help="Run folder name (default: derived from the inputs)."),
+    refund_at_end: bool = typer.Option(False, help="batch-settlement: after the last claim and settle, refund "
+                                       "each channel's unclaimed rest to its payer (one refund tx per channel)."),
 ) -> None:
     """Simulate the scenario with SimPy and write the same run folder as `load` (mode "sim")."""
     from sim.run import SimOptions, simulate
@@ -78,7 +80,7 @@ def sim(
     s = load_scenario(scenario)
     cal = _calibration(calibration)
     options = SimOptions(agents=agents, duration_s=duration, seed=seed,
-                         driver=_driver(driver))  # type: ignore[arg-type]
+                         driver=_driver(driver), refund_at_end=refund_at_end)  # type: ignore[arg-type]
     try:
         run_dir, summary, result = simulate(s, cal, options, out_dir, run_id)
     except ValueError as exc:
