@@ -200,3 +200,19 @@ def test_agents_deposit_only_what_their_budget_leaves_then_stop(tmp_path: Path) 
         assert [s.total_claimed for s in states] == [12 * PRICE, 12 * PRICE]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["meta"]["agents_broke"] == 2
+
+
+def test_a_deposit_the_payer_cannot_fund_is_refused_with_its_reason(world: World) -> None:
+    from services.payer.agents import derive_agents
+
+    info = world.info
+    url = info.service_urls["metered"]
+    (pauper,) = derive_agents(990_001, 1)  # a wallet the world never funded
+    with httpx.Client(timeout=60) as http:
+        payer = ChannelPayer(pauper.key_hex, info.network)
+        refused = payer.pay(httpx_send(http), "GET", url)
+    assert refused.status == 402 and refused.deposit == 0 and refused.amount == 0
+    # the reason a Locust agent stops paying on (loadtest/paying.py BROKE_REASONS; not imported: Locust patches)
+    assert refused.error == "invalid_batch_settlement_evm_insufficient_balance", refused.error
+    assert payer.channel_of("GET", url).book.balance == 0
+    assert channel_states(info.rpc_url, [refused.channel])[0].balance == 0
