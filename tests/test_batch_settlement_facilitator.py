@@ -7,7 +7,9 @@ corrective 402 for a wrong cumulative amount; a replayed and a lowered voucher a
 /verify refuses vouchers the chain state rules out; a deposit sent again with the same authorization
 is answered from its record, not sent again; claim + settle pays the payee exactly what was charged;
 the cooperative refund returns the rest. Then the facilitator is SIGKILLed between a claim and its
-settle: after its restart the settle pays the payee everything claimed. The services are SIGKILLed
+settle: after its restart the settle pays the payee everything claimed. A second services process,
+which does not hold that channel, has the SDK server scheme ask our /verify for the next voucher, and
+claims and settles it when stopped. The services are SIGKILLed
 after serving vouchers: restarted, they still hold them (durable channel storage) and go on; stopped
 with SIGTERM, they claim and settle what they hold. Last (it moves chain time): a payer's timed
 withdrawal returns the unclaimed balance.
@@ -25,6 +27,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,6 +49,8 @@ from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements
 from services.chain import Rpc
 from services.faults.control import FaultControl
 from services.escrow import ESCROW_ADDRESS, channel_state, encode_escrow_call, escrow_events, receiver_totals
+from services.process import ServiceProcess
+from services.resource.app import ResourceConfig
 from services.stack import World
 from services.token import balance_of, send_transactions
 from x402bench.scenario import validate_scenario
@@ -306,6 +311,32 @@ def test_facilitator_killed_between_claim_and_settle_loses_nothing(world: World)
     assert balance_of(rpc, token, payee) - payee_before == charged
     claimed, settled = receiver_totals(rpc, payee, token)
     assert claimed == settled
+
+
+def test_a_service_without_the_channel_asks_our_verify(world: World, tmp_path: Path) -> None:
+    """A second services process (the world's config, its own storage) does not know payer 1's channel: the
+    SDK server scheme asks the facilitator to verify the voucher against the chain, and our engine answers."""
+    info = world.info
+    token, rpc, payee = info.token["address"], info.rpc_url, info.payees[0]
+    payer = Payer(world, 1)  # its channel: 4 payments, claimed and settled by the test before
+    assert channel_state(rpc, payer.channel_id).total_claimed == 4 * PRICE
+    config = ResourceConfig.load(Path(info.workdir) / "resource.json")
+    replace(config, channel_dir=str(tmp_path / "channels")).dump(tmp_path / "resource.json")
+    other = ServiceProcess("services-2", "services.resource", tmp_path / "resource.json", tmp_path / "services-2.log")
+    other.start()
+    try:
+        verified = metrics(world)["vouchers_verified"]
+        header = encode_payment_signature_header(payer.voucher(5 * PRICE))
+        paid = httpx.get(other.url + "/metered", headers={"PAYMENT-SIGNATURE": header}, timeout=60)
+        assert paid.status_code == 200, paid.headers
+        assert decode(paid.headers["payment-response"])["extra"]["channelState"]["chargedCumulativeAmount"] == str(
+            5 * PRICE)
+        assert metrics(world)["vouchers_verified"] == verified + 1
+        payee_before = balance_of(rpc, token, payee)
+    finally:
+        other.stop()  # its shutdown claims and settles the voucher it holds
+    assert channel_state(rpc, payer.channel_id).total_claimed == 5 * PRICE
+    assert balance_of(rpc, token, payee) - payee_before == PRICE
 
 
 def test_services_keep_vouchers_across_a_kill_and_flush_on_shutdown(world: World) -> None:
