@@ -647,8 +647,7 @@ class ChannelSettlement:
         if not name or not version:
             raise Refusal(E.ERR_MISSING_EIP712_DOMAIN, "requirements.extra needs name and version", config.payer)
         valid_after, valid_before = _uint(auth.get("validAfter"), code), _uint(auth.get("validBefore"), code)
-        salt = _uint(auth.get("salt"), code) if not (isinstance(auth.get("salt"), str) and auth["salt"].startswith("0x")) \
-            else int(_bytes32(auth["salt"], code), 16)
+        salt = _salt(auth.get("salt"), code)
         signature = _sig(auth.get("signature"), E.ERR_INVALID_RECEIVE_AUTHORIZATION_SIGNATURE)
         now = time.time()
         if valid_before < now + 6:
@@ -1012,6 +1011,16 @@ class _Deposit:
     data: str  # deposit() calldata
     key: str
 
+
+
+def _salt(value: Any, code: str) -> int:
+    """The deposit salt as the collector takes it (a uint256): 0x-hex or decimal on the wire."""
+    if isinstance(value, str) and value[:2] in ("0x", "0X") and 2 < len(value) <= 66:
+        try:
+            return int(value[2:], 16)
+        except ValueError:
+            raise Refusal(code, "salt is not hex") from None
+    return _uint(value, code)
 
 
 def _has(raw: Any, *keys: str) -> bool:
