@@ -781,11 +781,14 @@ class ChannelSettlement:
         row_id = self.records.insert("claim", key, None, None, str(sum(r[2] for r in rows)), signature, None)
         if row_id is None:  # the same batch again: the contract would make it a no-op; answer the first
             return await self._answer_again(key, signature, None)
-        simulated = await self._simulate(data)
+        # Claims are rare and their gas grows with the rows: estimated (which also simulates), not guessed.
+        lane = self.host.pool.pick()
+        simulated, estimate = await self._estimate(data, lane.address)
         if simulated is not None:
             self.records.release(row_id)
             raise Refusal(E.ERR_CLAIM_SIMULATION_FAILED, simulated)
-        gas = min(GAS_CLAIM_FIXED + GAS_CLAIM_PER_ROW * len(rows), int(self.host.config.batch_settlement_gas_limit))
+        gas = min(estimate * 6 // 5 + 20_000 if estimate else GAS_CLAIM_FIXED + GAS_CLAIM_PER_ROW * len(rows),
+                  int(self.host.config.batch_settlement_gas_limit))
         answer = await self._run(key, self._send("claim", row_id, data, gas))
         if answer.get("success"):
             self.counters["claimed_vouchers"] += len(rows)
@@ -862,12 +865,15 @@ class ChannelSettlement:
         return await self._run(key, self._send("refund", row_id, data, GAS_REFUND + GAS_CLAIM_PER_ROW * len(rows),
                                                payer=config.payer))
 
-    async def _simulate(self, data: str) -> str | None:
+    async def _estimate(self, data: str, sender: str) -> tuple[str | None, int]:
+        """(why it would revert, or None; its gas estimate, 0 when unknown)."""
         try:
-            (reply,) = await self.host.rpc.batch([("eth_call", [{"to": ESCROW, "data": data}, "latest"])])
+            (reply,) = await self.host.rpc.batch([("eth_estimateGas", [{"from": sender, "to": ESCROW, "data": data}])])
         except Exception as exc:
-            return str(exc)[:200]
-        return _revert_text(reply) if isinstance(reply, RpcError) else None
+            return str(exc)[:200], 0
+        if isinstance(reply, RpcError):
+            return _revert_text(reply), 0
+        return None, int(reply, 16) if isinstance(reply, str) else 0
 
     # --- sending and closing --------------------------------------------------------------------
 
