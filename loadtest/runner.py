@@ -22,9 +22,10 @@ from typing import Any, Callable
 
 from loadtest import cpu
 from loadtest.faults import FaultDriver, check_faults
-from loadtest.reconcile import ChainView, chain_settlements, read_chain, reconcile, settlement_records
+from loadtest.reconcile import (books_from_chain, chain_settlements, exact_chain_view, read_chain, read_channels,
+                               reconcile, settlement_records)
 from services.chain import REPO_ROOT, Rpc, free_port
-from services.escrow import escrow_events
+from services.escrow import ESCROW_ADDRESS
 from services.facilitator.ledger import read_payments
 from services.process import write_private
 from services.stack import PARTS, Outside, World, read_world_file
@@ -198,49 +199,6 @@ def claim_and_settle_channels(scenario: Scenario, service_urls: dict[str, str], 
     return answers
 
 
-def escrow_receipts(rpc: Rpc, escrow_log: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each escrow transaction of the run, read while the chain is still up: its events (Deposited, Claimed,
-    Settled...), block, gasUsed and effectiveGasPrice from its receipt. Raw chain facts for the run folder, so the
-    gas deferred settlement cost can be counted after the world is gone."""
-    order: dict[str, list[str]] = {}
-    for event in escrow_log:
-        order.setdefault(str(event["tx"]).lower(), []).append(event["event"])
-    hashes = list(order)
-    out = []
-    for i in range(0, len(hashes), 500):
-        part = hashes[i : i + 500]
-        for tx_hash, receipt in zip(part, rpc.batch([("eth_getTransactionReceipt", [h]) for h in part])):
-            receipt = receipt or {}
-            out.append({"tx": tx_hash, "events": order[tx_hash],
-                        "block": int(receipt.get("blockNumber", "0x0"), 16),
-                        "gas_used": int(receipt.get("gasUsed", "0x0"), 16),
-                        "effective_gas_price": int(receipt.get("effectiveGasPrice", "0x0"), 16)})
-    return out
-
-
-def exact_view(records: list[RequestRecord], chain: ChainView, escrow_log: list[dict[str, Any]],
-               payees: list[str]) -> tuple[list[RequestRecord], ChainView, int]:
-    """What the exact reconciliation may see, and the payees' channel income it must not.
-
-    Exact reconciliation matches each 200 to an EIP-3009 authorization used on chain. A batch-settlement request
-    carries no such nonce (a voucher is money only through a later claim), so records with scheme != "exact" are
-    left out here and belong to the channel books instead. The chain side is cut the same way: a channel deposit
-    uses an ERC-3009 ReceiveWithAuthorization (an AuthorizationUsed log, in the escrow's deposit tx) that no
-    exact 200 stands for, and the escrow's settle transfers channel money to the payees, which no exact payment
-    explains. Returns (exact records, the chain without the escrow's txs, what the escrow settled to the payees).
-    """
-    exact_records = [r for r in records if r.scheme == "exact"]
-    if not escrow_log:
-        return exact_records, chain, 0
-    escrow_txs = {str(e["tx"]).lower() for e in escrow_log if e.get("tx")}
-    wanted = {p.lower() for p in payees}
-    settled = sum(int(e["args"]["amount"]) for e in escrow_log
-                  if e["event"] == "Settled" and str(e["args"]["receiver"]).lower() in wanted)
-    used = [u for u in chain.used if u[2] not in escrow_txs]
-    receipts = {h: r for h, r in chain.receipts.items() if h not in escrow_txs}
-    return exact_records, ChainView(used, receipts, chain.block_times, chain.payee_in - settled), settled
-
-
 def world_for(scenario: Scenario, options: LoadOptions, workdir: Path) -> World:
     """The world a run needs for its target, from outside parts where the options name them."""
     if options.target not in TARGETS:
@@ -296,9 +254,9 @@ def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | N
         last_block = int(rpc.call("eth_blockNumber"), 16)
         payee_after = balances_of(info.rpc_url, info.token["address"], info.payees)
         chain = read_chain(rpc, info.token["address"], info.payees, first_block, last_block)
-        escrow_log = (escrow_events(info.rpc_url, first_block, last_block)
-                      if scenario.batch_settlement_services and last_block >= first_block else [])
-        escrow_txs = escrow_receipts(rpc, escrow_log)
+        # the escrow's side is read while the chain is up and judged once the records are in
+        channel_chain = (read_channels(rpc, ESCROW_ADDRESS, info.token["address"], info.payees, first_block,
+                                       last_block) if scenario.batch_settlement_services else None)
         has_ledger = bool(info.ledger_path) and Path(info.ledger_path).exists()
         ledger_rows = read_payments(info.ledger_path) if has_ledger else []
         facilitator_metrics = _get_json(info.facilitator_url + "/metrics") if info.facilitator_url else {}
@@ -312,19 +270,18 @@ def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | N
     for r in records:
         r.t_start -= t0
         r.t_end -= t0
-    exact_records, exact_chain, channel_settled = exact_view(records, chain, escrow_log, info.payees)
+    payee_delta = sum(payee_after) - sum(payee_before)
+    # Two books: exact payments against EIP-3009 authorizations used on chain, voucher-paid requests against
+    # the escrow's channels. A deposit redeems an ERC-3009 authorization no exact 200 stands for, and the
+    # escrow's settle pays the payees money no exact payment explains: the exact books see neither.
+    books = books_from_chain(channel_chain, records, t0, payee_delta) if channel_chain is not None else None
+    exact_records = [r for r in records if r.scheme == "exact"]
+    exact_chain = exact_chain_view(chain, books) if books else chain
     settlements = (settlement_records(ledger_rows, exact_chain, t0) if has_ledger
                    else chain_settlements(exact_records, exact_chain, t0))
     reconciliation, money_events = reconcile(exact_records, ledger_rows, exact_chain,
-                                             sum(payee_after) - sum(payee_before) - channel_settled,
+                                             payee_delta - (books.settled if books else 0),
                                              ledger=has_ledger, t0=t0)
-    # === CHANNEL BOOKS: the one call site for the batch-settlement books (loadtest/reconcile.py, wired by the
-    # lead). Inputs: `records` (scheme "batch-settlement": channel, cumulative, amount, the deposit's tx_hash),
-    # `escrow_log`/`escrow_txs` (the escrow's events and tx receipts of blocks first_block..last_block, read in
-    # the try block above while the chain was up: a books reader that needs the chain itself must read there
-    # too, next to them), `channel_claims` (what the services' last claim and settle answered), and t0.
-    # Once wired, `exact_view` above may take its escrow txs and settled amount from the books instead. ===
-    channel_books: Any = None  # noqa: F841 - the books go here
     paid = sum(1 for r in records if r.paid)
     cpu_after = {**cpu_after, **loadgen_cpu}
     cpu_before = {**cpu_before, "loadgen": 0.0}
@@ -347,10 +304,13 @@ def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | N
         "faults_applied": [asdict(a) for a in driver.applied],
         "fault_proxies": proxy_counters,
         "channel_claims": channel_claims,
-        "escrow_txs": escrow_txs,
     }
-    summary = build_summary(scenario, records, settlements, reconciliation, "load", meta, money_events)
-    out = write_run(options.out_root, scenario.name, run_id, summary, records, settlements)
+    summary = build_summary(scenario, records, settlements, reconciliation, "load", meta,
+                            [*money_events, *(books.events if books else ())],
+                            channels=books.channels if books else (), channel_txs=books.txs if books else (),
+                            channel_reconciliation=books.reconciliation if books else None)
+    out = write_run(options.out_root, scenario.name, run_id, summary, records, settlements,
+                    channels=books.channels if books else (), channel_txs=books.txs if books else ())
     return LoadResult(out, summary)
 
 

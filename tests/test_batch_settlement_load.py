@@ -34,6 +34,7 @@ from services.stack import World
 from services.token import balance_of
 from clirun import x402bench
 from x402bench.results.records import RequestRecord, read_csv
+from x402bench.results.rundir import load_channels
 from x402bench.scenario import validate_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,9 +128,13 @@ def test_the_chain_claimed_exactly_what_the_records_charged(load_run: tuple[Path
     (claims,) = meta["channel_claims"]  # the runner's claim took whatever the services' cadence had not yet
     assert "error" not in claims and 0 <= int(claims["claimed"]) <= total
     assert claims["settle_transaction"] or int(claims["claimed"]) == 0
-    claimed_txs = [t for t in meta["escrow_txs"] if "Claimed" in t["events"]]
-    assert claimed_txs and all(t["gas_used"] > 0 for t in meta["escrow_txs"])
-    assert sum(1 for t in meta["escrow_txs"] if "Deposited" in t["events"]) == sum(deposited.values())
+    channels, txs = load_channels(run_dir)  # the run folder's channel books, from the chain's own events
+    assert {c.channel: c.charged for c in channels} == dict(charged)
+    assert {c.channel: c.claimed for c in channels} == dict(charged)
+    assert [t for t in txs if t.kind == "claim"] and all(t.gas_used > 0 for t in txs)
+    assert sum(1 for t in txs if t.kind == "deposit") == sum(deposited.values())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["reconciliation"]["exact"] and summary["channels"]["reconciliation"]["exact"]
 
 
 # --- the payer's resynchronisation through the corrective 402 ---------------------------------------------
