@@ -11,7 +11,8 @@ settle: after its restart the settle pays the payee everything claimed. A second
 which does not hold that channel, has the SDK server scheme ask our /verify for the next voucher, and
 claims and settles it when stopped. The services are SIGKILLed
 after serving vouchers: restarted, they still hold them (durable channel storage) and go on; stopped
-with SIGTERM, they claim and settle what they hold. Last (it moves chain time): a payer's timed
+with SIGTERM, they claim and settle what they hold. A second facilitator with the receiver-authorizer
+key advertises it and signs a claim and a refund sent without signatures. Last (it moves chain time): a payer's timed
 withdrawal returns the unclaimed balance.
 
 World B (claim every 0.5 s, settle every 1 s): the services' cadence claims and settles on its own.
@@ -49,9 +50,10 @@ from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements
 from services.chain import Rpc
 from services.faults.control import FaultControl
 from services.escrow import ESCROW_ADDRESS, channel_state, encode_escrow_call, escrow_events, receiver_totals
+from services.facilitator.config import FacilitatorConfig
 from services.process import ServiceProcess
 from services.resource.app import ResourceConfig
-from services.stack import World
+from services.stack import World, role_keys
 from services.token import balance_of, send_transactions
 from x402bench.scenario import validate_scenario
 
@@ -65,7 +67,7 @@ ETH = 10**18
 def scenario_data(channel: dict[str, Any]) -> dict[str, Any]:
     data = yaml.safe_load((ROOT / "scenarios" / "smoke.yaml").read_text())
     data["facilitator"] = {"strategy": "sync", "signer_keys": 1}
-    data["agents"] = {**data["agents"], "count": 4, "mix": {}}
+    data["agents"] = {**data["agents"], "count": 5, "mix": {}}
     data["services"] = [data["services"][0],
                         {"name": "metered", "path": "/metered", "price": "$0.001", "scheme": "batch-settlement"}]
     data["channel"] = {"withdraw_delay_s": WITHDRAW_DELAY, "deposit_usdc": 0.02, "claims_per_tx": 50, **channel}
@@ -367,6 +369,50 @@ def test_services_keep_vouchers_across_a_kill_and_flush_on_shutdown(world: World
     assert claimed == settled
     services.start(port=services.port)
     assert harness(world, "status")["unclaimed_amount"] == "0"
+
+
+def test_a_facilitator_with_the_authorizer_key_signs_claims_and_refunds(world: World, tmp_path: Path) -> None:
+    """Our engine with a receiver-authorizer key advertises it in /supported and signs the claim and refund
+    payloads that come without the authorizer's signatures; without the key it refuses them (SDK codes)."""
+    info = world.info
+    token, rpc = info.token["address"], info.rpc_url
+    payer = Payer(world, 4)
+    payer.pay()
+    payer.pay()
+    charged = 2 * PRICE
+    voucher = decode(payer.sent[-1])["payload"]["voucher"]
+    claim = {"type": "claim", "claims": [{"voucher": {"channel": payer.config.to_dict(), "maxClaimableAmount": str(
+        charged)}, "signature": voucher["signature"], "totalClaimed": str(charged)}]}
+    requirements = {"scheme": "batch-settlement", "network": info.network, "asset": token, "amount": "0",
+                    "payTo": payer.config.receiver, "maxTimeoutSeconds": 0, "extra": {}}
+    accepted = {"x402Version": 2, "accepted": requirements}
+    refused = facilitator(world, "/settle", {**accepted, "payload": claim}, requirements)
+    assert (refused["success"], refused["errorReason"]) == (False, bs_errors.ERR_AUTHORIZER_NOT_CONFIGURED)
+
+    (authorizer,) = role_keys(world.scenario.seed, "receiver-authorizer", 1)
+    config = FacilitatorConfig.load(Path(info.workdir) / "facilitator.json")
+    replace(config, signer_keys=[info.facilitator_keys[1]], ledger_path=str(tmp_path / "ledger.sqlite"),
+            extra={"receiver_authorizer_key": authorizer.key_hex}).dump(tmp_path / "facilitator.json")
+    other = ServiceProcess("facilitator-2", "services.facilitator", tmp_path / "facilitator.json", tmp_path / "f2.log")
+    other.start()
+    try:
+        kinds = httpx.get(other.url + "/supported").json()["kinds"]
+        (kind,) = [k for k in kinds if k["scheme"] == "batch-settlement"]
+        assert kind["extra"] == {"receiverAuthorizer": authorizer.address}
+        body = {"x402Version": 2, "paymentPayload": {**accepted, "payload": claim}, "paymentRequirements": requirements}
+        claimed = httpx.post(other.url + "/settle", json=body, timeout=60).json()
+        assert claimed["success"] and claimed["transaction"], claimed
+        assert channel_state(rpc, payer.channel_id).total_claimed == charged
+        refund = {"type": "refund", "channelConfig": payer.config.to_dict(), "voucher": voucher,
+                  "amount": str(DEPOSIT - charged), "refundNonce": "0", "claims": []}
+        before = balance_of(rpc, token, payer.account.address)
+        body["paymentPayload"] = {**accepted, "payload": refund}
+        refunded = httpx.post(other.url + "/settle", json=body, timeout=60).json()
+        assert refunded["success"] and refunded["amount"] == str(DEPOSIT - charged), refunded
+        assert balance_of(rpc, token, payer.account.address) - before == DEPOSIT - charged
+        assert channel_state(rpc, payer.channel_id).refund_nonce == 1
+    finally:
+        other.stop()
 
 
 def test_timed_withdrawal_returns_the_unclaimed_balance(world: World) -> None:

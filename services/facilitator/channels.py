@@ -28,8 +28,9 @@ answers retries and closes what its predecessor left open.
 
 What the engine supplies (`ChannelHost`): `config` (chain id, token, ledger path, receipt timeout),
 `rpc` (AsyncRpc), `watcher` (a started ReceiptWatcher) and `pool` (a LanePool). Not served: Permit2
-deposits and ERC-6492 counterfactual wallets (refused with the SDK's codes); the facilitator holds no
-receiver-authorizer key, so claims and refunds must carry the server's signatures.
+deposits and ERC-6492 counterfactual wallets (refused with the SDK's codes). Claims and refunds carry
+the server's authorizer signatures; with a receiver-authorizer key of its own (FacilitatorConfig.extra
+"receiver_authorizer_key") the facilitator advertises it in /supported and signs those that come without.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol
 
+from coincurve import PrivateKey
 from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
 from x402.mechanisms.evm.batch_settlement import errors as E
@@ -65,7 +67,7 @@ from services.facilitator.checks import recover_signer
 from services.facilitator.evm import SEL_AUTHORIZATION_STATE, SEL_BALANCE_OF, AsyncRpc, ReceiptWatcher, RpcError, call_data
 from services.facilitator.guard import SettlementGuard
 from services.facilitator.signers import LanePool
-from services.payer.hashing import keccak256
+from services.payer.hashing import checksum_encode, keccak256
 from services.payer.signing import domain_separator
 
 log = logging.getLogger("x402bench.facilitator.channels")
@@ -80,6 +82,10 @@ CHANNEL_CONFIG_TYPEHASH = keccak256(
     b"ChannelConfig(address payer,address payerAuthorizer,address receiver,address receiverAuthorizer,"
     b"address token,uint40 withdrawDelay,bytes32 salt)")
 VOUCHER_TYPEHASH = keccak256(b"Voucher(bytes32 channelId,uint128 maxClaimableAmount)")
+REFUND_TYPEHASH = keccak256(b"Refund(bytes32 channelId,uint256 nonce,uint128 amount)")
+CLAIM_ENTRY_TYPEHASH = keccak256(b"ClaimEntry(bytes32 channelId,uint128 maxClaimableAmount,uint128 totalClaimed)")
+CLAIM_BATCH_TYPEHASH = keccak256(
+    b"ClaimBatch(ClaimEntry[] claims)ClaimEntry(bytes32 channelId,uint128 maxClaimableAmount,uint128 totalClaimed)")
 RECEIVE_TYPEHASH = keccak256(
     b"ReceiveWithAuthorization(address from,address to,uint256 value,uint256 validAfter,uint256 validBefore,"
     b"bytes32 nonce)")
@@ -451,6 +457,10 @@ class ChannelSettlement:
         self.guard = SettlementGuard(_GuardHost(self))  # type: ignore[arg-type]
         self._running: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._settle_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        key = str((getattr(self.host.config, "extra", None) or {}).get("receiver_authorizer_key") or "")
+        self._authorizer = PrivateKey(bytes.fromhex(key.removeprefix("0x"))) if key else None
+        self.authorizer_address = (checksum_encode(keccak256(self._authorizer.public_key.format(compressed=False)[1:])[-20:])
+                                   if self._authorizer else None)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -465,9 +475,42 @@ class ChannelSettlement:
         self.records.close()
 
     def supported_kind(self) -> dict[str, Any]:
-        """No extra: this facilitator holds no receiver-authorizer key, so the servers sign for themselves
-        (the SDK server scheme needs `receiverAuthorizer` here only when it has no signer of its own)."""
-        return {"x402Version": 2, "scheme": SCHEME_BATCH_SETTLEMENT, "network": self.network}
+        """With a receiver-authorizer key (config.extra["receiver_authorizer_key"]) the kind's extra names its
+        address, which an SDK server scheme without a signer of its own puts in its 402s, and this facilitator
+        signs the claims and refunds that come without a signature. Without one, no extra: the servers sign."""
+        kind: dict[str, Any] = {"x402Version": 2, "scheme": SCHEME_BATCH_SETTLEMENT, "network": self.network}
+        if self.authorizer_address:
+            kind["extra"] = {"receiverAuthorizer": self.authorizer_address}
+        return kind
+
+    def _sign(self, digest: bytes) -> str:
+        assert self._authorizer is not None
+        raw = self._authorizer.sign_recoverable(digest, hasher=None)
+        return "0x" + raw[:64].hex() + format(raw[64] + 27, "02x")
+
+    def _authorize_claims(self, rows: list[tuple], payer: str | None = None) -> str:
+        """The ClaimBatch signature of rows that came without one: ours, if every row names our key."""
+        if self._authorizer is None:
+            raise Refusal(E.ERR_AUTHORIZER_NOT_CONFIGURED, "this facilitator holds no receiver-authorizer key; send "
+                          "the authorizer signatures", payer)
+        entries = b""
+        for (config, ceiling), _, total in rows:
+            if config[3].lower() != str(self.authorizer_address).lower():
+                raise Refusal(E.ERR_AUTHORIZER_ADDRESS_MISMATCH, "a channel's receiverAuthorizer is not this "
+                              "facilitator's key", payer)
+            channel_id = Config(*config[:6], "0x" + config[6].hex()).channel_id(self.chain_id)
+            entries += keccak256(CLAIM_ENTRY_TYPEHASH + _word(channel_id) + _word(ceiling) + _word(total))
+        return self._sign(_typed(batch_separator(self.chain_id), keccak256(CLAIM_BATCH_TYPEHASH + keccak256(entries))))
+
+    def _authorize_refund(self, config: "Config", channel_id: str, nonce: int, amount: int) -> str:
+        if self._authorizer is None:
+            raise Refusal(E.ERR_AUTHORIZER_NOT_CONFIGURED, "this facilitator holds no receiver-authorizer key; send "
+                          "refundAuthorizerSignature", config.payer)
+        if config.receiver_authorizer.lower() != str(self.authorizer_address).lower():
+            raise Refusal(E.ERR_AUTHORIZER_ADDRESS_MISMATCH, "the channel's receiverAuthorizer is not this "
+                          "facilitator's key", config.payer)
+        return self._sign(_typed(batch_separator(self.chain_id),
+                                 keccak256(REFUND_TYPEHASH + _word(channel_id) + _word(nonce) + _word(amount))))
 
     def metrics(self) -> dict[str, Any]:
         return {**self.counters, "refusals": dict(self.refusals), "records": self.records.counts(),
@@ -771,10 +814,7 @@ class ChannelSettlement:
         if not raw["claims"]:
             raise Refusal(E.ERR_CLAIM_PAYLOAD, "no claims")
         rows = self._claim_rows(raw["claims"], E.ERR_CLAIM_PAYLOAD)
-        signature = raw.get("claimAuthorizerSignature")
-        if not signature:
-            raise Refusal(E.ERR_AUTHORIZER_NOT_CONFIGURED, "this facilitator holds no receiver-authorizer key; "
-                          "send claimAuthorizerSignature")
+        signature = raw.get("claimAuthorizerSignature") or self._authorize_claims(rows)
         data = escrow_call("claimWithSignature", rows, bytes.fromhex(_sig(signature, E.ERR_CLAIM_PAYLOAD)[2:]))
         key = "claim:" + keccak256(bytes.fromhex(data[2:])).hex()
         self.records.forget_failed(key)
@@ -828,11 +868,8 @@ class ChannelSettlement:
         nonce = _uint(raw.get("refundNonce"), code)
         claims = raw.get("claims") or []
         rows = self._claim_rows(claims, code)
-        refund_signature = raw.get("refundAuthorizerSignature")
-        claim_signature = raw.get("claimAuthorizerSignature")
-        if not refund_signature or (rows and not claim_signature):
-            raise Refusal(E.ERR_AUTHORIZER_NOT_CONFIGURED, "this facilitator holds no receiver-authorizer key; send "
-                          "refundAuthorizerSignature (and claimAuthorizerSignature with claims)", config.payer)
+        refund_signature = raw.get("refundAuthorizerSignature") or self._authorize_refund(config, channel_id, nonce, amount)
+        claim_signature = raw.get("claimAuthorizerSignature") or (self._authorize_claims(rows, config.payer) if rows else None)
         refund_data = escrow_call("refundWithSignature", config.tuple(), amount, nonce,
                                   bytes.fromhex(_sig(refund_signature, code)[2:]))
         if rows:
