@@ -279,3 +279,28 @@ def test_cli_refunds_at_the_end(tmp_path: Path) -> None:
     channels, txs = load_channels(run_dir)
     assert len([t for t in txs if t.kind == "refund"]) == 50
     assert all(ch.refunded == ch.deposited - ch.claimed for ch in channels)
+
+
+def test_the_exact_start_and_launch_are_one_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """World.start writes launch's client side out (speed); both must give the same run."""
+    from sim.world import World
+
+    scenario = load_scenario(Path("scenarios/base-like.yaml"))
+    options = SimOptions(duration_s=20, driver="locust")
+    plain, _ = run_sim(scenario, options=options).records()
+
+    def start(self: World, agent: int, route: int, user: Any = None) -> bool:
+        price = self.prices[route]
+        if self.spent[agent] + price > self.cap:
+            self.mark_broke(agent)
+            return False
+        self.spent[agent] += price
+        r = self._req(self.started, agent, route, price, user, self.clock.now)
+        self.started += 1
+        self.in_flight += 1
+        self.launch(r, self._service, self._at_service)
+        return True
+
+    monkeypatch.setattr(World, "start", start)
+    launched, _ = run_sim(scenario, options=options).records()
+    assert launched == plain
