@@ -13,7 +13,7 @@ $0.001 route) and the same closed-loop agents (each user pays again as soon as i
 answered), one agent per user (so one channel per user), through the priced services. Exact points pay the route with scheme exact under each
 facilitator strategy; batch-settlement points pay it with deposits worth `--per-channel` payments. After
 each batch-settlement run the runner claims and settles every channel, so its gas is complete: gas per
-payment = gasUsed of every escrow tx of the run (deposits, claims, settles; `meta.escrow_txs`) / paid
+payment = gasUsed of every escrow tx of the run (deposits, claims, settles: the run folder's channel_txs.csv) / paid
 requests; USD per payment prices that gas, and the per-tx L1 fee, with the scenario's economics.
 
 Prints the table, the ratio of batch-settlement (first --per-channel) to pipelined paid req/s, and the
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loadtest.runner import LoadOptions, run_load  # noqa: E402
 from services.stack import check_live_strategy  # noqa: E402
-from x402bench.results.economics import cost_per_payment_usd  # noqa: E402
+from x402bench.results.rundir import load_channels  # noqa: E402
 from x402bench.scenario import Scenario, ScenarioError, load_scenario, validate_scenario  # noqa: E402
 
 
@@ -92,27 +92,24 @@ def point(label: str, scenario: Scenario, options: LoadOptions) -> dict[str, Any
         "errors": sum(metrics["errors"].values()), "run_dir": result.run_dir,
         "cpu": ((metrics.get("cpu") or {}).get("ms_per_paid_request") or {}),
     }
-    txs = summary["meta"].get("escrow_txs") or []
     if scenario.batch_settlement_services:
-        import csv
-
-        with open(result.run_dir / "requests.csv", newline="") as handle:
-            paid = sum(1 for r in csv.DictReader(handle) if r["status"] == "200")
-        gas = sum(t["gas_used"] for t in txs)
-        row["gas"] = gas / paid if paid else None
-        row["usd"] = (cost_per_payment_usd(gas / paid, scenario.economics, len(txs) / paid) if paid else None)
+        channels, txs = load_channels(result.run_dir)  # the run folder's books, from the chain's own events
+        economics = summary["channels"]["economics"]
+        paid = summary["channels"]["totals"]["vouchers"]
+        row["gas"] = economics["gas_per_payment"]
+        row["usd"] = economics["cost_per_payment_usd"]
         row["txs"] = len(txs)
-        row["deposits"] = sum(1 for t in txs if "Deposited" in t["events"])
-        opening = [t["gas_used"] for t in txs if "ChannelCreated" in t["events"]]
-        topups = [t["gas_used"] for t in txs if "Deposited" in t["events"] and "ChannelCreated" not in t["events"]]
-        claims = [(t["gas_used"], t["events"].count("Claimed")) for t in txs if "Claimed" in t["events"]]
-        settles = [t["gas_used"] for t in txs if "Settled" in t["events"]]
+        row["deposits"] = sum(c.deposits for c in channels)
+        topups = row["deposits"] - len(channels)
+        claims = [t for t in txs if t.kind == "claim"]
+        settles = [t.gas_used for t in txs if t.kind == "settle"]
+        deposit_gas = sum(t.gas_used for t in txs if t.kind == "deposit")
         row["parts"] = {
-            "opening": sum(opening) / len(opening) if opening else None,
-            "topup": sum(topups) / len(topups) if topups else None, "topups": len(topups),
-            "claim_per_channel": sum(g for g, _ in claims) / sum(n for _, n in claims) if claims else None,
+            "deposit": deposit_gas / row["deposits"] if row["deposits"] else None, "topups": topups,
+            "claim_per_channel": sum(t.gas_used for t in claims) / sum(t.channels for t in claims) if claims else None,
             "claim_txs": len(claims), "settle": sum(settles) / len(settles) if settles else None,
-            "channels": len(opening), "per_channel": paid / len(opening) if opening else None,
+            "channels": len(channels), "per_channel": paid / len(channels) if channels else None,
+            "books_exact": summary["channels"]["reconciliation"].get("exact"),
         }
     else:
         row["gas"] = metrics["gas_per_payment"]
@@ -173,8 +170,7 @@ def main() -> None:
         if not parts:
             continue
         print(f"{r['label']}: {parts['channels']} channels, {fmt(parts['per_channel'], '.0f')} paid per channel; gas of "
-              f"an opening deposit {fmt(parts['opening'], ',.0f')}, a top-up {fmt(parts['topup'], ',.0f')} "
-              f"({parts['topups']}), a claim per channel {fmt(parts['claim_per_channel'], ',.0f')} "
+              f"a deposit {fmt(parts['deposit'], ',.0f')} ({parts['topups']} top-ups), a claim per channel {fmt(parts['claim_per_channel'], ',.0f')} "
               f"({parts['claim_txs']} claim txs), a settle {fmt(parts['settle'], ',.0f')}")
     pipelined = next((r for r in rows if r["label"] == "exact pipelined"), None)
     first_bs = next((r for r in rows if r["label"].startswith("batch-settlement")), None)
@@ -185,7 +181,7 @@ def main() -> None:
         print(f"batch-settlement gas per payment at {per_channel[0]:,}/channel = {fmt(first_bs['gas'], ',.0f')} "
               f"(target <= 1,000)")
         parts = first_bs.get("parts") or {}
-        deposit = parts.get("topup") or parts.get("opening")
+        deposit = parts.get("deposit")
         if deposit and parts.get("claim_per_channel"):
             # what a channel that spends every deposit whole costs, from the gas measured above: one deposit and
             # one claim of that channel per deposit's worth of payments (the settle is shared by all channels)
