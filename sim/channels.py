@@ -148,7 +148,8 @@ class Channels:
         self.books: list[Channel] = []
         self.receivers = [_Receiver() for _ in world.prices]
         self._dirty: list[Channel] = []
-        self._txs: list[ChannelTxRecord] = []
+        self._txs: list[ChannelTxRecord] = []  # claims, settles and refunds, as mined
+        self._deposit_txs: list[tuple[Channel, int, int, int, int]] = []  # (channel, settlement row, tx, gas, amount)
         # tx id -> (kind, amount, [(channel, its claimed total after it)], receiver of a settle)
         self._sent: dict[int, tuple[str, int, list[tuple[Channel, int]], int]] = {}
         self._ids = 0
@@ -284,17 +285,23 @@ class Channels:
                 break  # the agent is broke: its held requests are never sent
 
     def _deposited(self, r: ChannelReq, ch: Channel) -> None:
-        w = self.world
         ch.deposited += r.deposit
         ch.deposits += 1
-        t_included = w.settlements.t_included[r.row] if r.row >= 0 else self.clock.now
-        if ch.t_deposit < 0:
-            ch.t_deposit = t_included
-        block = w.txs.block[r.tx] if r.tx >= 0 else -1
-        self._txs.append(ChannelTxRecord(kind="deposit", tx_hash=tx_hex(r.tx) if r.tx >= 0 else "",
-                                         t_included=t_included, gas_used=r.deposit_gas,
-                                         effective_gas_price=self.gas_price_wei, channels=1, amount=r.deposit,
-                                         block_number=block))
+        # its block is read at the end: a pipelined facilitator answers once the tx is sent, before it is mined
+        self._deposit_txs.append((ch, r.row, r.tx, r.deposit_gas, r.deposit))
+
+    def _deposit_records(self) -> list[ChannelTxRecord]:
+        """The deposits as channel txs (dating each channel's first deposit on the way)."""
+        w = self.world
+        out = []
+        for ch, row, tx, gas, amount in self._deposit_txs:
+            t_included = w.settlements.t_included[row] if row >= 0 else -1.0
+            if t_included >= 0 and (ch.t_deposit < 0 or t_included < ch.t_deposit):
+                ch.t_deposit = t_included
+            out.append(ChannelTxRecord(kind="deposit", tx_hash=tx_hex(tx) if tx >= 0 else "", t_included=t_included,
+                                       gas_used=gas, effective_gas_price=self.gas_price_wei, channels=1,
+                                       amount=amount, block_number=w.txs.block[tx] if tx >= 0 else -1))
+        return out
 
     # ---- the services' cadence -------------------------------------------------------------------
 
@@ -404,6 +411,7 @@ class Channels:
     # ---- records ---------------------------------------------------------------------------------
 
     def channel_records(self) -> list[ChannelRecord]:
+        self._deposit_records()  # dates t_deposit
         out = []
         for ch in self.books:
             if not (ch.deposits or ch.vouchers):
@@ -417,11 +425,11 @@ class Channels:
         return out
 
     def channel_tx_records(self) -> list[ChannelTxRecord]:
-        return sorted(self._txs, key=lambda t: (t.t_included, t.block_number))
+        return sorted(self._deposit_records() + self._txs, key=lambda t: (t.t_included, t.block_number))
 
     def stats(self, paid: int) -> dict[str, Any]:
         """The books and the gas, for summary meta (sim.channels)."""
-        txs = self._txs
+        txs = self._deposit_records() + self._txs
         kinds: dict[str, int] = {}
         gas: dict[str, int] = {}
         for t in txs:

@@ -304,3 +304,18 @@ def test_the_exact_start_and_launch_are_one_client(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(World, "start", start)
     launched, _ = run_sim(scenario, options=options).records()
     assert launched == plain
+
+
+@pytest.mark.parametrize("strategy", ["pipelined", "batched", "sdk"])
+def test_deposits_through_every_strategy(strategy: str) -> None:
+    """A deposit is its own tx whatever the facilitator's strategy (never in a transfer batch), dated by its
+    block even when the facilitator answers before it is mined (pipelined)."""
+    facilitator: dict[str, Any] = {"strategy": strategy, "signer_keys": 1}
+    if strategy == "batched":
+        facilitator["batch"] = {"max_size": 10, "max_age_s": 0.5}
+    result = run_sim(deferred(agents={"count": 10}, facilitator=facilitator))
+    deposits = [t for t in result.channel_txs if t.kind == "deposit"]
+    gas = default_calibration().gas
+    assert deposits and all(t.t_included >= 0 and t.block_number > 0 for t in deposits)
+    assert {t.gas_used for t in deposits} <= {gas.channel_deposit_new, gas.channel_deposit_topup}
+    assert all(ch.t_deposit >= 0 and ch.charged == ch.claimed for ch in result.channels)
