@@ -45,6 +45,7 @@ from services.facilitator.evm import (
 from services.facilitator.guard import SettlementGuard
 from services.facilitator.ledger import Claim, Ledger
 from services.facilitator.signers import LanePool, SignerLane
+from x402bench.registry import implementations, register
 
 log = logging.getLogger("x402bench.facilitator")
 
@@ -568,9 +569,16 @@ class SdkEngine(Engine):
         return result.model_dump(by_alias=True, exclude_none=True)
 
 
-ENGINES: dict[str, type[Engine]] = {
-    "sync": OwnEngine, "pipelined": PipelinedEngine, "batched": BatchedEngine, "sdk": SdkEngine,
-}
+for _name, _engine in (("sdk", SdkEngine), ("sync", OwnEngine), ("pipelined", PipelinedEngine),
+                       ("batched", BatchedEngine)):
+    register("strategy", "engine", _name, _engine)
+# The schemes every engine serves: exact payments through the strategy's own path (checked by
+# check_payment), batch-settlement payloads through the one handler all our strategies share.
+register("scheme", "engine", "exact", check_payment)
+register("scheme", "engine", "batch-settlement", ChannelSettlement)
+
+#: The live strategies, by name (from the registry: declared in x402bench.registry, implemented above).
+ENGINES: dict[str, type[Engine]] = implementations("strategy", "engine")
 
 
 def make_engine(config: FacilitatorConfig) -> Engine:
