@@ -51,12 +51,10 @@ class ChannelHost(Protocol):
     prices: list[int]
     cap: int  # atomic units an agent may commit: min(funding, budget), the world's one definition
     spent: list[int]  # per agent: exact payments in flight or made, plus channel deposits made
-    broke: bytearray
-    requests: RequestColumns
+    requests: RequestColumns  # its `cumulative` column is the channel model's to fill
     svc_cpu: Station
     svc_busy: bool
-    gates: list[Station | None]
-    work: list[Callable[[], float]]
+    gates: list[Station | None]  # each route's workers (None: unlimited)
     svc_cpu_s: Callable[[], float]
     settlements: SettlementColumns
     txs: TxColumns
