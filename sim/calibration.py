@@ -20,11 +20,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from x402bench.registry import STRATEGIES, register
 from x402bench.scenario import lognormal_sigma
 
 CALIBRATION_VERSION = 1
 
-Strategy = Literal["sdk", "sync", "pipelined", "batched"]
+Strategy = Literal[tuple(STRATEGIES)]  # type: ignore[valid-type]
 
 
 class CalibrationError(Exception):
@@ -199,6 +200,15 @@ def _default_strategies() -> dict[str, StrategyTiming]:
         "pipelined": StrategyTiming(**own, answer_after="submitted"),
         "batched": StrategyTiming(**own),
     }
+
+
+for _name, _timing in _default_strategies().items():
+    register("strategy", "calibration", _name, _timing)
+# The Gas fields each scheme's costs are drawn from (their defaults are the scheme's calibration).
+register("scheme", "calibration", "exact", ("transfer_existing", "transfer_new", "batch_fixed", "batch_per_item",
+                                             "batch_new_recipient_extra"))
+register("scheme", "calibration", "batch-settlement",
+         tuple(name for name in Gas.model_fields if name.startswith("channel_")))
 
 
 class Calibration(_Strict):

@@ -48,6 +48,7 @@ from sim.dists import comonotone, sampler, stream
 from sim.interfaces import ChannelHost
 from sim.payment import FaultReq, Req
 from sim.store import address_hex, channel_hex, tx_hex
+from x402bench.registry import register
 from x402bench.results.records import ChannelRecord, ChannelTxRecord, format_claims
 from x402bench.scenario import Scenario
 
@@ -454,3 +455,6 @@ class Channels:
 
 def _none() -> int:
     return 0
+
+
+register("scheme", "sim", "batch-settlement", Channels)

@@ -20,6 +20,7 @@ from typing import Any
 
 from sim.calibration import Calibration, default_calibration
 from sim.run import SimOptions, build_sim_summary, run_sim
+from x402bench import registry
 from x402bench.scenario import Scenario
 
 DAY = 86_400.0
@@ -28,7 +29,7 @@ DAY = 86_400.0
 PEAK_FACTOR = 3.0
 #: Plan to run resources at most this busy at the peak.
 HEADROOM = 0.7
-STRATEGIES = ("sdk", "sync", "pipelined", "batched")
+STRATEGIES = tuple(registry.STRATEGIES)
 
 
 @dataclass

@@ -42,6 +42,7 @@ from sim.interfaces import PaymentHost
 from sim.payment import Req
 from sim.store import (ERR_SETTLEMENT_PENDING, ERR_TRANSACTION_FAILED, ERR_UNEXPECTED_VERIFY, ERR_VALID_BEFORE, FAILED,
                        RELEASED, SETTLED)
+from x402bench.registry import register
 from x402bench.scenario import Scenario
 
 
@@ -651,3 +652,9 @@ class Facilitator:
             out["threads"] = self.threads.size
             out["threads_peak_waiting"] = self.threads.peak_waiting
         return out
+
+
+# One model serves every strategy: what differs (when a claim is answered, whether sends wait in a
+# batch) is the strategy's StrategyTiming and the scenario's batch terms, read in __init__.
+for _name in ("sdk", "sync", "pipelined", "batched"):
+    register("strategy", "sim", _name, Facilitator)

@@ -29,6 +29,7 @@ from sim.faults import FaultPlan, crash_in, down_at
 from sim.interfaces import Driver
 from sim.payment import FaultReq, Req
 from sim.store import ERR_SETTLEMENT_PENDING, RequestColumns, SettlementColumns, TxColumns
+from x402bench.registry import register
 from x402bench.scenario import Duration, Scenario
 
 if TYPE_CHECKING:
@@ -374,3 +375,6 @@ class World:
 def _ms(duration: Duration) -> Dist:
     """A scenario Duration (milliseconds) as a calibration Dist (seconds)."""
     return Dist(median=duration.median * MS, p99=None if duration.p99 is None else duration.p99 * MS)
+
+
+register("scheme", "sim", "exact", World)  # the exact path is the world's own (World.start); channels plug in
