@@ -186,7 +186,7 @@ def calibration_from_run(summary: dict[str, Any], requests: Sequence[RequestReco
     if fit is not None:
         data["gas"]["batch_fixed"], data["gas"]["batch_per_item"] = max(21_000, fit[0]), max(0, fit[1])
 
-    data["gas"].update(_channel_gas(channel_txs or _escrow_txs(summary), base))
+    data["gas"].update(_channel_gas(channel_txs, base))
 
     cpus = dig(summary, "meta.machine.cpus")
     if isinstance(cpus, int) and cpus > 0:
@@ -257,25 +257,6 @@ def _median(dist: Dist) -> float:
 def _through_facilitator(r: RequestRecord) -> bool:
     """An exact payment, or a batch-settlement request that carried a deposit (it names the deposit tx)."""
     return r.scheme != "batch-settlement" or bool(r.tx_hash)
-
-
-#: What an escrow tx did, from the events its receipt logged (meta.escrow_txs of a live run).
-_ESCROW_KINDS = {"Deposited": "deposit", "Claimed": "claim", "Settled": "settle", "Refunded": "refund"}
-
-
-def _escrow_txs(summary: dict[str, Any]) -> list[ChannelTxRecord]:
-    """A live run's escrow txs as ChannelTxRecords, from summary meta.escrow_txs (for a folder without
-    channel_txs.csv): a tx's kind from its events, a claim's channels from its Claimed events."""
-    out = []
-    for tx in dig(summary, "meta.escrow_txs") or []:
-        events = list(tx.get("events") or [])
-        kinds = [_ESCROW_KINDS[e] for e in events if e in _ESCROW_KINDS]
-        if not kinds or not isinstance(tx.get("gas_used"), int):
-            continue
-        kind = kinds[0]
-        out.append(ChannelTxRecord(kind=kind, tx_hash=str(tx.get("tx", "")), t_included=-1.0,
-                                   gas_used=tx["gas_used"], channels=events.count("Claimed") if kind == "claim" else 1))
-    return out
 
 
 def _channel_gas(txs: Sequence[ChannelTxRecord], base: Calibration) -> dict[str, Any]:

@@ -82,31 +82,15 @@ def metrics_for(scenario: Scenario) -> tuple[tuple[str, str, bool], ...]:
     return METRICS
 
 
-def _figure(summary: dict[str, Any], key: str) -> Any:
-    value = dig(summary, key)
-    if value is None and key == "channels.economics.gas_per_payment":
-        value = _escrow_gas_per_payment(summary)
-    return value
-
-
-def _escrow_gas_per_payment(summary: dict[str, Any]) -> float | None:
-    """A live run without channel books yet: its escrow txs' gas (meta.escrow_txs) over its paid requests."""
-    txs = dig(summary, "meta.escrow_txs")
-    paid = dig(summary, "metrics.paid")
-    if not txs or not paid:
-        return None
-    return sum(int(t.get("gas_used") or 0) for t in txs) / paid
-
-
 def compare(live: dict[str, Any], sims: list[dict[str, Any]],
             metrics: tuple[tuple[str, str, bool], ...] = METRICS) -> list[Row]:
     """Each metric: the live figure against the mean of the simulated ones (and their spread)."""
     rows = []
     for label, key, judged in metrics:
-        values = [v for v in (_figure(sim, key) for sim in sims) if isinstance(v, (int, float))]
+        values = [v for v in (dig(sim, key) for sim in sims) if isinstance(v, (int, float))]
         mean = statistics.fmean(values) if values else None
         sd = statistics.stdev(values) if len(values) > 1 else None
-        rows.append(Row(label, _figure(live, key), mean, judged, sd))
+        rows.append(Row(label, dig(live, key), mean, judged, sd))
     return rows
 
 
