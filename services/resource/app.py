@@ -8,6 +8,9 @@ reports the verify / handler / settle split in a `Server-Timing` header.
 A route whose scheme is `batch-settlement` is declared to the middleware with the SDK's
 batch-settlement server scheme (receiver = pay_to, receiver-authorizer = a local test key from
 the world config): the payer deposits into an escrow channel once, then pays with vouchers.
+By default that scheme is services.resource.fast_voucher's subclass, which answers the common
+voucher (known channel, fresh chain state, right cumulative, right signer) with the SDK's own answer at a
+fraction of the CPU and leaves every other payload to the SDK's code (`voucher_check="sdk"`: the SDK's as is).
 For those routes the app also has a local harness route, `POST /_channels/claim_settle`, that
 runs the SDK channel manager's claim (claims_per_tx vouchers per tx) and settle for every
 channel with charged-but-unclaimed vouchers and answers with the tx hashes and amounts. It is
@@ -43,9 +46,11 @@ from x402.mechanisms.evm.exact import ExactEvmServerScheme
 from services.process import write_private
 from services.resource.channel_storage import make_storage
 from services.resource.channels import ChannelKeeper
+from services.resource.fast_voucher import FastBatchSettlementScheme
 from x402.schemas import PaymentPayload, SettleResponse, VerifyResponse
 from x402.server import x402ResourceServer
 
+VOUCHER_CHECKS = ("fast", "sdk")
 #: A PAYMENT-SIGNATURE larger than this is refused before decoding (a real one is ~1.2 KB).
 MAX_PAYMENT_HEADER_BYTES = 8 * 1024
 
@@ -93,6 +98,9 @@ class ResourceConfig:
     channel_storage: str = "sqlite"
     channel_dir: str = ""
     shutdown_flush_s: float = 5.0
+    # `fast`: the SDK's server scheme with our cheap voucher check (services.resource.fast_voucher); `sdk`: the
+    # SDK's scheme as it comes, for comparison and for the tests that hold the two to the same answers.
+    voucher_check: str = "fast"
 
     def dump(self, path: str | Path) -> None:
         write_private(path, json.dumps(asdict(self), indent=2))  # it may hold the receiver-authorizer key
@@ -330,7 +338,10 @@ def _add_batch_settlement(app: FastAPI, server: x402ResourceServer, client: Time
 
     if not config.receiver_authorizer_key:
         raise ValueError("a batch-settlement route needs ResourceConfig.receiver_authorizer_key")
-    scheme = BatchSettlementEvmScheme(config.pay_to, BatchSettlementEvmSchemeServerConfig(
+    if config.voucher_check not in VOUCHER_CHECKS:
+        raise ValueError(f"voucher_check {config.voucher_check!r}: choose one of {', '.join(VOUCHER_CHECKS)}")
+    kind = FastBatchSettlementScheme if config.voucher_check == "fast" else BatchSettlementEvmScheme
+    scheme = kind(config.pay_to, BatchSettlementEvmSchemeServerConfig(
         receiver_authorizer_signer=LocalAuthorizerSigner(Account.from_key(config.receiver_authorizer_key)),
         withdraw_delay=config.withdraw_delay_s,
         storage=make_storage(config.channel_storage, config.channel_dir or tempfile.mkdtemp(prefix="x402bench-channels-"))))
@@ -356,7 +367,9 @@ def _add_batch_settlement(app: FastAPI, server: x402ResourceServer, client: Time
 
     @app.get("/_channels/status")
     async def channel_status() -> dict[str, Any]:
-        """Local harness route: what the cadence has claimed and settled, and what is still unclaimed."""
-        return keeper.status()
+        """Local harness route: what the cadence has claimed and settled, and what is still unclaimed; with the
+        fast voucher check, how many vouchers it answered and how many it left to the SDK's hook."""
+        counts = getattr(scheme, "counts", None)
+        return {**keeper.status(), "voucher_check": config.voucher_check, **({"vouchers": dict(counts)} if counts else {})}
 
     return keeper
