@@ -107,8 +107,14 @@ def sweep(
     calibration: Optional[Path] = typer.Option(None, help="Calibration JSON from `x402bench calibrate`."),
     jobs: Optional[int] = typer.Option(None, help="Parallel processes (default: the number of cores)."),
     driver: str = typer.Option("open", help="open or locust (see `x402bench sim --help`)."),
+    scheduler: Optional[str] = typer.Option(None, help="Run the points on an existing Dask cluster through its "
+                                            "scheduler, e.g. tcp://127.0.0.1:8786 (needs x402bench[dask]); "
+                                            "default: local processes (--jobs)."),
 ) -> None:
     """Simulate the scenario over a grid, in parallel; write a table and capacity-planning plots."""
+    from contextlib import nullcontext
+
+    from sim.executors import DaskExecutor, ExecutorUnavailable
     from sim.overrides import parse_grid
     from sim.run import SimOptions
     from sim.sweep import run_sweep
@@ -119,11 +125,17 @@ def sweep(
     key = hashlib.sha256(json.dumps([s.model_dump(mode="json"), cal.model_dump(mode="json"), grid, driver],
                                     sort_keys=True, default=str).encode()).hexdigest()[:10]
     target = out_dir / s.name / f"sweep-{key}"
+    options = SimOptions(driver=_driver(driver))  # type: ignore[arg-type]
     try:
-        result = run_sweep(s, parsed, target, cal, SimOptions(driver=_driver(driver)), jobs)  # type: ignore[arg-type]
+        with DaskExecutor(scheduler) if scheduler else nullcontext() as executor:
+            result = run_sweep(s, parsed, target, cal, options, jobs, executor)
+    except ExecutorUnavailable as exc:
+        raise _fail(str(exc)) from None
     except ValueError as exc:
         raise _fail(f"{scenario}: {exc}") from None
-    table = Table(title=f"sweep of {s.name} ({len(result.rows)} points)")
+    where = f"on the Dask cluster at {result.scheduler}, {len(set(result.workers))} workers used" if scheduler \
+        else "in local processes"
+    table = Table(title=f"sweep of {s.name} ({len(result.rows)} points, {where})")
     columns = {"offered_rps": "offered/s", "throughput_rps": "paid/s", "request_p95_s": "req p95 s",
                "settlement_p95_s": "settle p95 s", "gas_per_payment": "gas/pay", "cost_per_payment_usd": "$/pay",
                "error_rate": "errors"}
@@ -136,6 +148,11 @@ def sweep(
     out.print(f"table: {target / 'sweep.csv'}", highlight=False, soft_wrap=True)
     for plot in result.plots:
         out.print(f"plot: {plot}", highlight=False, soft_wrap=True)
+    for row in result.failed:
+        point = ", ".join(f"{k}={row[k]}" for k in parsed)
+        err.print(f"[red]point failed:[/red] {point}: {row['error']}", highlight=False)
+    if result.failed:
+        sys.exit(1)
 
 
 @app.command()
