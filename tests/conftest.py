@@ -30,7 +30,10 @@ def anvil(request: pytest.FixtureRequest) -> Iterator[Anvil]:
 
 
 _WORLD_MARKERS = ("anvil-linux", "anvil-darwin", "services.facilitator", "services.resource", "loadtest/locustfile.py",
-                  "tests/outside/", "services.faults")
+                  "tests/outside/", "services.faults",
+                  # a Dask cluster: `dask scheduler` / `dask worker`, and the worker processes a nanny
+                  # spawns, whose command lines name only multiprocessing
+                  "dask scheduler", "dask worker", "distributed.cli", "multiprocessing.spawn")
 
 
 #: Every process this session starts inherits this mark in its environment (nothing here passes a
