@@ -150,18 +150,23 @@ class DaskExecutor:
                                       f"{INSTALL_HINT}") from None
         try:
             identity = asyncio.run(_identity(self.where, self.connect_timeout_s))
-        except BaseException as exc:  # OSError, TimeoutError, ValueError (malformed), garbage from a non-Dask port
-            if isinstance(exc, KeyboardInterrupt):
-                raise
+        except Exception as exc:  # OSError, TimeoutError, ValueError (malformed), garbage from a non-Dask port
             raise ExecutorUnavailable(f"cannot reach a Dask scheduler at {self.where} within "
                                       f"{self.connect_timeout_s:g} s ({type(exc).__name__}: {exc})") from None
         if identity.get("type") != "Scheduler":
             raise ExecutorUnavailable(f"{self.where} answers, but as a Dask {identity.get('type')}, not a scheduler")
-        self._client = distributed.Client(self.where, timeout=self.connect_timeout_s * 2, set_as_default=False)
+        try:
+            self._client = distributed.Client(self.where, timeout=self.connect_timeout_s * 2, set_as_default=False)
+        except Exception as exc:  # it answered the probe a moment ago: a version mismatch, or it just went away
+            raise ExecutorUnavailable(f"the Dask scheduler at {self.where} refused a client "
+                                      f"({type(exc).__name__}: {exc})") from None
         try:
             self._client.wait_for_workers(1, timeout=self.no_workers_timeout_s)
-        except Exception:
+        except Exception as exc:
             self._close()
+            if not isinstance(exc, TimeoutError):
+                raise ExecutorUnavailable(f"lost the Dask scheduler at {self.where} while waiting for workers "
+                                          f"({type(exc).__name__}: {exc})") from None
             raise ExecutorUnavailable(f"the Dask scheduler at {self.where} has no workers (waited "
                                       f"{self.no_workers_timeout_s:g} s); start some with "
                                       f"`dask worker {self.where} --nthreads 1`") from None
@@ -189,16 +194,16 @@ class DaskExecutor:
         try:
             for future in futures:
                 if not future.done():  # no worker came back for it
-                    outcomes.append(Outcome(error=f"no workers left at {self.where}"))
+                    outcomes.append(Outcome(error=f"no workers left at {self.where}", worker="unknown"))
                     continue
                 try:
                     worker, value = future.result()
                     outcomes.append(Outcome(value, worker=worker))
                 except KilledWorker as exc:  # it took down every worker the scheduler allowed it
-                    outcomes.append(Outcome(error=f"its Dask worker died ({exc})"))
+                    outcomes.append(Outcome(error=f"its Dask worker died ({exc})", worker="unknown"))
                 except Exception as exc:
                     if type(exc).__name__ in ("CancelledError", "FutureCancelledError"):
-                        outcomes.append(Outcome(error=f"cancelled: lost contact with {self.where}"))
+                        outcomes.append(Outcome(error=f"cancelled: lost contact with {self.where}", worker="unknown"))
                     else:
                         raise
         finally:

@@ -5,9 +5,11 @@ point travels as plain data, the scenario and calibration as validated dicts, so
 another machine needs the package but none of the caller's files. Every point uses the scenario's
 seed (common random numbers: differences between points come from the parameters, not from luck,
 and a cluster gives the rows a local run gives). A point whose process or worker died is a row
-with `error` set and empty figures, so a long sweep keeps every other point. The table (CSV and JSON) has one row per point
-with its offered load, throughput, latencies, gas and cost; three plots show throughput
-and latency against offered load and cost per payment against price.
+with `error` set and empty figures, so a long sweep keeps every other point.
+
+The table (CSV and JSON) has one row per point with its offered load, throughput, latencies, gas
+and cost; three plots show throughput and latency against offered load and cost per payment
+against price.
 """
 
 from __future__ import annotations

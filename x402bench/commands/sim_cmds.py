@@ -126,6 +126,8 @@ def sweep(
                                     sort_keys=True, default=str).encode()).hexdigest()[:10]
     target = out_dir / s.name / f"sweep-{key}"
     options = SimOptions(driver=_driver(driver))  # type: ignore[arg-type]
+    if scheduler and jobs:
+        err.print("note: --jobs is ignored with --scheduler (each worker runs one point per thread)", highlight=False)
     try:
         with DaskExecutor(scheduler) if scheduler else nullcontext() as executor:
             result = run_sweep(s, parsed, target, cal, options, jobs, executor)
