@@ -15,12 +15,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from services.chain import REPO_ROOT, free_port, terminate
+from sim.executors import Outcome
 from clirun import x402bench
 
 distributed = pytest.importorskip("distributed")
@@ -144,3 +146,35 @@ def test_without_distributed_the_scheduler_option_says_how_to_install_it(tmp_pat
                            "tcp://127.0.0.1:8786", "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 2 and "pip install" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+class _OnePointDies:
+    """An executor whose second point's worker died: what run_sweep makes of a failed Outcome."""
+
+    where = "tcp://nowhere:1"
+
+    def __enter__(self) -> "_OnePointDies":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def run(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> list[Outcome]:
+        return [Outcome(fn(tasks[0]), worker="tcp://w:1"), Outcome(error="its Dask worker died", worker="unknown")]
+
+
+def test_a_failed_point_is_a_row_with_its_error_and_the_table_and_plots_are_still_written(tmp_path: Path) -> None:
+    from sim.overrides import parse_grid
+    from sim.sweep import COLUMNS, run_sweep
+    from x402bench.scenario import load_scenario
+
+    result = run_sweep(load_scenario(SMOKE), parse_grid(["agents=5,20", "duration_s=2"]), tmp_path,
+                       executor=_OnePointDies())
+    good, bad = result.rows
+    assert good["paid"] > 0 and "error" not in good
+    assert bad["agents"] == 20 and bad["error"] == "its Dask worker died" and all(bad[c] is None for c in COLUMNS)
+    assert result.failed == [bad] and len(result.plots) == 3
+    table = json.loads((tmp_path / "sweep.json").read_text())
+    assert (table["scheduler"], table["workers"]) == ("tcp://nowhere:1", ["tcp://w:1", "unknown"])
+    assert table["rows"][1]["error"] == "its Dask worker died"
+    assert (tmp_path / "sweep.csv").read_text().splitlines()[2].endswith(",its Dask worker died")
