@@ -108,7 +108,7 @@ def sweep(
     jobs: Optional[int] = typer.Option(None, help="Parallel processes (default: the number of cores)."),
     driver: str = typer.Option("open", help="open or locust (see `x402bench sim --help`)."),
     scheduler: Optional[str] = typer.Option(None, help="Run the points on an existing Dask cluster through its "
-                                            "scheduler, e.g. tcp://127.0.0.1:8786 (needs x402bench[dask]); "
+                                            "scheduler, e.g. tcp://127.0.0.1:8786 (needs x402bench\\[dask]); "
                                             "default: local processes (--jobs)."),
 ) -> None:
     """Simulate the scenario over a grid, in parallel; write a table and capacity-planning plots."""
@@ -132,7 +132,9 @@ def sweep(
         with DaskExecutor(scheduler) if scheduler else nullcontext() as executor:
             result = run_sweep(s, parsed, target, cal, options, jobs, executor)
     except ExecutorUnavailable as exc:
-        raise _fail(str(exc)) from None
+        from rich.markup import escape
+
+        raise _fail(escape(str(exc))) from None  # the install hint's "[dask]" is no markup
     except ValueError as exc:
         raise _fail(f"{scenario}: {exc}") from None
     where = f"on the Dask cluster at {result.scheduler}, {len(set(result.workers))} workers used" if scheduler \
