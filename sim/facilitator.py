@@ -136,8 +136,17 @@ class Facilitator:
     # ---- /verify -------------------------------------------------------------------------
 
     def verify(self, r: "Req", t: float) -> None:
-        """A /verify request arrives at t (>= now); an event only if it meets a queue there."""
+        """A /verify request arrives at t (>= now); an event only if it meets a queue there.
+
+        One that will arrive too late for its validBefore is refused now, with the times it would get
+        then, instead of waiting in the event heap: behind a saturated service that is almost every
+        request, and holding each until its far-off arrival is what made memory grow with the run.
+        (With a thread pool the refusal comes when a thread takes it up, which only its queue knows,
+        and faults can change what happens on the way: those keep the event.)"""
         if self.verify_queues:
+            if t + VALID_BEFORE_BUFFER_S > r.valid_before and self.threads is None and not self.faulty:
+                self._verify_at(r, t)
+                return
             self.clock.at(t - self.clock.now, self._verify_arrives, r)
         else:
             self._verify_at(r, t)
@@ -165,6 +174,11 @@ class Facilitator:
         if self.cpu_busy:
             cpu = self.verify_cpu()
             t = self.cpu.enter(t, cpu) + cpu
+            if t + VALID_BEFORE_BUFFER_S > r.valid_before and not self.faulty:
+                # its turn on the CPU came too late: the check runs when the handler does, after the queue
+                # (as live), so a saturated facilitator refuses it here rather than after the route's work
+                self.world.rejected(r, ERR_VALID_BEFORE, t + self.hop())
+                return
         if self.faulty:
             self._verify_faulty(r, t)
             return

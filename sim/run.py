@@ -18,7 +18,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 
@@ -26,13 +26,20 @@ from sim.agents import DRIVERS, Stopper
 from sim.calibration import Calibration, default_calibration
 from sim.engine import Clock
 from sim.faults import build_plan
-from sim.store import FAILED, PENDING, RELEASED, SETTLED, RequestView, SettlementView, materialize, nonce_hex
+from sim.store import (FAILED, PENDING, RELEASED, SETTLED, RequestView, SettlementView, materialize, nonce_hex,
+                       reason_of)
 from sim.world import World
+from x402bench.results.metrics import RequestTally
 from x402bench.results.money import LOSS_KEYS, MoneyEvent, classify, counts
 from x402bench.results.records import ChannelRecord, ChannelTxRecord, RequestRecord, SettlementRecord
 from x402bench.scenario import Scenario
 
 Driver = Literal["open", "locust"]
+Records = Literal["all", "capped", "none"]
+#: Failed requests kept as records by default (`capped`); past it they are counted, not stored.
+RECORDS_CAP = 100_000
+#: Simulated seconds per step of the run loop, so a progress callback hears from it.
+PROGRESS_STEPS = 200
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,11 @@ class SimOptions:
     driver: Driver = "open"
     drain_s: float = 600.0  # most simulated seconds to let in-flight payments finish after arrivals stop
     refund_at_end: bool = False  # batch-settlement: refund each channel's unclaimed rest after the last claim
+    # Which request records are kept: all of them; `capped` (every paid one, failed ones up to records_cap,
+    # the rest counted); `none` (as capped with no failed row kept, and no requests.csv rows written).
+    # Paid requests are always kept: reconciliation matches each to its settlement.
+    records: Records = "capped"
+    records_cap: int = RECORDS_CAP
 
 
 @dataclass
@@ -58,6 +70,8 @@ class SimResult:
     money_events: list[MoneyEvent] = field(default_factory=list)  # where money went astray, in run seconds
     channels: list[ChannelRecord] = field(default_factory=list)  # batch-settlement books, one per channel
     channel_txs: list[ChannelTxRecord] = field(default_factory=list)  # batch-settlement txs, by inclusion
+
+    tally: RequestTally | None = None  # set when some records were not kept: the request metrics come from it
 
     _records: tuple[list[RequestRecord], list[SettlementRecord]] | None = None
 
@@ -84,23 +98,85 @@ def effective_scenario(scenario: Scenario, options: SimOptions) -> Scenario:
     return scenario.with_overrides(**sections) if sections else scenario
 
 
+def offered_load(scenario: Scenario, cal: Calibration, driver: Driver = "open") -> dict[str, Any]:
+    """What the run offers against what its world can settle, per second, before anything runs.
+
+    offered: the agents' mean arrival rate (open arrivals; the locust driver's users each wait for
+    their answer, so they offer at most what they get back, and closed agents likewise: None).
+    capacity: the tightest of the world's steady-state limits, each a rate of payments: the
+    facilitator (per process and per signer key) and the chain as sim/ecosystem.py's caps give
+    them, the service's CPU (cores / cpu_s per paid request) and each worker-limited route
+    (workers / mean work, over that route's share of the mix). A run offered more than its
+    capacity queues without bound: its latencies are mostly waiting, and payments whose
+    validBefore passes while queued are refused."""
+    from sim.ecosystem import caps, expected_batch
+
+    a = scenario.agents.arrivals
+    offered = None
+    if driver == "open" and a.kind != "closed":
+        offered = scenario.agents.count * a.rate_per_agent_s
+    strategy = scenario.facilitator.strategy
+    rate = offered if offered is not None else 0.0
+    batch = expected_batch(scenario, rate) if strategy == "batched" else 1.0
+    try:
+        process, key, chain = caps(scenario, cal, strategy, batch)
+    except ZeroDivisionError:  # automine that takes no time (an instant calibration): the chain is no limit
+        quick = cal.model_copy(update={"chain": cal.chain.model_copy(update={"automine_tx_s": 1e-12})})
+        process, key, chain = caps(scenario, quick, strategy, batch)
+    limits = {"facilitator": process, "signer_keys": key * scenario.facilitator.signer_keys, "chain": chain}
+    svc = cal.service.cpu_s.mean
+    if svc > 0:
+        limits["service_cpu"] = cal.service.cores / svc
+    mix = scenario.mix_weights()
+    for s in scenario.services:
+        work = _ms(s.work_ms).mean
+        if s.workers and work > 0 and mix.get(s.name, 0) > 0:
+            limits[f"route {s.name}"] = s.workers / work / mix[s.name]
+    bottleneck = min(limits, key=lambda k: limits[k])
+    capacity = limits[bottleneck]
+    return {"offered_rps": offered, "capacity_rps": capacity, "bottleneck": bottleneck,
+            "limits_rps": limits, "overloaded": offered is not None and offered > capacity,
+            "ratio": offered / capacity if offered is not None and capacity > 0 else None}
+
+
+def overload_warning(load: dict[str, Any]) -> str | None:
+    """The sentence printed before an overloaded run (and kept in its summary), or None."""
+    if not load.get("overloaded"):
+        return None
+    return (f"overloaded: the agents offer {load['offered_rps']:,.1f} req/s, {load['ratio']:.1f}x what this world "
+            f"settles ({load['capacity_rps']:,.1f}/s, limited by {load['bottleneck']}); queues grow for the whole "
+            "run, latencies are mostly waiting, and payments whose validBefore passes while queued are refused")
+
+
 def run_sim(scenario: Scenario, calibration: Calibration | None = None,
-            options: SimOptions = SimOptions()) -> SimResult:
+            options: SimOptions = SimOptions(),
+            progress: Callable[[float, float], None] | None = None) -> SimResult:
     """Simulate the scenario: arrivals until run.duration_s, then drain in-flight payments.
 
-    Raises ScenarioError when the scenario holds a fault the sim cannot apply (see sim/faults.py)."""
+    `progress(simulated_s, total_s)` is called every 1/PROGRESS_STEPS of the arrivals (then during
+    the drain), for a progress bar. Raises ScenarioError when the scenario holds a fault the sim
+    cannot apply (see sim/faults.py)."""
     scenario = effective_scenario(scenario, options)
     cal = calibration or default_calibration()
     plan = build_plan(scenario)
     wall0 = time.perf_counter()
     clock = Clock()
+    cap = None if options.records == "all" else (0 if options.records == "none" else options.records_cap)
     world = World(clock, scenario, cal, scenario.agents.count, loadgen=options.driver == "locust", plan=plan,
-                  refund_at_end=options.refund_at_end)
+                  refund_at_end=options.refund_at_end, failed_cap=cap)
     duration = scenario.run.duration_s
+    tally = RequestTally(float(scenario.run.warmup_s), float(duration))
+    world.dropped.sink = tally.add_failed
     driver = DRIVERS[options.driver](clock, world, scenario, Stopper(world, duration, scenario.run.max_requests))
     world.driver = driver
     driver.start()
-    clock.run(duration)
+    if progress is None:
+        clock.run(duration)
+    else:
+        step = duration / PROGRESS_STEPS
+        for i in range(1, PROGRESS_STEPS + 1):
+            clock.run(duration if i == PROGRESS_STEPS else i * step)
+            progress(clock.now, duration)
     fac = world.facilitator
     chain = fac.chain
     limit = duration + options.drain_s
@@ -109,6 +185,8 @@ def run_sim(scenario: Scenario, calibration: Calibration | None = None,
     while t < limit and (world.in_flight or chain.pending or fac._batch or fac.awaiting_restart):
         t = min(limit, t + step)
         clock.run(t)
+        if progress is not None:
+            progress(t, duration)
     channels = world.channels
     if channels is not None:  # every request answered: the services' last claim and settle (and refunds)
         channels.close()
@@ -161,13 +239,50 @@ def run_sim(scenario: Scenario, calibration: Calibration | None = None,
             **({"channels": channels.stats(_channel_paid(world))} if channels is not None else {}),
         },
     }
-    perf = {"wall_s": wall, "paid": paid, "paid_per_wall_s": paid / wall if wall > 0 else 0.0,
+    world.dropped.flush()
+    kept = len(world.requests)
+    total = kept + world.dropped.total
+    meta["records"] = {"mode": options.records, "kept": kept, "total": total,
+                       "failed_counted_not_kept": world.dropped.total}
+    meta["sim"]["load"] = offered_load(scenario, cal, options.driver)
+    warning = overload_warning(meta["sim"]["load"])
+    if warning:
+        meta["sim"]["load"]["warning"] = warning
+    perf = {"wall_s": wall, "paid": paid, "requests": total + world.in_flight,
+            "requests_per_wall_s": (total + world.in_flight) / wall if wall > 0 else 0.0, "paid_per_wall_s": paid / wall if wall > 0 else 0.0,
             "events": clock.events, "events_per_wall_s": clock.events / wall if wall > 0 else 0.0}
     result = SimResult(scenario, requests, settlements, reconciliation, meta, perf, events)
+    if world.dropped.total:
+        _tally_kept(world, tally)
+        result.tally = tally
     if channels is not None:
         result.channels = channels.channel_records()
         result.channel_txs = channels.channel_tx_records()
     return result
+
+
+def _tally_kept(world: World, tally: RequestTally) -> None:
+    """Add the rows that were kept to a tally that already counted the dropped ones (numpy, one pass)."""
+    c = world.requests
+    status = np.frombuffer(c.status, dtype=np.uint16)
+    t_end = np.frombuffer(c.t_end, dtype=np.float64)
+    paid = status == 200
+    cols = {"challenge": c.challenge, "sign": c.sign, "paid": c.paid, "verify": c.verify, "handler": c.handler,
+            "settle": c.settle}
+    tally.add_paid(np.frombuffer(c.t_start, dtype=np.float64)[paid], t_end[paid],
+                   np.frombuffer(c.amount, dtype=np.int64)[paid],
+                   {k: np.frombuffer(v, dtype=np.float64)[paid] for k, v in cols.items()})
+    failed = ~paid
+    key = status[failed].astype(np.int64) * 256 + np.frombuffer(c.error, dtype=np.uint8)[failed]
+    ends = t_end[failed]
+    for k in np.unique(key).tolist():
+        tally.add_failed(reason_of(k // 256, k % 256), ends[key == k])
+
+
+def _ms(duration: Any) -> Any:
+    from sim.world import _ms as ms
+
+    return ms(duration)
 
 
 def _exact_rows(world: World, route: np.ndarray) -> np.ndarray:
@@ -292,9 +407,14 @@ def sim_run_id(scenario: Scenario, cal: Calibration, options: SimOptions) -> str
 def build_sim_summary(result: SimResult) -> dict[str, Any]:
     from x402bench.results.summary import build_summary
 
-    requests, settlements = result.records()
-    return build_summary(result.scenario, requests, settlements, result.reconciliation, "sim", result.meta,
-                         money_events=result.money_events, **_channel_kwargs(result))
+    if result.tally is None:
+        requests, settlements = result.records()
+        return build_summary(result.scenario, requests, settlements, result.reconciliation, "sim", result.meta,
+                             money_events=result.money_events, **_channel_kwargs(result))
+    # not every record kept: request figures from the tally, settlements read lazily (never all in memory)
+    return build_summary(result.scenario, result.requests, result.settlements, result.reconciliation, "sim",
+                         result.meta, money_events=result.money_events, tally=result.tally,
+                         **_channel_kwargs(result))
 
 
 def _channel_kwargs(result: SimResult) -> dict[str, Any]:
@@ -305,20 +425,27 @@ def _channel_kwargs(result: SimResult) -> dict[str, Any]:
 
 
 def simulate(scenario: Scenario, calibration: Calibration | None = None, options: SimOptions = SimOptions(),
-             out_root: Path | str = "results", run_id: str | None = None) -> tuple[Path, dict[str, Any], SimResult]:
-    """run_sim, then summary.json, CSVs, plots and report.html under out_root/<scenario>/<run id>/."""
+             out_root: Path | str = "results", run_id: str | None = None,
+             progress: Callable[[float, float], None] | None = None) -> tuple[Path, dict[str, Any], SimResult]:
+    """run_sim, then summary.json, CSVs, plots and report.html under out_root/<scenario>/<run id>/.
+    A run that kept every record writes them as lists (as a live run); one that did not writes the
+    kept ones straight from the columns (`records: none`: no request rows)."""
     from x402bench.results.rundir import write_run
 
     cal = calibration or default_calibration()
-    result = run_sim(scenario, cal, options)
+    result = run_sim(scenario, cal, options, progress)
     run_id = run_id or sim_run_id(result.scenario, cal, options)
     result.meta["run_id"] = run_id
     summary = build_sim_summary(result)
-    requests, settlements = result.records()
+    if result.tally is None:
+        requests, settlements = result.records()
+    else:
+        requests = result.requests if options.records != "none" else []  # type: ignore[assignment]
+        settlements = result.settlements  # type: ignore[assignment]
     run_dir = write_run(Path(out_root), result.scenario.name, run_id, summary, requests, settlements,
                         **_channel_kwargs(result))
     return run_dir, summary, result
 
 
-__all__ = ["SimOptions", "SimResult", "run_sim", "simulate", "effective_scenario", "build_sim_summary",
+__all__ = ["SimOptions", "SimResult", "run_sim", "simulate", "offered_load", "overload_warning", "effective_scenario", "build_sim_summary",
            "sim_run_id", "RequestRecord", "SettlementRecord"]

@@ -9,8 +9,8 @@ are derived from indices only when a record is read.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterator, Sequence
-from typing import overload
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, overload
 
 from x402bench.results.records import RequestRecord, SettlementRecord
 
@@ -67,6 +67,73 @@ class RequestColumns:
 
     def __len__(self) -> int:
         return len(self.t_start)
+
+
+class FailedTally:
+    """Failed requests that are counted, not stored: each one's answer time and reason, appended to
+    machine arrays and handed to a RequestTally (x402bench.results.metrics) a block at a time, so a
+    run that refuses millions of requests holds a few hundred kilobytes for them."""
+
+    BLOCK = 1 << 16
+
+    def __init__(self) -> None:
+        self.t_end = array("d")
+        self.key = array("l")  # status * 256 + error index
+        self.total = 0
+        self.sink: "Callable[[str, Any], None] | None" = None  # RequestTally.add_failed, once the run sets it
+        self._held: list[tuple[Any, Any]] = []  # blocks waiting for a sink
+
+    def add(self, t_end: float, status: int, error: int) -> None:
+        self.t_end.append(t_end)
+        self.key.append(status * 256 + error)
+        self.total += 1
+        if len(self.t_end) >= self.BLOCK:
+            self.flush()
+
+    def add_many(self, t_end: "Any", status: int, error: int) -> None:
+        """A block of requests refused alike (the sim's bulk path for requests that cannot be served)."""
+        import numpy as np
+
+        n = int(np.size(t_end))
+        if not n:
+            return
+        self.total += n
+        self._deliver(np.asarray(t_end, dtype=np.float64), np.full(n, status * 256 + error, dtype=np.int64))
+
+    def flush(self) -> None:
+        import numpy as np
+
+        if not len(self.t_end):
+            return
+        t = np.frombuffer(self.t_end, dtype=np.float64).copy()
+        k = np.frombuffer(self.key, dtype=np.int64 if self.key.itemsize == 8 else np.int32).astype(np.int64)
+        self.t_end = array("d")
+        self.key = array("l")
+        self._deliver(t, k)
+
+    def _deliver(self, t: "Any", k: "Any") -> None:
+        import numpy as np
+
+        if self.sink is None:
+            self._held.append((t, k))
+            return
+        for held_t, held_k in self._held:
+            self._give(held_t, held_k)
+        self._held.clear()
+        self._give(t, k)
+
+    def _give(self, t: "Any", k: "Any") -> None:
+        import numpy as np
+
+        for key in np.unique(k).tolist():
+            self.sink(reason_of(key // 256, key % 256), t[k == key])  # type: ignore[misc]
+
+
+def reason_of(status: int, error: int) -> str:
+    """x402bench.results.metrics.error_reason for a stored status and error index."""
+    if error:
+        return ERRORS[error]
+    return "transport_error" if status == 0 else f"http_{status}"
 
 
 class SettlementColumns:

@@ -28,7 +28,7 @@ from sim.facilitator import Facilitator
 from sim.faults import FaultPlan, crash_in, down_at
 from sim.interfaces import Driver
 from sim.payment import FaultReq, Req
-from sim.store import ERR_SETTLEMENT_PENDING, RequestColumns, SettlementColumns, TxColumns
+from sim.store import ERR_SETTLEMENT_PENDING, FailedTally, RequestColumns, SettlementColumns, TxColumns
 from x402bench.registry import register
 from x402bench.scenario import Duration, Scenario
 
@@ -47,7 +47,8 @@ class World:
     """Agents' wallets, the service, the facilitator and the chain of one scenario."""
 
     def __init__(self, clock: Clock, scenario: Scenario, cal: Calibration, agents: int, loadgen: bool,
-                 plan: FaultPlan | None = None, refund_at_end: bool = False) -> None:
+                 plan: FaultPlan | None = None, refund_at_end: bool = False,
+                 failed_cap: int | None = None) -> None:
         self.clock = clock
         self.scenario = scenario
         seed = scenario.seed
@@ -77,6 +78,12 @@ class World:
         self.work = [sampler(_ms(s.work_ms), stream(seed, f"svc.work.{s.name}")) for s in scenario.services]
         self.max_timeout = cal.max_timeout_s
         self.requests = RequestColumns()
+        # Failed requests past `failed_cap` are counted, not stored (sim/store.py FailedTally): under
+        # overload they are almost every request, and none of them moves money. Only the plain exact
+        # world drops rows: retries and channels key side tables by row index.
+        self.failed_cap = failed_cap
+        self.failed_kept = 0
+        self.dropped = FailedTally()
         self.settlements = SettlementColumns()
         self.txs = TxColumns()
         self.started = 0
@@ -101,6 +108,8 @@ class World:
             self.channels = Channels(self, scenario, cal, self.facilitator.chain, refund_at_end)
             self.start = self._start_mixed  # type: ignore[method-assign]
             self._record = self.channels.record  # type: ignore[method-assign]
+        if self.faulty or self.channels is not None:
+            self.failed_cap = None
 
     # ---- the client -------------------------------------------------------------------------
 
@@ -351,6 +360,14 @@ class World:
 
     def _record(self, r: Req, t_end: float, status: int, error: int, verify: float, handler: float,
                 settle: float, amount: int, tx: int) -> None:
+        if status != 200 and self.failed_cap is not None:
+            if self.failed_kept >= self.failed_cap:
+                self.dropped.add(t_end, status, error)
+                self.in_flight -= 1
+                if self.driver is not None:
+                    self.driver.done(r, t_end)
+                return
+            self.failed_kept += 1
         c = self.requests
         c.t_start.append(r.t0)
         c.t_end.append(t_end)

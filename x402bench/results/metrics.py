@@ -1,27 +1,42 @@
-"""The `metrics` block of summary.json, computed from raw records only.
+"""The `metrics` block of summary.json: one definition of every figure, for live and sim alike.
 
-Windows, chosen so a run is judged on its steady state but nothing is hidden:
-- the steady window runs from `warmup_s` to the end of traffic: `meta["duration_s"]` when
-  the caller knows it, else min(scenario duration, last response). Throughput counts paid
-  200s whose response arrived inside it; request latency (paid 200s only, 402 round trip
-  included) and the phase split use requests that started inside it; settlement latency
-  uses settlements accepted inside it and voucher-paid (batch-settlement) requests that started
-  inside it (served to the claim covering the voucher: x402bench.results.channels).
-- counts (requests, paid, errors, error_rate), gas and cost cover the whole run: an error or
-  a settlement during warmup still happened and still cost money.
-A statistic is null only when there is no data for it (no paid request, no settled payment,
-no CPU figures); it is never NaN.
+The window rule, used by every windowed figure (throughput, request latency, phase split, error
+rate, steady counts) so they always describe the same requests:
+
+- the steady window runs from `warmup_s` to the end of traffic: `meta["duration_s"]` when the
+  caller knows it, else min(scenario duration, last response);
+- a request belongs to the window when its final answer (`t_end`) falls inside it
+  (`in_window`): throughput is the paid ones per second of window, request latency and the
+  phase split are theirs, error rate is the failed share of all requests answered in it, and
+  `steady_requests` / `steady_paid` count them. Counting by answer, not by start, keeps
+  throughput a departure rate that can never exceed what the world settles, and an
+  overloaded run's latency is that of the payments it actually completed (started in the
+  warmup or not), never "n/a" next to a passing throughput;
+- settlement latency uses settlements accepted inside the window and voucher-paid
+  (batch-settlement) requests that started inside it (served to the claim covering the
+  voucher: x402bench.results.channels); a settlement is a different population from the
+  requests, judged from the facilitator's side;
+- counts (requests, paid, errors), gas and cost cover the whole run: an error or a settlement
+  during warmup still happened and still cost money.
+
+Two sources give the same figures by the same rule: the records (`compute_metrics(requests=...)`,
+exact percentiles), or a `RequestTally` fed in bulk while a long sim runs (fixed memory; latency
+percentiles from x402bench.results.stats.Histogram, within its stated precision) when not every
+record is kept. A statistic is null only when there is no data for it (no paid request, no
+settled payment, no CPU figures); it is never NaN.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 from x402bench.results import economics as econ
 from x402bench.results.records import RequestRecord, SettlementRecord
-from x402bench.results.stats import distribution, mean
+from x402bench.results.stats import Histogram, distribution, mean
 from x402bench.scenario import Scenario
 
 #: Phase fields of RequestRecord reported in metrics.phase_s, in request order.
@@ -49,6 +64,113 @@ def steady_window(scenario: Scenario, requests: Sequence[RequestRecord], meta: d
     return start, end
 
 
+def in_window(t_end: float, start: float, end: float) -> bool:
+    """Whether a request answered at t_end belongs to the steady window (the module docstring's rule)."""
+    return start <= t_end <= end
+
+
+class RequestTally:
+    """The request side of `compute_metrics`, accumulated in fixed memory: counts, error reasons, the
+    paid requests' latency histogram, phase sums and paid-per-second bins, all by the window rule.
+
+    Fed with numpy arrays in any order and any chunking (a sim hands over its rows as it drops them);
+    the figures do not depend on how the rows were split, except for the last bits of float sums."""
+
+    def __init__(self, start: float, end: float) -> None:
+        self.start = start
+        self.end = end
+        self.requests = 0
+        self.paid = 0
+        self.steady_requests = 0
+        self.steady_paid = 0
+        self.errors: Counter[str] = Counter()
+        self.steady_errors: Counter[str] = Counter()
+        self.latency = Histogram()
+        self.phase_sums: dict[str, list[float]] = {p: [] for p in PHASES}
+        self.amount_sum = 0
+        self.amount_count = 0
+        self.paid_per_s = np.zeros(0, dtype=np.int64)  # paid answers per whole second of run time
+
+    def _mask(self, t_end: np.ndarray) -> np.ndarray:
+        return (t_end >= self.start) & (t_end <= self.end)
+
+    def add_paid(self, t_start: np.ndarray, t_end: np.ndarray, amount: np.ndarray,
+                 phases: Mapping[str, np.ndarray]) -> None:
+        """Paid 200s: their latency and phases (by `phases`' keys, seconds) count when answered in the window."""
+        t_end = np.asarray(t_end, dtype=np.float64)
+        n = int(t_end.size)
+        if not n:
+            return
+        self.requests += n
+        self.paid += n
+        amount = np.asarray(amount)
+        positive = amount[amount > 0]
+        self.amount_sum += int(positive.sum())
+        self.amount_count += int(positive.size)
+        seconds = np.floor(t_end[np.isfinite(t_end) & (t_end >= 0)]).astype(np.int64)
+        if seconds.size:
+            bins = np.bincount(seconds)
+            if bins.size > self.paid_per_s.size:
+                self.paid_per_s = np.concatenate([self.paid_per_s, np.zeros(bins.size - self.paid_per_s.size,
+                                                                            dtype=np.int64)])
+            self.paid_per_s[:bins.size] += bins
+        mask = self._mask(t_end)
+        k = int(np.count_nonzero(mask))
+        if not k:
+            return
+        self.steady_requests += k
+        self.steady_paid += k
+        self.latency.record(t_end[mask] - np.asarray(t_start, dtype=np.float64)[mask])
+        for p in PHASES:
+            values = phases.get(p)
+            if values is not None:
+                v = np.asarray(values, dtype=np.float64)[mask]
+                self.phase_sums[p].append(math.fsum(v[np.isfinite(v)].tolist()))
+
+    def add_failed(self, reason: str, t_end: np.ndarray) -> None:
+        """Failed requests of one reason (`error_reason`'s words): counted, never stored."""
+        t_end = np.asarray(t_end, dtype=np.float64)
+        n = int(t_end.size)
+        if not n:
+            return
+        k = int(np.count_nonzero(self._mask(t_end)))
+        self.requests += n
+        self.errors[reason] += n
+        self.steady_requests += k
+        if k:
+            self.steady_errors[reason] += k
+
+    def add_records(self, requests: Sequence[RequestRecord]) -> None:
+        """Records, for a caller that has some (tests; a live run's parts)."""
+        paid = [r for r in requests if r.paid]
+        self.add_paid(np.array([r.t_start for r in paid]), np.array([r.t_end for r in paid]),
+                      np.array([r.amount for r in paid], dtype=np.int64),
+                      {p: np.array([getattr(r, f"{p}_s") for r in paid]) for p in PHASES})
+        by_reason: dict[str, list[float]] = {}
+        for r in requests:
+            if not r.paid:
+                by_reason.setdefault(error_reason(r), []).append(r.t_end)
+        for reason, ends in by_reason.items():
+            self.add_failed(reason, np.array(ends))
+
+    def figures(self) -> dict[str, Any]:
+        """The request keys of `metrics`, by the same rule as compute_metrics on records."""
+        length = self.end - self.start
+        failed = sum(self.steady_errors.values())
+        return {
+            "throughput_rps": self.steady_paid / length if length > 0 else None,
+            "requests": self.requests,
+            "paid": self.paid,
+            "steady_requests": self.steady_requests,
+            "steady_paid": self.steady_paid,
+            "error_rate": failed / self.steady_requests if self.steady_requests else None,
+            "errors": dict(sorted(self.errors.items())),
+            "request_latency_s": self.latency.distribution(),
+            "phase_s": {p: (math.fsum(self.phase_sums[p]) / self.steady_paid if self.steady_paid else None)
+                        for p in PHASES},
+        }
+
+
 def _cpu_block(cpu: Any, paid: int) -> dict[str, Any] | None:
     """Accept {"seconds": {role: s}, ...} or {role: s}; recompute per-paid figures from seconds."""
     if not isinstance(cpu, dict) or not cpu:
@@ -68,19 +190,45 @@ def _cpu_block(cpu: Any, paid: int) -> dict[str, Any] | None:
 
 def compute_metrics(scenario: Scenario, requests: Sequence[RequestRecord],
                     settlements: Sequence[SettlementRecord], meta: dict[str, Any],
-                    voucher_settlement_latency: Sequence[float] = ()) -> dict[str, Any]:
+                    voucher_settlement_latency: Sequence[float] = (),
+                    tally: RequestTally | None = None) -> dict[str, Any]:
     """Every figure under summary.json's `metrics`. `voucher_settlement_latency`: the batch-settlement
     requests' settlement latencies (x402bench.results.channels.settlement_latencies, steady window), which
     join the exact settlements' in `settlement_latency_s`: a payment is settled when a block makes its
     money the seller's, a transfer for exact, the claim covering the voucher for batch-settlement. Gas and
-    cost here are the exact scheme's; the channels section has the batch-settlement figures."""
+    cost here are the exact scheme's; the channels section has the batch-settlement figures.
+
+    `tally`: the request figures come from it instead of `requests` (a run that did not keep every
+    record); `requests` may then be a sample or empty, and only decides the window's end when meta
+    does not give it."""
     start, end = steady_window(scenario, requests, meta)
     length = end - start
-    paid_all = [r for r in requests if r.paid]
-    steady = [r for r in requests if r.t_start >= start]
-    steady_paid = [r for r in steady if r.paid]
-    completed = sum(1 for r in paid_all if start <= r.t_end <= end)
-    errors = Counter(error_reason(r) for r in requests if not r.paid)
+    if tally is None:
+        paid_all = [r for r in requests if r.paid]
+        answered = [r for r in requests if in_window(r.t_end, start, end)]
+        steady_paid = [r for r in answered if r.paid]
+        errors = Counter(error_reason(r) for r in requests if not r.paid)
+        steady_failed = sum(1 for r in answered if not r.paid)
+        amounts = [r.amount for r in paid_all if r.amount > 0]
+        request_figures = {
+            "throughput_rps": len(steady_paid) / length if length > 0 else None,
+            "requests": len(requests),
+            "paid": len(paid_all),
+            "steady_requests": len(answered),
+            "steady_paid": len(steady_paid),
+            "error_rate": steady_failed / len(answered) if answered else None,
+            "errors": dict(sorted(errors.items())),
+            "request_latency_s": distribution(r.latency_s for r in steady_paid),
+            "phase_s": {p: mean(getattr(r, f"{p}_s") for r in steady_paid) for p in PHASES},
+        }
+        mean_amount = mean(amounts)
+        paid_count = len(paid_all)
+    else:
+        request_figures = tally.figures()
+        mean_amount = tally.amount_sum / tally.amount_count if tally.amount_count else None
+        paid_count = tally.paid
+    if mean_amount is None:
+        mean_amount = mean([s.amount for s in settlements if s.amount > 0])
 
     settled = [s for s in settlements if s.state == "settled"]
     steady_settled = [s for s in settled if s.t_accepted >= start]
@@ -89,8 +237,6 @@ def compute_metrics(scenario: Scenario, requests: Sequence[RequestRecord],
 
     gas = econ.gas_stats(settlements)
     decimals = scenario.token.decimals
-    amounts = [r.amount for r in paid_all if r.amount > 0] or [s.amount for s in settlements if s.amount > 0]
-    mean_amount = mean(amounts)
     mean_price = econ.atomic_to_usd(mean_amount, decimals) if mean_amount is not None else None
     cost = None
     if gas.gas_per_payment is not None:
@@ -98,16 +244,8 @@ def compute_metrics(scenario: Scenario, requests: Sequence[RequestRecord],
 
     return {
         "window": {"start_s": start, "end_s": end, "duration_s": length},
-        "throughput_rps": completed / length if length > 0 else None,
-        "requests": len(requests),
-        "paid": len(paid_all),
-        "steady_requests": len(steady),
-        "steady_paid": len(steady_paid),
-        "error_rate": sum(errors.values()) / len(requests) if requests else None,
-        "errors": dict(sorted(errors.items())),
-        "request_latency_s": distribution(r.latency_s for r in steady_paid),
+        **request_figures,
         "settlement_latency_s": distribution(settle_latency),
-        "phase_s": {p: mean(getattr(r, f"{p}_s") for r in steady_paid) for p in PHASES},
         "settlements": dict(sorted(Counter(s.state for s in settlements).items())),
         "settlement_errors": dict(sorted(Counter(s.error or "unknown" for s in settlements
                                                  if s.state == "failed").items())),
@@ -126,5 +264,5 @@ def compute_metrics(scenario: Scenario, requests: Sequence[RequestRecord],
             f"{f:g}": (econ.break_even_price_usd(cost, f) if cost is not None else None)
             for f in BREAK_EVEN_FRACTIONS
         },
-        "cpu": _cpu_block(meta.get("cpu"), len(paid_all)),
+        "cpu": _cpu_block(meta.get("cpu"), paid_count),
     }

@@ -15,7 +15,7 @@ from importlib import metadata
 from typing import Any, Literal, Sequence
 
 from x402bench.results.channels import channels_section, settlement_latencies
-from x402bench.results.metrics import compute_metrics, steady_window
+from x402bench.results.metrics import RequestTally, compute_metrics, steady_window
 from x402bench.results.money import LOSS_KEYS, MoneyEvent, fault_table
 from x402bench.results.records import ChannelRecord, ChannelTxRecord, RequestRecord, SettlementRecord
 from x402bench.results.slo import evaluate_slo
@@ -73,7 +73,8 @@ def build_summary(scenario: Scenario, requests: Sequence[RequestRecord], settlem
                   meta: dict[str, Any] | None = None,
                   money_events: Sequence[MoneyEvent] = (), *,
                   channels: Sequence[ChannelRecord] = (), channel_txs: Sequence[ChannelTxRecord] = (),
-                  channel_reconciliation: dict[str, Any] | None = None) -> dict[str, Any]:
+                  channel_reconciliation: dict[str, Any] | None = None,
+                  tally: RequestTally | None = None) -> dict[str, Any]:
     """The whole summary.json as a dict (see the README/report for the key tree). `money_events` place
     each loss in time, for the per-fault table (`faults`, one row per entry of the scenario's timeline);
     a run with batch-settlement channels passes their events there too (channels.channel_money_events).
@@ -82,7 +83,11 @@ def build_summary(scenario: Scenario, requests: Sequence[RequestRecord], settlem
     x402bench.results.channels.ChannelsSection; null without channels). `channel_reconciliation`: what
     the live books read from the chain (loadtest.reconcile.channel_books); the sim leaves it out and
     the records alone judge. The `reconciliation` block stays the exact scheme's books; with channels
-    it gains `channels_exact`, and its `exact` requires both."""
+    it gains `channels_exact`, and its `exact` requires both.
+
+    `tally`: a run that did not keep every request record (a long sim) gives its request figures
+    this way (x402bench.results.metrics.RequestTally, the same window rule); `requests` are then
+    the records it kept, for the fault table."""
     if mode not in ("load", "sim"):
         raise ValueError(f"mode must be 'load' or 'sim', not {mode!r}")
     meta = dict(meta or {})
@@ -90,7 +95,7 @@ def build_summary(scenario: Scenario, requests: Sequence[RequestRecord], settlem
     if channels:
         start, _ = steady_window(scenario, requests, meta)
         voucher_latency, _ = settlement_latencies(requests, channels, start)
-    metrics = compute_metrics(scenario, requests, settlements, meta, voucher_latency)
+    metrics = compute_metrics(scenario, requests, settlements, meta, voucher_latency, tally)
     rec = dict(reconciliation or {})
     if rec:
         rec["exact"] = exact_reconciliation(rec)
