@@ -285,7 +285,10 @@ def create_app(config: ResourceConfig) -> FastAPI:
     rng = random.Random(config.seed)
     routes: dict[str, Any] = {}
     for spec in config.routes:
-        app.add_api_route(spec.path, _route_handler(spec, rng), methods=[spec.method], name=spec.name)
+        # A plain Starlette route: the handler takes the request and nothing else, so FastAPI's dependency
+        # solving and response validation around it (about 5% of a voucher request's CPU) buy nothing.
+        app.router.add_route(spec.path, _route_handler(spec, rng), methods=[spec.method], name=spec.name,
+                             include_in_schema=False)
         accepts: dict[str, Any] = {
             "scheme": spec.scheme,
             "payTo": config.pay_to,
