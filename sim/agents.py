@@ -19,10 +19,14 @@ from typing import Callable
 
 import numpy as np
 
-from sim.dists import choice, exponential, integers, stream, uniform
+from sim.dists import _Blocked, choice, exponential, integers, stream, uniform
 from sim.engine import Clock
 from sim.world import Req, World
 from x402bench.scenario import Scenario
+
+
+#: Simulated seconds of arrivals handed over at once while a saturated service can only refuse them.
+BULK_S = 0.5
 
 
 class Stopper:
@@ -62,6 +66,7 @@ class OpenDriver:
             self.gap = exponential(stream(seed, "arrivals.gap"), self.burst / (self.n * self.rate))
         self._cycle = 0
         self._unit = 0.0  # ramp: arrivals on the unit-rate clock
+        self.bulk = self.kind == "poisson" and isinstance(self.pick, _Blocked) and isinstance(self.gap, _Blocked)
 
     def start(self) -> None:
         if self.kind == "constant":
@@ -91,10 +96,52 @@ class OpenDriver:
             self.world.start(agent, self.route())
 
     def _poisson(self, _: object) -> None:
-        if not self.stop.open(self.clock.now):
+        now = self.clock.now
+        if not self.stop.open(now):
+            return
+        if self.bulk and self.world.refusal_horizon() > now and self._bulk(now):
             return
         self._try(self.pick())
         self.clock.at(self.gap(), self._poisson)
+
+    def _bulk(self, now: float) -> bool:
+        """This arrival and those of the next BULK_S, handed to World.bulk_refuse as arrays while the
+        service can only refuse them; the first arrival it leaves is the next event. False: it took none.
+        (The gaps, agents and routes come from the same streams as one at a time, drawn in blocks.)"""
+        stop = self.stop
+        end = min(now + BULK_S, stop.duration)
+        if stop.max_requests is not None:
+            room = stop.max_requests - self.world.started
+            if room <= 0:
+                return True
+        else:
+            room = None
+        mean = self.n * self.rate * (end - now)
+        count = int(mean + 6 * math.sqrt(mean) + 16)
+        gaps = np.asarray(self.gap.fill(self.gap.rng, count), dtype=np.float64)  # type: ignore[attr-defined]
+        times = now + np.concatenate(([0.0], np.cumsum(gaps[:-1])))
+        inside = int(np.searchsorted(times, end, side="left"))
+        if room is not None:
+            inside = min(inside, room)
+        t = times[:inside]
+        agents = np.asarray(self.pick.fill(self.pick.rng, inside), dtype=np.int64)  # type: ignore[attr-defined]
+        routes = self._routes(inside)
+        cut = self.world.bulk_refuse(t, agents, routes)
+        if cut <= now:
+            return False
+        if cut != float("inf"):
+            self.clock.at(cut - now, self._poisson)
+        elif inside < times.size:
+            self.clock.at(float(times[inside]) - now, self._poisson)
+        else:
+            self.clock.at(float(times[-1] + gaps[-1]) - now, self._poisson)
+        return True
+
+    def _routes(self, n: int) -> np.ndarray:
+        draw = self.route
+        if isinstance(draw, _Blocked):
+            return np.asarray(draw.fill(draw.rng, n), dtype=np.int64)
+        return np.full(n, draw(), dtype=np.int64)
 
     def _bursts(self, _: object) -> None:
         if not self.stop.open(self.clock.now):

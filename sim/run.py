@@ -274,9 +274,9 @@ def _tally_kept(world: World, tally: RequestTally) -> None:
                    {k: np.frombuffer(v, dtype=np.float64)[paid] for k, v in cols.items()})
     failed = ~paid
     key = status[failed].astype(np.int64) * 256 + np.frombuffer(c.error, dtype=np.uint8)[failed]
-    ends = t_end[failed]
+    starts = np.frombuffer(c.t_start, dtype=np.float64)[failed]
     for k in np.unique(key).tolist():
-        tally.add_failed(reason_of(k // 256, k % 256), ends[key == k])
+        tally.add_failed(reason_of(k // 256, k % 256), starts[key == k])
 
 
 def _ms(duration: Any) -> Any:

@@ -70,44 +70,44 @@ class RequestColumns:
 
 
 class FailedTally:
-    """Failed requests that are counted, not stored: each one's answer time and reason, appended to
+    """Failed requests that are counted, not stored: each one's start time and reason, appended to
     machine arrays and handed to a RequestTally (x402bench.results.metrics) a block at a time, so a
     run that refuses millions of requests holds a few hundred kilobytes for them."""
 
     BLOCK = 1 << 16
 
     def __init__(self) -> None:
-        self.t_end = array("d")
+        self.t_start = array("d")
         self.key = array("l")  # status * 256 + error index
         self.total = 0
         self.sink: "Callable[[str, Any], None] | None" = None  # RequestTally.add_failed, once the run sets it
         self._held: list[tuple[Any, Any]] = []  # blocks waiting for a sink
 
-    def add(self, t_end: float, status: int, error: int) -> None:
-        self.t_end.append(t_end)
+    def add(self, t_start: float, status: int, error: int) -> None:
+        self.t_start.append(t_start)
         self.key.append(status * 256 + error)
         self.total += 1
-        if len(self.t_end) >= self.BLOCK:
+        if len(self.t_start) >= self.BLOCK:
             self.flush()
 
-    def add_many(self, t_end: "Any", status: int, error: int) -> None:
+    def add_many(self, t_start: "Any", status: int, error: int) -> None:
         """A block of requests refused alike (the sim's bulk path for requests that cannot be served)."""
         import numpy as np
 
-        n = int(np.size(t_end))
+        n = int(np.size(t_start))
         if not n:
             return
         self.total += n
-        self._deliver(np.asarray(t_end, dtype=np.float64), np.full(n, status * 256 + error, dtype=np.int64))
+        self._deliver(np.asarray(t_start, dtype=np.float64), np.full(n, status * 256 + error, dtype=np.int64))
 
     def flush(self) -> None:
         import numpy as np
 
-        if not len(self.t_end):
+        if not len(self.t_start):
             return
-        t = np.frombuffer(self.t_end, dtype=np.float64).copy()
+        t = np.frombuffer(self.t_start, dtype=np.float64).copy()
         k = np.frombuffer(self.key, dtype=np.int64 if self.key.itemsize == 8 else np.int32).astype(np.int64)
-        self.t_end = array("d")
+        self.t_start = array("d")
         self.key = array("l")
         self._deliver(t, k)
 

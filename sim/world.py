@@ -21,14 +21,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
+
 from sim.calibration import Calibration, Dist
-from sim.dists import sampler, stream
+from sim.dists import _Blocked, sampler, stream
 from sim.engine import Clock, Machine, Station
-from sim.facilitator import Facilitator
+from sim.facilitator import VALID_BEFORE_BUFFER_S, Facilitator
 from sim.faults import FaultPlan, crash_in, down_at
 from sim.interfaces import Driver
 from sim.payment import FaultReq, Req
-from sim.store import ERR_SETTLEMENT_PENDING, FailedTally, RequestColumns, SettlementColumns, TxColumns
+from sim.store import ERR_SETTLEMENT_PENDING, ERR_VALID_BEFORE, FailedTally, RequestColumns, SettlementColumns, TxColumns
 from x402bench.registry import register
 from x402bench.scenario import Duration, Scenario
 
@@ -99,6 +101,7 @@ class World:
                 clock.at(end, self._service_back)
         self.facilitator = Facilitator(clock, scenario, cal, self)
         self.hop = self.facilitator.hop
+        fac = self.facilitator
         # batch-settlement routes: their own model; the exact-only world keeps its plain start and record
         self.channel_routes = [s.scheme == "batch-settlement" for s in scenario.services]
         self.channels: Channels | None = None
@@ -110,6 +113,11 @@ class World:
             self._record = self.channels.record  # type: ignore[method-assign]
         if self.faulty or self.channels is not None:
             self.failed_cap = None
+        # bulk_refuse writes out the plain exact path: a single service CPU on its own host, a facilitator
+        # without a thread pool whose /verify is an event (it refuses late arrivals at once), no loadgen
+        self.bulk_ok = (self.svc_busy and self.svc_cpu.servers == 1 and self.machine is None and not self.faulty
+                        and self.channels is None and fac.threads is None and fac.verify_queues
+                        and self.loadgen is None)
 
     # ---- the client -------------------------------------------------------------------------
 
@@ -203,6 +211,121 @@ class World:
             self.clock.at(t_send + half - now, at_service, r)
         else:
             service(r, t_send + half)
+
+    # ---- requests a saturated service can only refuse, in bulk ---------------------------------------
+
+    def refusal_horizon(self) -> float:
+        """Requests reaching the service before this time are refused at /verify whatever else happens:
+        its CPU queue already holds more than their validBefore allows (-inf when that shortcut does not apply).
+
+        With one CPU server the queue's end F only grows while it is busy, so a request reaching it at
+        a < F + buffer - max_timeout starts after F and reaches /verify later than validBefore - buffer
+        (validBefore = its send + max_timeout <= a + max_timeout). Every request that reaches the
+        service between now and a is refused too, so the order such requests enter the queue in moves
+        no request that gets through. Only for the plain exact world (no faults, retries, channels,
+        thread pool or shared host), whose paths are the ones written out in `bulk_refuse`."""
+        if not self.bulk_ok:
+            return float("-inf")
+        return self.svc_cpu._next + VALID_BEFORE_BUFFER_S - self.max_timeout
+
+    def bulk_refuse(self, t: np.ndarray, agents: np.ndarray, routes: np.ndarray) -> float:
+        """Start the requests arriving at times t (ascending, >= now) of agents on routes, refused at /verify
+        behind the saturated service (`refusal_horizon`). Returns the time before which every arrival was
+        taken (inf: all of them; t[0]: none, the caller starts it the ordinary way). Their numbers are drawn
+        an array at a time and none is an event: at 20,000 offered req/s that is nearly the whole run. Each
+        gets what `start`, `_service`, the facilitator's refusal and `rejected` give one request."""
+        horizon = self.refusal_horizon()
+        if not t.size or t[0] >= horizon:
+            return float(t[0]) if t.size else float("inf")
+        n = int(t.size)
+        # budgets: an agent that cannot afford its request goes broke then, and starts nothing after
+        prices = np.asarray(self.prices, dtype=np.int64)[routes]
+        spent = np.fromiter((self.spent[a] for a in agents.tolist()), dtype=np.int64, count=n)
+        broke = np.frombuffer(self.broke, dtype=np.uint8)[agents] != 0
+        over = ~broke & (spent + prices > self.cap)
+        first_over: dict[int, int] = {}
+        keep = ~broke & ~over
+        if over.any():
+            for i in np.flatnonzero(over).tolist():
+                first_over.setdefault(int(agents[i]), i)
+            idx = np.arange(n)
+            for agent, i in first_over.items():
+                keep &= ~((agents == agent) & (idx > i))
+        kt, ka, kr = t[keep], agents[keep], routes[keep]
+        m = int(kt.size)
+        challenge = np.zeros(m)
+        cached = np.frombuffer(self.cached, dtype=np.uint8) if self.cached is not None else None
+        if cached is None:
+            challenge = _many(self.rtt, m) + _many(self.challenge_cpu, m)
+        pay = np.zeros(0, dtype=np.int64)
+        if cached is not None and m:
+            keys = ka.astype(np.int64) * len(self.prices) + kr
+            new = np.flatnonzero(cached[keys] == 0)
+            if new.size:
+                _, first_new = np.unique(keys[new], return_index=True)
+                pay = np.sort(new[first_new])
+                challenge[pay] = _many(self.rtt, pay.size) + _many(self.challenge_cpu, pay.size)
+        sign = _many(self.sign, m)
+        t_send = kt + challenge + sign
+        half = _many(self.rtt, m) * 0.5
+        arrive = t_send + half
+        beyond = np.flatnonzero(arrive >= horizon)
+        took = int(beyond[0]) if beyond.size else m
+        cut = float(kt[took]) if took < m else float("inf")
+        for agent, i in sorted(first_over.items(), key=lambda kv: kv[1]):
+            if t[i] < cut and not self.broke[agent]:
+                self.broke[agent] = 1
+                self.broke_count += 1
+                if self.broke_first_t < 0:
+                    self.broke_first_t = float(t[i])
+        if not took:
+            return cut if cut > t[0] else float(t[0])
+        if cached is not None and pay.size:
+            cached[(ka.astype(np.int64) * len(self.prices) + kr)[pay[pay < took]]] = 1
+        kt, ka, kr = kt[:took], ka[:took], kr[:took]
+        challenge, sign, t_send, half, arrive = challenge[:took], sign[:took], t_send[:took], half[:took], arrive[:took]
+        cpu = _many(self.svc_cpu_s, took)
+        station = self.svc_cpu
+        ends = station._next + np.cumsum(cpu)
+        station._next = float(ends[-1])
+        station.busy_s += float(cpu.sum())
+        station.jobs += took
+        station.wait_s += float((ends - cpu - arrive).sum())
+        t_refused = ends + _many(self.hop, took) + _many(self.hop, took)  # to /verify, and its answer back
+        t_end = t_refused + half
+        seq0 = self.started
+        self.started += took
+        self._keep_refused(kt, t_end, challenge, sign, t_end - t_send, t_refused - ends, kr, ka, seq0)
+        return cut
+
+    def _keep_refused(self, t: "np.ndarray", t_end: "np.ndarray", challenge: "np.ndarray", sign: "np.ndarray",
+                      paid: "np.ndarray", verify: "np.ndarray", routes: "np.ndarray", agents: "np.ndarray",
+                      seq0: int) -> None:
+        """Refused requests as records up to failed_cap, counted past it (as `_record` does one at a time)."""
+        m = int(t.size)
+        room = m if self.failed_cap is None else max(0, min(m, self.failed_cap - self.failed_kept))
+        if room:
+            c = self.requests
+            c.t_start.extend(t[:room].tolist())
+            c.t_end.extend(t_end[:room].tolist())
+            c.challenge.extend(challenge[:room].tolist())
+            c.sign.extend(sign[:room].tolist())
+            c.paid.extend(paid[:room].tolist())
+            c.verify.extend(verify[:room].tolist())
+            zeros = [0.0] * room
+            c.handler.extend(zeros)
+            c.settle.extend(zeros)
+            c.route.extend(routes[:room].tolist())
+            c.agent.extend(agents[:room].tolist())
+            c.status.extend([402] * room)
+            c.error.extend([ERR_VALID_BEFORE] * room)
+            c.amount.extend([0] * room)
+            c.seq.extend(range(seq0, seq0 + room))
+            c.tx.extend([-1] * room)
+            if self.failed_cap is not None:
+                self.failed_kept += room
+        if room < m:
+            self.dropped.add_many(t[room:], 402, ERR_VALID_BEFORE)
 
     # ---- the service --------------------------------------------------------------------------
 
@@ -362,7 +485,7 @@ class World:
                 settle: float, amount: int, tx: int) -> None:
         if status != 200 and self.failed_cap is not None:
             if self.failed_kept >= self.failed_cap:
-                self.dropped.add(t_end, status, error)
+                self.dropped.add(r.t0, status, error)
                 self.in_flight -= 1
                 if self.driver is not None:
                     self.driver.done(r, t_end)
@@ -387,6 +510,13 @@ class World:
         self.in_flight -= 1
         if self.driver is not None:
             self.driver.done(r, t_end)
+
+
+def _many(draw: Callable[[], float], n: int) -> np.ndarray:
+    """n numbers from a sampler at once (its generator's next block, not its buffered list)."""
+    if isinstance(draw, _Blocked):
+        return np.asarray(draw.fill(draw.rng, n), dtype=np.float64)
+    return np.full(n, draw(), dtype=np.float64)
 
 
 def _ms(duration: Duration) -> Dist:

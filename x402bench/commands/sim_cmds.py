@@ -53,6 +53,45 @@ def _calibration(path: Optional[Path]):  # noqa: ANN202
     return cal
 
 
+class _SimProgress:
+    """A rich progress bar on stderr for a sim that runs more than a few wall seconds (none when stderr is
+    not a terminal): it appears only after SHOW_AFTER_S, so short runs print exactly what they did."""
+
+    SHOW_AFTER_S = 3.0
+
+    def __init__(self) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self._t0 = self._clock()
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> "_SimProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def __call__(self, simulated_s: float, total_s: float) -> None:
+        if self._bar is None:
+            if not err.is_terminal or self._clock() - self._t0 < self.SHOW_AFTER_S:
+                return
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(TextColumn("simulating"), BarColumn(),
+                                 TextColumn("{task.completed:,.0f} / {task.total:,.0f} simulated s"),
+                                 TimeElapsedColumn(), console=err, transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task("sim", total=total_s)
+        if simulated_s > total_s:  # the drain after arrivals stop
+            self._bar.update(self._task, total=simulated_s, completed=simulated_s,
+                             description="draining")
+        else:
+            self._bar.update(self._task, completed=simulated_s)
+
+
 def _driver(value: str) -> str:
     if value not in ("open", "locust"):
         raise _fail(f"--driver must be 'open' or 'locust', not {value!r}")
@@ -72,25 +111,41 @@ def sim(
     run_id: Optional[str] = typer.Option(None, help="Run folder name (default: derived from the inputs)."),
     refund_at_end: bool = typer.Option(False, help="batch-settlement: after the last claim and settle, refund "
                                        "each channel's unclaimed rest to its payer (one refund tx per channel)."),
+    records: str = typer.Option("capped", help="Request records kept: all; capped (every paid one, failed ones "
+                                "up to --records-cap, the rest counted: summary.json meta.records); none (as capped "
+                                "with no failed one kept, no requests.csv rows)."),
+    records_cap: int = typer.Option(100_000, min=0, help="Failed requests kept as records with --records capped."),
 ) -> None:
     """Simulate the scenario with SimPy and write the same run folder as `load` (mode "sim")."""
-    from sim.run import SimOptions, simulate
+    from sim.run import SimOptions, effective_scenario, offered_load, overload_warning, simulate
     from x402bench.commands.load_cmds import print_result
 
+    if records not in ("all", "capped", "none"):
+        raise _fail(f"--records must be all, capped or none, not {records!r}")
     s = load_scenario(scenario)
     cal = _calibration(calibration)
-    options = SimOptions(agents=agents, duration_s=duration, seed=seed,
-                         driver=_driver(driver), refund_at_end=refund_at_end)  # type: ignore[arg-type]
+    options = SimOptions(agents=agents, duration_s=duration, seed=seed, driver=_driver(driver),  # type: ignore[arg-type]
+                         refund_at_end=refund_at_end, records=records, records_cap=records_cap)  # type: ignore[arg-type]
     try:
-        run_dir, summary, result = simulate(s, cal, options, out_dir, run_id)
+        warning = overload_warning(offered_load(effective_scenario(s, options), cal, options.driver))
+    except (ValueError, ZeroDivisionError):
+        warning = None
+    if warning:
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    try:
+        with _SimProgress() as progress:
+            run_dir, summary, result = simulate(s, cal, options, out_dir, run_id, progress=progress)
     except ValueError as exc:
         raise _fail(f"{scenario}: {exc}") from None
     print_result(summary, run_dir)
     p = result.perf
-    out.print(f"simulated {result.meta['sim']['simulated_s']:.0f} s, {p['paid']:,} paid requests in "
-              f"{p['wall_s']:.2f} s "
-              f"wall ({p['paid_per_wall_s']:,.0f} paid/wall-s); agents broke: {result.meta['agents_broke']}",
-              highlight=False)
+    kept = result.meta.get("records") or {}
+    out.print(f"simulated {result.meta['sim']['simulated_s']:.0f} s, {p['requests']:,} requests "
+              f"({p['paid']:,} paid) in {p['wall_s']:.2f} s wall ({p['requests_per_wall_s']:,.0f} requests/wall-s); "
+              f"agents broke: {result.meta['agents_broke']}; records kept: {kept.get('kept', 0):,} of "
+              f"{kept.get('total', 0):,}", highlight=False)
+    if warning:
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     if not summary["slo"]["passed"]:
         failed = [c["name"] for c in summary["slo"]["checks"] if not c["passed"]]
         out.print(f"[red]SLO failed:[/red] {', '.join(failed)}")

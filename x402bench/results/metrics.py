@@ -1,21 +1,22 @@
 """The `metrics` block of summary.json: one definition of every figure, for live and sim alike.
 
 The window rule, used by every windowed figure (throughput, request latency, phase split, error
-rate, steady counts) so they always describe the same requests:
+rate, steady counts, settlement latency) so they always describe the same requests:
 
 - the steady window runs from `warmup_s` to the end of traffic: `meta["duration_s"]` when the
   caller knows it, else min(scenario duration, last response);
-- a request belongs to the window when its final answer (`t_end`) falls inside it
-  (`in_window`): throughput is the paid ones per second of window, request latency and the
-  phase split are theirs, error rate is the failed share of all requests answered in it, and
-  `steady_requests` / `steady_paid` count them. Counting by answer, not by start, keeps
-  throughput a departure rate that can never exceed what the world settles, and an
-  overloaded run's latency is that of the payments it actually completed (started in the
-  warmup or not), never "n/a" next to a passing throughput;
-- settlement latency uses settlements accepted inside the window and voucher-paid
+- a request belongs to the window when it *started* inside it (`in_window(r.t_start)`), whenever
+  its answer came: throughput is the paid ones per second of window, request latency and the
+  phase split are theirs, error rate is the failed share of them, and `steady_requests` /
+  `steady_paid` count them. So a run's figures are always about one set of requests: an
+  overloaded run whose window's requests all expired in the queue reports throughput 0 with
+  error rate 1, not a passing throughput of requests from its warm-up next to no latency.
+  Throughput is therefore the part of the window's offered load that was served (its
+  departures at steady state): a run whose backlog is served during the drain after traffic
+  stops counts those payments too, and shows their wait in its latency;
+- settlement latency uses settlements accepted inside the window, and voucher-paid
   (batch-settlement) requests that started inside it (served to the claim covering the
-  voucher: x402bench.results.channels); a settlement is a different population from the
-  requests, judged from the facilitator's side;
+  voucher: x402bench.results.channels);
 - counts (requests, paid, errors), gas and cost cover the whole run: an error or a settlement
   during warmup still happened and still cost money.
 
@@ -64,9 +65,10 @@ def steady_window(scenario: Scenario, requests: Sequence[RequestRecord], meta: d
     return start, end
 
 
-def in_window(t_end: float, start: float, end: float) -> bool:
-    """Whether a request answered at t_end belongs to the steady window (the module docstring's rule)."""
-    return start <= t_end <= end
+def in_window(t_start: float, start: float, end: float) -> bool:
+    """Whether a request started at t_start (a settlement accepted then) belongs to the steady window:
+    the module docstring's one rule."""
+    return start <= t_start <= end
 
 
 class RequestTally:
@@ -91,12 +93,12 @@ class RequestTally:
         self.amount_count = 0
         self.paid_per_s = np.zeros(0, dtype=np.int64)  # paid answers per whole second of run time
 
-    def _mask(self, t_end: np.ndarray) -> np.ndarray:
-        return (t_end >= self.start) & (t_end <= self.end)
+    def _mask(self, t_start: np.ndarray) -> np.ndarray:
+        return (t_start >= self.start) & (t_start <= self.end)
 
     def add_paid(self, t_start: np.ndarray, t_end: np.ndarray, amount: np.ndarray,
                  phases: Mapping[str, np.ndarray]) -> None:
-        """Paid 200s: their latency and phases (by `phases`' keys, seconds) count when answered in the window."""
+        """Paid 200s: their latency and phases (by `phases`' keys, seconds) count when they started in the window."""
         t_end = np.asarray(t_end, dtype=np.float64)
         n = int(t_end.size)
         if not n:
@@ -114,26 +116,27 @@ class RequestTally:
                 self.paid_per_s = np.concatenate([self.paid_per_s, np.zeros(bins.size - self.paid_per_s.size,
                                                                             dtype=np.int64)])
             self.paid_per_s[:bins.size] += bins
-        mask = self._mask(t_end)
+        t_start = np.asarray(t_start, dtype=np.float64)
+        mask = self._mask(t_start)
         k = int(np.count_nonzero(mask))
         if not k:
             return
         self.steady_requests += k
         self.steady_paid += k
-        self.latency.record(t_end[mask] - np.asarray(t_start, dtype=np.float64)[mask])
+        self.latency.record(t_end[mask] - t_start[mask])
         for p in PHASES:
             values = phases.get(p)
             if values is not None:
                 v = np.asarray(values, dtype=np.float64)[mask]
                 self.phase_sums[p].append(math.fsum(v[np.isfinite(v)].tolist()))
 
-    def add_failed(self, reason: str, t_end: np.ndarray) -> None:
-        """Failed requests of one reason (`error_reason`'s words): counted, never stored."""
-        t_end = np.asarray(t_end, dtype=np.float64)
-        n = int(t_end.size)
+    def add_failed(self, reason: str, t_start: np.ndarray) -> None:
+        """Failed requests of one reason (`error_reason`'s words), by start time: counted, never stored."""
+        t_start = np.asarray(t_start, dtype=np.float64)
+        n = int(t_start.size)
         if not n:
             return
-        k = int(np.count_nonzero(self._mask(t_end)))
+        k = int(np.count_nonzero(self._mask(t_start)))
         self.requests += n
         self.errors[reason] += n
         self.steady_requests += k
@@ -149,7 +152,7 @@ class RequestTally:
         by_reason: dict[str, list[float]] = {}
         for r in requests:
             if not r.paid:
-                by_reason.setdefault(error_reason(r), []).append(r.t_end)
+                by_reason.setdefault(error_reason(r), []).append(r.t_start)
         for reason, ends in by_reason.items():
             self.add_failed(reason, np.array(ends))
 
@@ -205,7 +208,7 @@ def compute_metrics(scenario: Scenario, requests: Sequence[RequestRecord],
     length = end - start
     if tally is None:
         paid_all = [r for r in requests if r.paid]
-        answered = [r for r in requests if in_window(r.t_end, start, end)]
+        answered = [r for r in requests if in_window(r.t_start, start, end)]
         steady_paid = [r for r in answered if r.paid]
         errors = Counter(error_reason(r) for r in requests if not r.paid)
         steady_failed = sum(1 for r in answered if not r.paid)
@@ -231,7 +234,7 @@ def compute_metrics(scenario: Scenario, requests: Sequence[RequestRecord],
         mean_amount = mean([s.amount for s in settlements if s.amount > 0])
 
     settled = [s for s in settlements if s.state == "settled"]
-    steady_settled = [s for s in settled if s.t_accepted >= start]
+    steady_settled = [s for s in settled if in_window(s.t_accepted, start, end)]
     settle_latency = [s.settlement_latency_s for s in steady_settled if s.settlement_latency_s is not None]
     settle_latency += list(voucher_settlement_latency)
 

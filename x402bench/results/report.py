@@ -67,8 +67,10 @@ def _table(rows: Iterable[tuple[Any, ...]], header: tuple[str, ...] | None = Non
 def _metrics_rows(m: Mapping[str, Any]) -> list[tuple[Any, ...]]:
     rows: list[tuple[Any, ...]] = [
         ("paid throughput (steady window, req/s)", m.get("throughput_rps")),
-        ("requests / paid", f"{fmt(m.get('requests'))} / {fmt(m.get('paid'))}"),
-        ("error rate", m.get("error_rate")),
+        ("requests / paid (whole run)", f"{fmt(m.get('requests'))} / {fmt(m.get('paid'))}"),
+        ("requests / paid (started in the steady window)",
+         f"{fmt(m.get('steady_requests'))} / {fmt(m.get('steady_paid'))}"),
+        ("error rate (steady window)", m.get("error_rate")),
     ]
     for key, label in (("request_latency_s", "request latency (s)"), ("settlement_latency_s", "settlement latency (s)")):
         d = m.get(key) or {}
@@ -85,6 +87,24 @@ def _metrics_rows(m: Mapping[str, Any]) -> list[tuple[Any, ...]]:
     w = m.get("window") or {}
     rows.append(("steady window (s)", f"{fmt(w.get('start_s'))} to {fmt(w.get('end_s'))}"))
     return rows
+
+
+def _notes_html(summary: Mapping[str, Any]) -> list[str]:
+    """What the reader must know before the figures: an overloaded world, records not all kept, and
+    the window rule every figure below follows (x402bench.results.metrics)."""
+    meta = summary.get("meta") or {}
+    out = []
+    load = (meta.get("sim") or {}).get("load") or {}
+    if load.get("warning"):
+        out.append(f'<p class="badge fail">{esc(load["warning"])}</p>')
+    rec = meta.get("records") or {}
+    if rec and rec.get("kept") is not None and rec.get("total") is not None and rec["kept"] < rec["total"]:
+        out.append(f'<p class="muted">records: {fmt(rec["kept"])} of {fmt(rec["total"])} requests kept '
+                   f'(mode {esc(rec.get("mode"))}: every paid one, failed ones counted past the cap); the metrics '
+                   "count every request, the plots and requests.csv show the kept ones</p>")
+    out.append('<p class="muted">windowed figures (throughput, latency, phases, error rate) all count the '
+               "requests that started in the steady window, whenever they were answered</p>")
+    return out
 
 
 def _phase_html(phases: Mapping[str, Any]) -> str:
@@ -245,6 +265,14 @@ def _faults_html(rows: list[Mapping[str, Any]]) -> list[str]:
             _table(body, ("fault", "window", *losses, "throughput dip"), marks)]
 
 
+def _when(summary: Mapping[str, Any]) -> str:
+    """A simulated run has no wall-clock start: say so rather than n/a."""
+    if summary.get("mode") == "sim":
+        sim = (summary.get("meta") or {}).get("sim") or {}
+        return f"simulated {fmt(sim.get('simulated_s'))} s"
+    return "started n/a"
+
+
 def render_report(summary: Mapping[str, Any], plots: Mapping[str, bytes | Path], channels: Sequence[Any] = ()) -> str:
     """The whole HTML page for a summary and its plots (file name -> PNG bytes or path); `channels`:
     the run's ChannelRecords, for the per-channel books."""
@@ -259,11 +287,12 @@ def render_report(summary: Mapping[str, Any], plots: Mapping[str, bytes | Path],
         f"<title>x402bench: {esc(name)} {esc(summary.get('run_id') or '')}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{esc(name)} <span class=\"muted\">({esc(summary.get('mode'))} run)</span></h1>",
-        f"<p>run {esc(summary.get('run_id') or 'n/a')} · started {esc(summary.get('started_at') or 'n/a')} · "
+        f"<p>run {esc(summary.get('run_id') or 'n/a')} · "
+        f"{'started ' + esc(summary.get('started_at')) if summary.get('started_at') else esc(_when(summary))} · "
         f"seed {esc(summary.get('seed'))} · SLO <span class=\"badge {verdict}\">{verdict.upper()}</span> · "
         f"reconciliation <span class=\"badge {'pass' if rec.get('exact') else 'fail'}\">"
         f"{'exact' if rec.get('exact') else ('not exact' if rec else 'n/a')}</span></p>",
-        "<h2>Key metrics</h2>", _table(_metrics_rows(m)),
+        "<h2>Key metrics</h2>", *_notes_html(summary), _table(_metrics_rows(m)),
         "<h2>SLO checks</h2>",
         _table([(c.get("name"), c.get("measured"), c.get("op"), c.get("bound"), "pass" if c.get("passed") else "FAIL",
                  c.get("message", "")) for c in slo.get("checks", [])],
@@ -277,7 +306,9 @@ def render_report(summary: Mapping[str, Any], plots: Mapping[str, bytes | Path],
         *_channels_html(summary.get("channels"), int((scenario.get("config") or {}).get("token", {}).get("decimals", 6)),
                         plots, channels),
         *_faults_html(summary.get("faults") or []),
-        "<h2>Phase split (paid requests, steady window)</h2>", _phase_html(m.get("phase_s") or {}),
+        "<h2>Phase split (paid requests started in the steady window)</h2>",
+        _phase_html(m.get("phase_s") or {}) if m.get("steady_paid") or m.get("steady_paid") is None
+        else '<p class="muted">no paid request started in the steady window: throughput 0, no latency or phases</p>',
         "<h2>Errors</h2>",
         _table(sorted((m.get("errors") or {}).items()), ("reason", "requests"))
         if m.get("errors") else '<p class="muted">no failed request</p>',
