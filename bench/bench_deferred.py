@@ -155,7 +155,7 @@ def main() -> None:
           f"L1 ${base.economics.l1_fee_usd_per_tx}/tx")
     header = (f"{'point':<30}{'facilitator':>12}{'paid req/s':>12}{'req p50 s':>11}{'req p95 s':>11}"
               f"{'gas/payment':>13}{'USD/payment':>13}{'paid':>8}{'txs':>6}{'errors':>8}{'svc CPU ms':>12}"
-              f"{'fac CPU ms':>12}")
+              f"{'fac CPU ms':>12}{'agt CPU ms':>12}")
     print(header)
     print("-" * len(header))
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
@@ -163,8 +163,9 @@ def main() -> None:
         print(f"{r['label']:<30}{r['strategy']:>12}{fmt(r['rps'], '.1f'):>12}{fmt(r['p50'], '.3f'):>11}"
               f"{fmt(r['p95'], '.3f'):>11}{fmt(r['gas'], ',.0f'):>13}{fmt(r['usd'], '.7f'):>13}{r['paid']:>8}"
               f"{fmt(r['txs'], 'd'):>6}{r['errors']:>8}{fmt(r['cpu'].get('services'), '.2f'):>12}"
-              f"{fmt(r['cpu'].get('facilitator'), '.2f'):>12}")
-    print("(svc / fac CPU ms: CPU of the services / facilitator process per paid request)")
+              f"{fmt(r['cpu'].get('facilitator'), '.2f'):>12}{fmt(r['cpu'].get('loadgen'), '.2f'):>12}")
+    print("(svc / fac / agt CPU ms: CPU of the services / facilitator / Locust agents process per paid request; the\n"
+          " services are one process, so 1000 / svc CPU ms bounds a batch-settlement point's paid req/s)")
     for r in rows:
         parts = r.get("parts")
         if not parts:
