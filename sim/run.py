@@ -275,8 +275,10 @@ def _tally_kept(world: World, tally: RequestTally) -> None:
     failed = ~paid
     key = status[failed].astype(np.int64) * 256 + np.frombuffer(c.error, dtype=np.uint8)[failed]
     starts = np.frombuffer(c.t_start, dtype=np.float64)[failed]
+    ends = t_end[failed]
     for k in np.unique(key).tolist():
-        tally.add_failed(reason_of(k // 256, k % 256), starts[key == k])
+        mask = key == k
+        tally.add_failed(reason_of(k // 256, k % 256), starts[mask], ends[mask])
 
 
 def _ms(duration: Any) -> Any:

@@ -70,7 +70,7 @@ class RequestColumns:
 
 
 class FailedTally:
-    """Failed requests that are counted, not stored: each one's start time and reason, appended to
+    """Failed requests that are counted, not stored: each one's start and answer times and reason, appended to
     machine arrays and handed to a RequestTally (x402bench.results.metrics) a block at a time, so a
     run that refuses millions of requests holds a few hundred kilobytes for them."""
 
@@ -78,19 +78,21 @@ class FailedTally:
 
     def __init__(self) -> None:
         self.t_start = array("d")
+        self.t_end = array("d")
         self.key = array("l")  # status * 256 + error index
         self.total = 0
-        self.sink: "Callable[[str, Any], None] | None" = None  # RequestTally.add_failed, once the run sets it
-        self._held: list[tuple[Any, Any]] = []  # blocks waiting for a sink
+        self.sink: "Callable[[str, Any, Any], None] | None" = None  # RequestTally.add_failed, once the run sets it
+        self._held: list[tuple[Any, Any, Any]] = []  # blocks waiting for a sink
 
-    def add(self, t_start: float, status: int, error: int) -> None:
+    def add(self, t_start: float, t_end: float, status: int, error: int) -> None:
         self.t_start.append(t_start)
+        self.t_end.append(t_end)
         self.key.append(status * 256 + error)
         self.total += 1
-        if len(self.t_start) >= self.BLOCK:
+        if len(self.t_end) >= self.BLOCK:
             self.flush()
 
-    def add_many(self, t_start: "Any", status: int, error: int) -> None:
+    def add_many(self, t_start: "Any", t_end: "Any", status: int, error: int) -> None:
         """A block of requests refused alike (the sim's bulk path for requests that cannot be served)."""
         import numpy as np
 
@@ -98,35 +100,37 @@ class FailedTally:
         if not n:
             return
         self.total += n
-        self._deliver(np.asarray(t_start, dtype=np.float64), np.full(n, status * 256 + error, dtype=np.int64))
+        self._deliver(np.asarray(t_start, dtype=np.float64), np.asarray(t_end, dtype=np.float64),
+                      np.full(n, status * 256 + error, dtype=np.int64))
 
     def flush(self) -> None:
         import numpy as np
 
-        if not len(self.t_start):
+        if not len(self.t_end):
             return
         t = np.frombuffer(self.t_start, dtype=np.float64).copy()
+        e = np.frombuffer(self.t_end, dtype=np.float64).copy()
         k = np.frombuffer(self.key, dtype=np.int64 if self.key.itemsize == 8 else np.int32).astype(np.int64)
         self.t_start = array("d")
+        self.t_end = array("d")
         self.key = array("l")
-        self._deliver(t, k)
+        self._deliver(t, e, k)
 
-    def _deliver(self, t: "Any", k: "Any") -> None:
-        import numpy as np
-
+    def _deliver(self, t: "Any", e: "Any", k: "Any") -> None:
         if self.sink is None:
-            self._held.append((t, k))
+            self._held.append((t, e, k))
             return
-        for held_t, held_k in self._held:
-            self._give(held_t, held_k)
+        for held in self._held:
+            self._give(*held)
         self._held.clear()
-        self._give(t, k)
+        self._give(t, e, k)
 
-    def _give(self, t: "Any", k: "Any") -> None:
+    def _give(self, t: "Any", e: "Any", k: "Any") -> None:
         import numpy as np
 
         for key in np.unique(k).tolist():
-            self.sink(reason_of(key // 256, key % 256), t[k == key])  # type: ignore[misc]
+            mask = k == key
+            self.sink(reason_of(key // 256, key % 256), t[mask], e[mask])  # type: ignore[misc]
 
 
 def reason_of(status: int, error: int) -> str:

@@ -325,7 +325,7 @@ class World:
             if self.failed_cap is not None:
                 self.failed_kept += room
         if room < m:
-            self.dropped.add_many(t[room:], 402, ERR_VALID_BEFORE)
+            self.dropped.add_many(t[room:], t_end[room:], 402, ERR_VALID_BEFORE)
 
     # ---- the service --------------------------------------------------------------------------
 
@@ -485,7 +485,7 @@ class World:
                 settle: float, amount: int, tx: int) -> None:
         if status != 200 and self.failed_cap is not None:
             if self.failed_kept >= self.failed_cap:
-                self.dropped.add(r.t0, status, error)
+                self.dropped.add(r.t0, t_end, status, error)
                 self.in_flight -= 1
                 if self.driver is not None:
                     self.driver.done(r, t_end)

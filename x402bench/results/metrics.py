@@ -1,22 +1,22 @@
 """The `metrics` block of summary.json: one definition of every figure, for live and sim alike.
 
-The window rule, used by every windowed figure (throughput, request latency, phase split, error
-rate, steady counts, settlement latency) so they always describe the same requests:
+The window rule, used by every windowed request figure (throughput, request latency, phase split,
+error rate, steady counts) so they always describe the same requests:
 
 - the steady window runs from `warmup_s` to the end of traffic: `meta["duration_s"]` when the
   caller knows it, else min(scenario duration, last response);
-- a request belongs to the window when it *started* inside it (`in_window(r.t_start)`), whenever
-  its answer came: throughput is the paid ones per second of window, request latency and the
-  phase split are theirs, error rate is the failed share of them, and `steady_requests` /
-  `steady_paid` count them. So a run's figures are always about one set of requests: an
-  overloaded run whose window's requests all expired in the queue reports throughput 0 with
-  error rate 1, not a passing throughput of requests from its warm-up next to no latency.
-  Throughput is therefore the part of the window's offered load that was served (its
-  departures at steady state): a run whose backlog is served during the drain after traffic
-  stops counts those payments too, and shows their wait in its latency;
-- settlement latency uses settlements accepted inside the window, and voucher-paid
-  (batch-settlement) requests that started inside it (served to the claim covering the
-  voucher: x402bench.results.channels);
+- a request belongs to the window when its final answer (`t_end`) falls inside it
+  (`in_window(r.t_end, ...)`), whenever it started: throughput is the paid ones per second of
+  window (a departure rate, which can never exceed what the world settles), request latency and
+  the phase split are theirs, error rate is the failed share of them, and `steady_requests` /
+  `steady_paid` count them. An overloaded run therefore reports the latency of the payments it
+  actually completed (however long they queued), never "n/a" next to a passing throughput;
+- what the window leaves out is counted beside it: `answered_after_window`, the requests that
+  started by the window's end but were answered after it (a queue still draining; under
+  overload, nearly every request offered in the window);
+- settlement latency uses settlements accepted from the window's start on, and voucher-paid
+  (batch-settlement) requests that started from then on (served to the claim covering the
+  voucher: x402bench.results.channels): a settlement is judged from the facilitator's side;
 - counts (requests, paid, errors), gas and cost cover the whole run: an error or a settlement
   during warmup still happened and still cost money.
 
@@ -65,10 +65,9 @@ def steady_window(scenario: Scenario, requests: Sequence[RequestRecord], meta: d
     return start, end
 
 
-def in_window(t_start: float, start: float, end: float) -> bool:
-    """Whether a request started at t_start (a settlement accepted then) belongs to the steady window:
-    the module docstring's one rule."""
-    return start <= t_start <= end
+def in_window(t_end: float, start: float, end: float) -> bool:
+    """Whether a request answered at t_end belongs to the steady window: the module docstring's one rule."""
+    return start <= t_end <= end
 
 
 class RequestTally:
@@ -92,13 +91,17 @@ class RequestTally:
         self.amount_sum = 0
         self.amount_count = 0
         self.paid_per_s = np.zeros(0, dtype=np.int64)  # paid answers per whole second of run time
+        self.answered_after_window = 0
 
-    def _mask(self, t_start: np.ndarray) -> np.ndarray:
-        return (t_start >= self.start) & (t_start <= self.end)
+    def _mask(self, t_end: np.ndarray) -> np.ndarray:
+        return (t_end >= self.start) & (t_end <= self.end)
+
+    def _late(self, t_start: np.ndarray, t_end: np.ndarray) -> int:
+        return int(np.count_nonzero((t_start <= self.end) & (t_end > self.end)))
 
     def add_paid(self, t_start: np.ndarray, t_end: np.ndarray, amount: np.ndarray,
                  phases: Mapping[str, np.ndarray]) -> None:
-        """Paid 200s: their latency and phases (by `phases`' keys, seconds) count when they started in the window."""
+        """Paid 200s: their latency and phases (by `phases`' keys, seconds) count when answered in the window."""
         t_end = np.asarray(t_end, dtype=np.float64)
         n = int(t_end.size)
         if not n:
@@ -117,7 +120,8 @@ class RequestTally:
                                                                             dtype=np.int64)])
             self.paid_per_s[:bins.size] += bins
         t_start = np.asarray(t_start, dtype=np.float64)
-        mask = self._mask(t_start)
+        self.answered_after_window += self._late(t_start, t_end)
+        mask = self._mask(t_end)
         k = int(np.count_nonzero(mask))
         if not k:
             return
@@ -130,13 +134,15 @@ class RequestTally:
                 v = np.asarray(values, dtype=np.float64)[mask]
                 self.phase_sums[p].append(math.fsum(v[np.isfinite(v)].tolist()))
 
-    def add_failed(self, reason: str, t_start: np.ndarray) -> None:
-        """Failed requests of one reason (`error_reason`'s words), by start time: counted, never stored."""
+    def add_failed(self, reason: str, t_start: np.ndarray, t_end: np.ndarray) -> None:
+        """Failed requests of one reason (`error_reason`'s words): counted, never stored."""
         t_start = np.asarray(t_start, dtype=np.float64)
-        n = int(t_start.size)
+        t_end = np.asarray(t_end, dtype=np.float64)
+        n = int(t_end.size)
         if not n:
             return
-        k = int(np.count_nonzero(self._mask(t_start)))
+        self.answered_after_window += self._late(t_start, t_end)
+        k = int(np.count_nonzero(self._mask(t_end)))
         self.requests += n
         self.errors[reason] += n
         self.steady_requests += k
@@ -149,12 +155,13 @@ class RequestTally:
         self.add_paid(np.array([r.t_start for r in paid]), np.array([r.t_end for r in paid]),
                       np.array([r.amount for r in paid], dtype=np.int64),
                       {p: np.array([getattr(r, f"{p}_s") for r in paid]) for p in PHASES})
-        by_reason: dict[str, list[float]] = {}
+        by_reason: dict[str, list[tuple[float, float]]] = {}
         for r in requests:
             if not r.paid:
-                by_reason.setdefault(error_reason(r), []).append(r.t_start)
-        for reason, ends in by_reason.items():
-            self.add_failed(reason, np.array(ends))
+                by_reason.setdefault(error_reason(r), []).append((r.t_start, r.t_end))
+        for reason, times in by_reason.items():
+            starts, ends = zip(*times)
+            self.add_failed(reason, np.array(starts), np.array(ends))
 
     def figures(self) -> dict[str, Any]:
         """The request keys of `metrics`, by the same rule as compute_metrics on records."""
@@ -166,6 +173,7 @@ class RequestTally:
             "paid": self.paid,
             "steady_requests": self.steady_requests,
             "steady_paid": self.steady_paid,
+            "answered_after_window": self.answered_after_window,
             "error_rate": failed / self.steady_requests if self.steady_requests else None,
             "errors": dict(sorted(self.errors.items())),
             "request_latency_s": self.latency.distribution(),
@@ -208,7 +216,7 @@ def compute_metrics(scenario: Scenario, requests: Sequence[RequestRecord],
     length = end - start
     if tally is None:
         paid_all = [r for r in requests if r.paid]
-        answered = [r for r in requests if in_window(r.t_start, start, end)]
+        answered = [r for r in requests if in_window(r.t_end, start, end)]
         steady_paid = [r for r in answered if r.paid]
         errors = Counter(error_reason(r) for r in requests if not r.paid)
         steady_failed = sum(1 for r in answered if not r.paid)
@@ -219,6 +227,7 @@ def compute_metrics(scenario: Scenario, requests: Sequence[RequestRecord],
             "paid": len(paid_all),
             "steady_requests": len(answered),
             "steady_paid": len(steady_paid),
+            "answered_after_window": sum(1 for r in requests if r.t_start <= end < r.t_end),
             "error_rate": steady_failed / len(answered) if answered else None,
             "errors": dict(sorted(errors.items())),
             "request_latency_s": distribution(r.latency_s for r in steady_paid),
@@ -234,7 +243,7 @@ def compute_metrics(scenario: Scenario, requests: Sequence[RequestRecord],
         mean_amount = mean([s.amount for s in settlements if s.amount > 0])
 
     settled = [s for s in settlements if s.state == "settled"]
-    steady_settled = [s for s in settled if in_window(s.t_accepted, start, end)]
+    steady_settled = [s for s in settled if s.t_accepted >= start]
     settle_latency = [s.settlement_latency_s for s in steady_settled if s.settlement_latency_s is not None]
     settle_latency += list(voucher_settlement_latency)
 

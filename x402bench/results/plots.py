@@ -84,10 +84,9 @@ def _fault_windows(ax, faults: Sequence[tuple[str, float, float]]) -> None:
 def throughput_plot(path: Path, requests: Sequence[RequestRecord], window: tuple[float, float] | None,
                     faults: Sequence[tuple[str, float, float]] = ()) -> Path:
     """Paid 200s per 1 s bin of response time; the warmup is shaded, fault windows marked, and the steady
-    throughput drawn by the metrics' rule (paid requests started in the window, whenever answered)."""
+    throughput drawn by the metrics' rule (x402bench.results.metrics: paid requests answered in the window)."""
     fig, (ax,) = _figure()
-    paid = [r for r in requests if r.paid]
-    ends = finite(r.t_end for r in paid)
+    ends = finite(r.t_end for r in requests if r.paid)
     ends = [t for t in ends if t >= 0]
     if not ends:
         _no_data(ax, PLOTS["throughput.png"], "no paid request")
@@ -101,8 +100,8 @@ def throughput_plot(path: Path, requests: Sequence[RequestRecord], window: tuple
         if start > 0:
             ax.axvspan(0, start, color="#ccc", alpha=0.5, label="warmup (excluded)")
         length = end - start
-        if length > 0:  # metrics.throughput_rps: the paid requests that started in the window (one rule)
-            rate = sum(1 for r in paid if in_window(r.t_start, start, end)) / length
+        if length > 0:  # metrics.throughput_rps: the paid requests answered in the window (one rule)
+            rate = sum(1 for t in ends if in_window(t, start, end)) / length
             ax.hlines(rate, start, end, colors="#d83b3b", label=f"steady throughput {rate:.2f}/s")
     _fault_windows(ax, faults)
     _plain(ax.xaxis)
@@ -254,9 +253,9 @@ def render_plots(out_dir: Path, requests: Sequence[RequestRecord], settlements: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start, end = window if window else (0.0, math.inf)
-    request_latency = [r.latency_s for r in requests if r.paid and in_window(r.t_start, start, end)]
+    request_latency = [r.latency_s for r in requests if r.paid and in_window(r.t_end, start, end)]
     settle_latency = [s.settlement_latency_s for s in settlements if s.state == "settled"
-                      and in_window(s.t_accepted, start, end) and s.settlement_latency_s is not None]
+                      and s.t_accepted >= start and s.settlement_latency_s is not None]
     drawn: dict[str, Path] = {}
     if channels or channel_txs:
         exposure = exposure_plot(out_dir / "channel_exposure.png", requests, channels, channel_txs, decimals, faults)
@@ -277,7 +276,7 @@ def render_plots(out_dir: Path, requests: Sequence[RequestRecord], settlements: 
         "throughput.png": throughput_plot(out_dir / "throughput.png", requests, window, faults),
         "request_latency_cdf.png": cdf_plot(out_dir / "request_latency_cdf.png", request_latency,
                                             PLOTS["request_latency_cdf.png"], "seconds (first byte to paid 200)",
-                                            "no paid request started in the steady window"),
+                                            "no paid request answered in the steady window"),
         "settlement_latency_cdf.png": cdf_plot(out_dir / "settlement_latency_cdf.png", settle_latency,
                                                PLOTS["settlement_latency_cdf.png"],
                                                "seconds (accepted to block; voucher: served to its claim)"

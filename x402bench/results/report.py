@@ -68,8 +68,9 @@ def _metrics_rows(m: Mapping[str, Any]) -> list[tuple[Any, ...]]:
     rows: list[tuple[Any, ...]] = [
         ("paid throughput (steady window, req/s)", m.get("throughput_rps")),
         ("requests / paid (whole run)", f"{fmt(m.get('requests'))} / {fmt(m.get('paid'))}"),
-        ("requests / paid (started in the steady window)",
+        ("requests / paid (answered in the steady window)",
          f"{fmt(m.get('steady_requests'))} / {fmt(m.get('steady_paid'))}"),
+        ("requests answered after the window (started by its end)", m.get("answered_after_window")),
         ("error rate (steady window)", m.get("error_rate")),
     ]
     for key, label in (("request_latency_s", "request latency (s)"), ("settlement_latency_s", "settlement latency (s)")):
@@ -103,7 +104,7 @@ def _notes_html(summary: Mapping[str, Any]) -> list[str]:
                    f'(mode {esc(rec.get("mode"))}: every paid one, failed ones counted past the cap); the metrics '
                    "count every request, the plots and requests.csv show the kept ones</p>")
     out.append('<p class="muted">windowed figures (throughput, latency, phases, error rate) all count the '
-               "requests that started in the steady window, whenever they were answered</p>")
+               "requests answered in the steady window, whenever they started</p>")
     return out
 
 
@@ -306,9 +307,9 @@ def render_report(summary: Mapping[str, Any], plots: Mapping[str, bytes | Path],
         *_channels_html(summary.get("channels"), int((scenario.get("config") or {}).get("token", {}).get("decimals", 6)),
                         plots, channels),
         *_faults_html(summary.get("faults") or []),
-        "<h2>Phase split (paid requests started in the steady window)</h2>",
+        "<h2>Phase split (paid requests answered in the steady window)</h2>",
         _phase_html(m.get("phase_s") or {}) if m.get("steady_paid") or m.get("steady_paid") is None
-        else '<p class="muted">no paid request started in the steady window: throughput 0, no latency or phases</p>',
+        else '<p class="muted">no paid request answered in the steady window: throughput 0, no latency or phases</p>',
         "<h2>Errors</h2>",
         _table(sorted((m.get("errors") or {}).items()), ("reason", "requests"))
         if m.get("errors") else '<p class="muted">no failed request</p>',
