@@ -205,8 +205,13 @@ class Facilitator:
     # ---- /settle -------------------------------------------------------------------------
 
     def settle(self, r: "Req", t: float) -> None:
-        """A /settle request arrives at t (>= now): the payment is accepted for settlement."""
+        """A /settle request arrives at t (>= now): the payment is accepted for settlement. One that will
+        arrive too late for its validBefore (behind a saturated route's workers) is refused now, with the
+        times it gets then, rather than held in the event heap until its arrival (as `verify`)."""
         if self.settle_queues:
+            if t + VALID_BEFORE_BUFFER_S > r.valid_before and not self.faulty:
+                self.world.rejected(r, ERR_VALID_BEFORE, t + self.hop())
+                return
             self.clock.at(t - self.clock.now, self._settle_arrives, r)
         else:
             self._accept(r, t)

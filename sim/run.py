@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,11 +104,12 @@ def offered_load(scenario: Scenario, cal: Calibration, driver: Driver = "open") 
 
     offered: the agents' mean arrival rate (open arrivals; the locust driver's users each wait for
     their answer, so they offer at most what they get back, and closed agents likewise: None).
-    capacity: the tightest of the world's steady-state limits, each a rate of payments: the
-    facilitator (per process and per signer key) and the chain as sim/ecosystem.py's caps give
-    them, the service's CPU (cores / cpu_s per paid request) and each worker-limited route
-    (workers / mean work, over that route's share of the mix). A run offered more than its
-    capacity queues without bound: its latencies are mostly waiting, and payments whose
+    capacity: the most paid requests per second the world carries at this mix: the tightest of
+    the facilitator (per process, and its signer keys) and the chain as sim/ecosystem.py's caps
+    give them and the service's CPU (cores / cpu_s per paid request), each route limited by its
+    workers (workers / mean work) carrying no more than that. A route offered more than its workers
+    carry is overloaded on its own (`routes_overloaded`) even when the world as a whole is not.
+    Overloaded, queues grow for the whole run: latencies are mostly waiting, and payments whose
     validBefore passes while queued are refused."""
     from sim.ecosystem import caps, expected_batch
 
@@ -128,14 +130,24 @@ def offered_load(scenario: Scenario, cal: Calibration, driver: Driver = "open") 
     if svc > 0:
         limits["service_cpu"] = cal.service.cores / svc
     mix = scenario.mix_weights()
+    routes: dict[str, float] = {}
     for s in scenario.services:
         work = _ms(s.work_ms).mean
         if s.workers and work > 0 and mix.get(s.name, 0) > 0:
-            limits[f"route {s.name}"] = s.workers / work / mix[s.name]
+            routes[s.name] = s.workers / work
     bottleneck = min(limits, key=lambda k: limits[k])
     capacity = limits[bottleneck]
+    if offered is not None and routes:  # routes past their workers carry only that much of the mix
+        carried = sum(min(offered * mix[s.name], routes.get(s.name, math.inf)) for s in scenario.services
+                      if mix.get(s.name, 0) > 0)
+        if carried < capacity:
+            capacity, bottleneck = carried, "route workers"
+    over_routes = {name: {"offered_rps": offered * mix[name], "capacity_rps": cap}
+                   for name, cap in routes.items() if offered is not None and offered * mix[name] > cap}
     return {"offered_rps": offered, "capacity_rps": capacity, "bottleneck": bottleneck,
-            "limits_rps": limits, "overloaded": offered is not None and offered > capacity,
+            "limits_rps": {**limits, **{f"route {k}": v for k, v in routes.items()}},
+            "routes_overloaded": over_routes,
+            "overloaded": offered is not None and (offered > capacity * (1 + 1e-9) or bool(over_routes)),
             "ratio": offered / capacity if offered is not None and capacity > 0 else None}
 
 
@@ -143,9 +155,15 @@ def overload_warning(load: dict[str, Any]) -> str | None:
     """The sentence printed before an overloaded run (and kept in its summary), or None."""
     if not load.get("overloaded"):
         return None
-    return (f"overloaded: the agents offer {load['offered_rps']:,.1f} req/s, {load['ratio']:.1f}x what this world "
-            f"settles ({load['capacity_rps']:,.1f}/s, limited by {load['bottleneck']}); queues grow for the whole "
-            "run, latencies are mostly waiting, and payments whose validBefore passes while queued are refused")
+    parts = []
+    if load["offered_rps"] > load["capacity_rps"] * (1 + 1e-9):
+        parts.append(f"the agents offer {load['offered_rps']:,.1f} req/s, {load['ratio']:.3g}x what this world "
+                     f"settles ({load['capacity_rps']:,.1f}/s, limited by {load['bottleneck']})")
+    for name, r in sorted(load.get("routes_overloaded", {}).items()):
+        parts.append(f"route {name} is offered {r['offered_rps']:,.1f} req/s, over the {r['capacity_rps']:,.1f}/s "
+                     "its workers carry")
+    return ("overloaded: " + "; ".join(parts) + ". Queues grow for the whole run, latencies are mostly waiting, "
+            "and payments whose validBefore passes while queued are refused")
 
 
 def run_sim(scenario: Scenario, calibration: Calibration | None = None,
