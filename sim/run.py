@@ -172,7 +172,7 @@ def run_sim(scenario: Scenario, calibration: Calibration | None = None,
     """Simulate the scenario: arrivals until run.duration_s, then drain in-flight payments.
 
     `progress(simulated_s, total_s)` is called every 1/PROGRESS_STEPS of the arrivals (then during
-    the drain), for a progress bar. Raises ScenarioError when the scenario holds a fault the sim
+    the drain, and once with total_s 0 when the model is done), for a progress bar. Raises ScenarioError when the scenario holds a fault the sim
     cannot apply (see sim/faults.py)."""
     scenario = effective_scenario(scenario, options)
     cal = calibration or default_calibration()
@@ -214,6 +214,8 @@ def run_sim(scenario: Scenario, calibration: Calibration | None = None,
     chain.stop()
     end = clock.now
     wall = time.perf_counter() - wall0
+    if progress is not None:
+        progress(end, 0.0)  # done: a total of 0 says so
 
     order = _request_order(world)
     requests = RequestView(world.requests, world.routes, order)

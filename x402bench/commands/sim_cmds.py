@@ -75,16 +75,21 @@ class _SimProgress:
             self._bar.stop()
 
     def __call__(self, simulated_s: float, total_s: float) -> None:
+        if total_s <= 0:  # the model is done: the bar goes before the files are written
+            self.__exit__()
+            self._bar = None
+            self._t0 = float("inf")
+            return
         if self._bar is None:
-            if not err.is_terminal or self._clock() - self._t0 < self.SHOW_AFTER_S:
+            if not err.is_terminal or not self._clock() - self._t0 >= self.SHOW_AFTER_S:
                 return
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self._bar = Progress(TextColumn("simulating"), BarColumn(),
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
                                  TextColumn("{task.completed:,.0f} / {task.total:,.0f} simulated s"),
                                  TimeElapsedColumn(), console=err, transient=True)
             self._bar.start()
-            self._task = self._bar.add_task("sim", total=total_s)
+            self._task = self._bar.add_task("simulating", total=total_s)
         if simulated_s > total_s:  # the drain after arrivals stop
             self._bar.update(self._task, total=simulated_s, completed=simulated_s,
                              description="draining")
