@@ -72,7 +72,9 @@ class SimResult:
     channels: list[ChannelRecord] = field(default_factory=list)  # batch-settlement books, one per channel
     channel_txs: list[ChannelTxRecord] = field(default_factory=list)  # batch-settlement txs, by inclusion
 
-    tally: RequestTally | None = None  # set when some records were not kept: the request metrics come from it
+    # set when some records were not kept, or more than RECORDS_CAP were: the request metrics come from it
+    # (histogram percentiles) and the records are never all materialized as objects
+    tally: RequestTally | None = None
 
     _records: tuple[list[RequestRecord], list[SettlementRecord]] | None = None
 
@@ -272,9 +274,10 @@ def run_sim(scenario: Scenario, calibration: Calibration | None = None,
             "requests_per_wall_s": (total + world.in_flight) / wall if wall > 0 else 0.0, "paid_per_wall_s": paid / wall if wall > 0 else 0.0,
             "events": clock.events, "events_per_wall_s": clock.events / wall if wall > 0 else 0.0}
     result = SimResult(scenario, requests, settlements, reconciliation, meta, perf, events)
-    if world.dropped.total:
+    if world.dropped.total or kept > RECORDS_CAP:
         _tally_kept(world, tally)
         result.tally = tally
+    meta["records"]["metrics_from"] = "records" if result.tally is None else "tally"
     if channels is not None:
         result.channels = channels.channel_records()
         result.channel_txs = channels.channel_tx_records()

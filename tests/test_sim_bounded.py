@@ -114,7 +114,7 @@ def test_records_all_keeps_everything_and_says_so() -> None:
     result = run_sim(s, options=SimOptions(records="all"))
     rec = result.meta["records"]
     assert rec == {"mode": "all", "kept": len(result.requests), "total": len(result.requests),
-                   "failed_counted_not_kept": 0}
+                   "failed_counted_not_kept": 0, "metrics_from": "records"}
     assert not result.meta["sim"]["load"]["overloaded"] and "warning" not in result.meta["sim"]["load"]
 
 

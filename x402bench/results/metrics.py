@@ -242,9 +242,18 @@ def compute_metrics(scenario: Scenario, requests: Sequence[RequestRecord],
     if mean_amount is None:
         mean_amount = mean([s.amount for s in settlements if s.amount > 0])
 
-    settled = [s for s in settlements if s.state == "settled"]
-    steady_settled = [s for s in settled if s.t_accepted >= start]
-    settle_latency = [s.settlement_latency_s for s in steady_settled if s.settlement_latency_s is not None]
+    # one pass, keeping no record: a long sim hands its settlements over as a lazy view
+    states: Counter[str] = Counter()
+    failures: Counter[str] = Counter()
+    settle_latency: list[float] = []
+    for s in settlements:
+        states[s.state] += 1
+        if s.state == "failed":
+            failures[s.error or "unknown"] += 1
+        elif s.state == "settled" and s.t_accepted >= start:
+            latency = s.settlement_latency_s
+            if latency is not None:
+                settle_latency.append(latency)
     settle_latency += list(voucher_settlement_latency)
 
     gas = econ.gas_stats(settlements)
@@ -258,9 +267,8 @@ def compute_metrics(scenario: Scenario, requests: Sequence[RequestRecord],
         "window": {"start_s": start, "end_s": end, "duration_s": length},
         **request_figures,
         "settlement_latency_s": distribution(settle_latency),
-        "settlements": dict(sorted(Counter(s.state for s in settlements).items())),
-        "settlement_errors": dict(sorted(Counter(s.error or "unknown" for s in settlements
-                                                 if s.state == "failed").items())),
+        "settlements": dict(sorted(states.items())),
+        "settlement_errors": dict(sorted(failures.items())),
         "gas_per_payment": gas.gas_per_payment,
         "gas": {
             "settlement_txs": len(gas.txs),
