@@ -44,6 +44,7 @@ from services.payer.payload import (
     NoMatchingRequirements, Payment, Quote, WireError, decode_payment_required, decode_payment_response, encode_json,
 )
 from services.payer.signing import AuthorizationSigner, address_word, domain_separator, uint_word
+from x402bench.registry import register
 
 __all__ = [
     "SCHEME", "ESCROW", "DEPOSIT_COLLECTOR", "ZERO_SALT", "CHANNEL_CONFIG_TYPEHASH", "VOUCHER_TYPEHASH",
@@ -443,3 +444,6 @@ class ChannelPayer:
             if reason is None and result.response is not None:
                 reason = result.response.error_reason
         result.error = reason or _body_error(body) or str(status)
+
+
+register("scheme", "payer", "batch-settlement", ChannelPayer)

@@ -35,6 +35,7 @@ from services.payer.payload import (
     sign_payment,
 )
 from services.payer.signing import AuthorizationSigner
+from x402bench.registry import register
 
 __all__ = [
     "Send", "PaymentResult", "PayerCore", "HttpxPayer", "httpx_send", "parse_server_timing", "header_value",
@@ -400,3 +401,6 @@ class HttpxPayer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+register("scheme", "payer", "exact", PayerCore)

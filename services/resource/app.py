@@ -50,6 +50,8 @@ from services.resource.fast_voucher import FastBatchSettlementScheme
 from x402.schemas import PaymentPayload, SettleResponse, VerifyResponse
 from x402.server import x402ResourceServer
 
+from x402bench.registry import register
+
 VOUCHER_CHECKS = ("fast", "sdk")
 #: A PAYMENT-SIGNATURE larger than this is refused before decoding (a real one is ~1.2 KB).
 MAX_PAYMENT_HEADER_BYTES = 8 * 1024
@@ -376,3 +378,9 @@ def _add_batch_settlement(app: FastAPI, server: x402ResourceServer, client: Time
         return {**keeper.status(), "voucher_check": config.voucher_check, **({"vouchers": dict(counts)} if counts else {})}
 
     return keeper
+
+
+# How a priced route is offered, per scheme: the SDK's exact server scheme, and for batch-settlement the
+# SDK's server scheme with our cheap voucher check, its cadence and storage (_add_batch_settlement).
+register("scheme", "service", "exact", ExactEvmServerScheme)
+register("scheme", "service", "batch-settlement", _add_batch_settlement)
