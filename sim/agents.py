@@ -106,7 +106,8 @@ class OpenDriver:
 
     def _bulk(self, now: float) -> bool:
         """This arrival and those of the next BULK_S, handed to World.bulk_refuse as arrays while the
-        service can only refuse them; the first arrival it leaves is the next event. False: it took none.
+        service can only refuse them; the first arrival it leaves is the next event, with its agent and
+        route as drawn. True when it handled this arrival (always, once it is called with arrays).
         (The gaps, agents and routes come from the same streams as one at a time, drawn in blocks.)"""
         stop = self.stop
         end = min(now + BULK_S, stop.duration)
@@ -126,16 +127,31 @@ class OpenDriver:
         t = times[:inside]
         agents = np.asarray(self.pick.fill(self.pick.rng, inside), dtype=np.int64)  # type: ignore[attr-defined]
         routes = self._routes(inside)
-        cut = self.world.bulk_refuse(t, agents, routes)
-        if cut <= now:
-            return False
-        if cut != float("inf"):
+        cut, agent, route = self.world.bulk_refuse(t, agents, routes)
+        if agent >= 0:  # the arrival at `cut` keeps its agent and route: it starts the ordinary way
+            if cut <= now:
+                if not self.world.broke[agent]:
+                    self.world.start(agent, route)
+                self.clock.at(self.gap(), self._poisson)
+            else:
+                self.clock.at(cut - now, self._pending, (agent, route))
+        elif cut != float("inf"):
             self.clock.at(cut - now, self._poisson)
         elif inside < times.size:
             self.clock.at(float(times[inside]) - now, self._poisson)
         else:
             self.clock.at(float(times[-1] + gaps[-1]) - now, self._poisson)
         return True
+
+    def _pending(self, arrival: tuple[int, int]) -> None:
+        """An arrival a bulk batch left (its agent near its cap, or past the refusal horizon): started
+        as drawn, so leaving it to the ordinary path does not re-draw who arrives."""
+        if not self.stop.open(self.clock.now):
+            return
+        agent, route = arrival
+        if not self.world.broke[agent]:
+            self.world.start(agent, route)
+        self.clock.at(self.gap(), self._poisson)
 
     def _routes(self, n: int) -> np.ndarray:
         draw = self.route

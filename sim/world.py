@@ -228,29 +228,36 @@ class World:
             return float("-inf")
         return self.svc_cpu._next + VALID_BEFORE_BUFFER_S - self.max_timeout
 
-    def bulk_refuse(self, t: np.ndarray, agents: np.ndarray, routes: np.ndarray) -> float:
+    def bulk_refuse(self, t: np.ndarray, agents: np.ndarray,
+                    routes: np.ndarray) -> tuple[float, int, int]:
         """Start the requests arriving at times t (ascending, >= now) of agents on routes, refused at /verify
-        behind the saturated service (`refusal_horizon`). Returns the time before which every arrival was
-        taken (inf: all of them; t[0]: none, the caller starts it the ordinary way). Their numbers are drawn
-        an array at a time and none is an event: at 20,000 offered req/s that is nearly the whole run. Each
-        gets what `start`, `_service`, the facilitator's refusal and `rejected` give one request."""
+        behind the saturated service (`refusal_horizon`). Returns (cut, agent, route): every arrival before
+        `cut` was taken (inf: all of them); the one at `cut`, that agent's on that route, is the caller's
+        to start the ordinary way (agent -1: none). Their numbers are drawn an array at a time and none is
+        an event: at 20,000 offered req/s that is nearly the whole run. Each gets what `start`, `_service`,
+        the facilitator's refusal and `rejected` give one request."""
         horizon = self.refusal_horizon()
-        if not t.size or t[0] >= horizon:
-            return float(t[0]) if t.size else float("inf")
+        if not t.size:
+            return float("inf"), -1, -1
+        if t[0] >= horizon:
+            return float(t[0]), int(agents[0]), int(routes[0])
         n = int(t.size)
-        # budgets: an agent that cannot afford its request goes broke then, and starts nothing after
+        # Budgets. An agent close to its cap is left to the ordinary path (the batch stops before its
+        # arrival): there, each request holds its price from its start until the service refuses it, and
+        # whether a later one finds the money depends on such holds, which only the events see. An agent
+        # three prices or more from its cap cannot go broke within a batch; a broke one starts nothing.
         prices = np.asarray(self.prices, dtype=np.int64)[routes]
         spent = np.fromiter((self.spent[a] for a in agents.tolist()), dtype=np.int64, count=n)
         broke = np.frombuffer(self.broke, dtype=np.uint8)[agents] != 0
-        over = ~broke & (spent + prices > self.cap)
-        first_over: dict[int, int] = {}
-        keep = ~broke & ~over
-        if over.any():
-            for i in np.flatnonzero(over).tolist():
-                first_over.setdefault(int(agents[i]), i)
-            idx = np.arange(n)
-            for agent, i in first_over.items():
-                keep &= ~((agents == agent) & (idx > i))
+        near = np.flatnonzero(~broke & (spent + prices + 3 * max(self.prices) > self.cap))
+        limit: tuple[float, int, int] = (float("inf"), -1, -1)
+        if near.size:
+            first = int(near[0])
+            limit = (float(t[first]), int(agents[first]), int(routes[first]))
+            if first == 0:
+                return limit
+            t, agents, routes, broke = t[:first], agents[:first], routes[:first], broke[:first]
+        keep = ~broke
         kt, ka, kr = t[keep], agents[keep], routes[keep]
         m = int(kt.size)
         challenge = np.zeros(m)
@@ -271,15 +278,9 @@ class World:
         arrive = t_send + half
         beyond = np.flatnonzero(arrive >= horizon)
         took = int(beyond[0]) if beyond.size else m
-        cut = float(kt[took]) if took < m else float("inf")
-        for agent, i in sorted(first_over.items(), key=lambda kv: kv[1]):
-            if t[i] < cut and not self.broke[agent]:
-                self.broke[agent] = 1
-                self.broke_count += 1
-                if self.broke_first_t < 0:
-                    self.broke_first_t = float(t[i])
+        cut = (float(kt[took]), int(ka[took]), int(kr[took])) if took < m else limit
         if not took:
-            return cut if cut > t[0] else float(t[0])
+            return cut
         if cached is not None and pay.size:
             cached[(ka.astype(np.int64) * len(self.prices) + kr)[pay[pay < took]]] = 1
         kt, ka, kr = kt[:took], ka[:took], kr[:took]

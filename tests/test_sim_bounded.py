@@ -152,3 +152,40 @@ def test_peak_memory_of_an_overloaded_sim_stays_bounded_as_duration_grows() -> N
     assert n2 > 2.5 * n1
     assert p2 - p1 < 40 * (n2 - n1)  # bytes per added request; a kept record alone is ~120
     assert p2 < 2 * p1
+
+
+# ---- the bulk path ------------------------------------------------------------------------------------
+
+def _run_without_bulk(s: Scenario, monkeypatch: pytest.MonkeyPatch, **options: Any) -> Any:
+    from sim import agents
+
+    original = agents.OpenDriver.__init__
+
+    def no_bulk(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.bulk = False
+
+    with monkeypatch.context() as m:
+        m.setattr(agents.OpenDriver, "__init__", no_bulk)
+        return run_sim(s, SHORT, SimOptions(**options))
+
+
+@pytest.mark.parametrize("funding", [1000.0, 0.024])
+def test_bulk_refusals_match_one_at_a_time(monkeypatch: pytest.MonkeyPatch, funding: float) -> None:
+    """Requests a saturated service can only refuse, started as arrays, give what one event each gives
+    (their draws come in another order, so the figures agree statistically, not bit for bit)."""
+    data = world(rate=8000.0, duration=30.0, agents=500).model_dump(mode="python")
+    data["agents"]["funding_usdc"] = funding  # 0.024: about a third of the agents go broke while the service refuses
+    s = validate_scenario(data, source="test")
+    bulk = run_sim(s, SHORT, SimOptions(records="all"))
+    single = _run_without_bulk(s, monkeypatch, records="all")
+    a, b = build_sim_summary(bulk)["metrics"], build_sim_summary(single)["metrics"]
+    assert bulk.perf["events"] < single.perf["events"] / 3  # the bulk path did take most requests
+    assert a["requests"] == pytest.approx(b["requests"], rel=0.03)
+    assert a["paid"] == pytest.approx(b["paid"], rel=0.02)
+    assert a["errors"].keys() == b["errors"].keys()
+    for key in a["errors"]:
+        assert a["errors"][key] == pytest.approx(b["errors"][key], rel=0.03)
+    refused = [[r.latency_s for r in res.requests if r.status == 402] for res in (bulk, single)]
+    assert np.mean(refused[0]) == pytest.approx(np.mean(refused[1]), rel=0.02)
+    assert bulk.meta["agents_broke"] == pytest.approx(single.meta["agents_broke"], rel=0.1, abs=3)
