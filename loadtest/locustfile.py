@@ -23,7 +23,7 @@ from pathlib import Path
 import gevent
 from locust import events, task
 from locust.contrib.fasthttp import FastHttpUser
-from locust.runners import MasterRunner, WorkerRunner
+from locust.runners import STATE_RUNNING, LocalRunner, MasterRunner, WorkerRunner
 
 from loadtest.behaviour import Pacer, RouteChooser, agent_rng
 from loadtest.paying import (
@@ -192,3 +192,25 @@ def _progress(environment, **_: object) -> None:  # noqa: ANN001
             }))
 
     gevent.spawn(loop)
+
+
+@events.init.add_listener
+def _quit_when_every_user_stopped(environment, **_: object) -> None:  # noqa: ANN001
+    """End the run once every user has stopped itself (all its agents broke, or run.max_requests reached):
+    Locust would otherwise idle to its time limit, and a budgeted run would take as long as an unbudgeted
+    one. Only for a single process: a worker must not quit under its master."""
+    runner = environment.runner
+    if not isinstance(runner, LocalRunner):
+        return
+
+    def watch() -> None:
+        seen_users = False
+        while True:
+            gevent.sleep(0.5)
+            if runner.state == STATE_RUNNING and runner.user_count > 0:
+                seen_users = True
+            elif seen_users and runner.state == STATE_RUNNING and runner.user_count == 0:
+                runner.quit()
+                return
+
+    gevent.spawn(watch)
