@@ -424,8 +424,10 @@ def _digest(text: str) -> str:
 
 def sim_run_id(scenario: Scenario, cal: Calibration, options: SimOptions) -> str:
     """Content-addressed: the same inputs give the same id, hence the same folder and summary."""
+    records = [options.records, options.records_cap]  # the default keeps the ids runs had before it existed
     key = json.dumps([scenario.model_dump(mode="json"), cal.model_dump(mode="json"), options.driver,
-                      options.drain_s, *([True] if options.refund_at_end else [])], sort_keys=True)
+                      options.drain_s, *([True] if options.refund_at_end else []),
+                      *([records] if records != ["capped", RECORDS_CAP] else [])], sort_keys=True)
     return f"sim-s{scenario.seed}-{_digest(key)[:10]}"
 
 
