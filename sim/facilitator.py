@@ -197,9 +197,11 @@ class Facilitator:
 
     def _release_thread_at(self, t: float) -> None:
         if self.threads is not None:
-            self.clock.at(t - self.clock.now, self._release, None)
+            self.clock.at(t - self.clock.now, self._release_thread, None)
 
-    def _release(self, _: object) -> None:
+    def _release_thread(self, _: object) -> None:
+        # not `_release`: that name is the faults' claim release below, which shadowed this one, so an
+        # sdk facilitator refusing a late /verify raised TypeError
         self.threads.release()  # type: ignore[union-attr]
 
     # ---- /settle -------------------------------------------------------------------------

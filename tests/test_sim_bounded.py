@@ -189,3 +189,17 @@ def test_bulk_refusals_match_one_at_a_time(monkeypatch: pytest.MonkeyPatch, fund
     refused = [[r.latency_s for r in res.requests if r.status == 402] for res in (bulk, single)]
     assert np.mean(refused[0]) == pytest.approx(np.mean(refused[1]), rel=0.02)
     assert bulk.meta["agents_broke"] == pytest.approx(single.meta["agents_broke"], rel=0.1, abs=3)
+
+
+def test_sdk_facilitator_refuses_late_verifies_under_open_overload() -> None:
+    """The SDK facilitator's thread pool refuses a /verify whose validBefore passed while it waited for a
+    thread (this raised TypeError: the thread release and the faults' claim release shared a name)."""
+    data = load_scenario(REPO / "scenarios" / "sim-over.yaml").model_dump(mode="python")
+    data["agents"] = {"count": 2000, "funding_usdc": 10, "cache_requirements": True,
+                      "arrivals": {"kind": "poisson", "rate_per_agent_s": 0.1}}
+    data["run"].update(duration_s=40.0)
+    s = validate_scenario(data, source="test")
+    summary = build_sim_summary(run_sim(s, SHORT))
+    assert summary["meta"]["sim"]["load"]["overloaded"]
+    assert summary["metrics"]["errors"]["invalid_exact_evm_payload_authorization_valid_before"] > 0
+    assert summary["reconciliation"]["exact"]
