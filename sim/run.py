@@ -27,8 +27,8 @@ from sim.agents import DRIVERS, Stopper
 from sim.calibration import Calibration, default_calibration
 from sim.engine import Clock
 from sim.faults import build_plan
-from sim.store import (FAILED, PENDING, RELEASED, SETTLED, RequestView, SettlementView, materialize, nonce_hex,
-                       reason_of)
+from sim.store import (FAILED, PENDING, RELEASED, SETTLED, ParquetSpill, RequestView, SettlementView, materialize,
+                       nonce_hex, reason_of)
 from sim.world import World
 from x402bench.results.metrics import RequestTally
 from x402bench.results.money import LOSS_KEYS, MoneyEvent, classify, counts
@@ -36,9 +36,11 @@ from x402bench.results.records import ChannelRecord, ChannelTxRecord, RequestRec
 from x402bench.scenario import Scenario
 
 Driver = Literal["open", "locust"]
-Records = Literal["all", "capped", "none"]
+Records = Literal["all", "capped", "none", "parquet"]
 #: Failed requests kept as records by default (`capped`); past it they are counted, not stored.
 RECORDS_CAP = 100_000
+#: Where `records: parquet` writes every request, in the run folder.
+PARQUET = "requests.parquet"
 #: Simulated seconds per step of the run loop, so a progress callback hears from it.
 PROGRESS_STEPS = 200
 
@@ -170,20 +172,26 @@ def overload_warning(load: dict[str, Any]) -> str | None:
 
 def run_sim(scenario: Scenario, calibration: Calibration | None = None,
             options: SimOptions = SimOptions(),
-            progress: Callable[[float, float], None] | None = None) -> SimResult:
+            progress: Callable[[float, float], None] | None = None,
+            parquet_path: Path | None = None) -> SimResult:
     """Simulate the scenario: arrivals until run.duration_s, then drain in-flight payments.
 
     `progress(simulated_s, total_s)` is called every 1/PROGRESS_STEPS of the arrivals (then during
-    the drain, and once with total_s 0 when the model is done), for a progress bar. Raises ScenarioError when the scenario holds a fault the sim
-    cannot apply (see sim/faults.py)."""
+    the drain, and once with total_s 0 when the model is done), for a progress bar. `parquet_path`: where
+    `records: parquet` writes every request as the run goes. Raises ScenarioError when the scenario
+    holds a fault the sim cannot apply (see sim/faults.py)."""
     scenario = effective_scenario(scenario, options)
     cal = calibration or default_calibration()
     plan = build_plan(scenario)
     wall0 = time.perf_counter()
     clock = Clock()
-    cap = None if options.records == "all" else (0 if options.records == "none" else options.records_cap)
+    cap = None if options.records == "all" else (0 if options.records in ("none", "parquet") else options.records_cap)
     world = World(clock, scenario, cal, scenario.agents.count, loadgen=options.driver == "locust", plan=plan,
                   refund_at_end=options.refund_at_end, failed_cap=cap)
+    if options.records == "parquet":
+        if parquet_path is None:
+            raise ValueError("records 'parquet' writes a file: run it through simulate (x402bench sim)")
+        world.spill = ParquetSpill(parquet_path, world.routes)
     duration = scenario.run.duration_s
     tally = RequestTally(float(scenario.run.warmup_s), float(duration))
     world.dropped.sink = tally.add_failed
@@ -262,10 +270,13 @@ def run_sim(scenario: Scenario, calibration: Calibration | None = None,
         },
     }
     world.dropped.flush()
+    if world.spill is not None:
+        world.spill.close()
     kept = len(world.requests)
     total = kept + world.dropped.total
     meta["records"] = {"mode": options.records, "kept": kept, "total": total,
-                       "failed_counted_not_kept": world.dropped.total}
+                       "failed_counted_not_kept": world.dropped.total,
+                       **({"parquet_rows": world.spill.rows, "parquet_file": PARQUET} if world.spill is not None else {})}
     meta["sim"]["load"] = offered_load(scenario, cal, options.driver)
     warning = overload_warning(meta["sim"]["load"])
     if warning:
@@ -460,8 +471,13 @@ def simulate(scenario: Scenario, calibration: Calibration | None = None, options
     from x402bench.results.rundir import write_run
 
     cal = calibration or default_calibration()
-    result = run_sim(scenario, cal, options, progress)
-    run_id = run_id or sim_run_id(result.scenario, cal, options)
+    run_id = run_id or sim_run_id(effective_scenario(scenario, options), cal, options)
+    parquet = None
+    if options.records == "parquet":
+        folder = Path(out_root) / effective_scenario(scenario, options).name / run_id
+        folder.mkdir(parents=True, exist_ok=True)
+        parquet = folder / PARQUET
+    result = run_sim(scenario, cal, options, progress, parquet)
     result.meta["run_id"] = run_id
     summary = build_sim_summary(result)
     if result.tally is None:

@@ -133,6 +133,102 @@ class FailedTally:
             self.sink(reason_of(key // 256, key % 256), t[mask], e[mask])  # type: ignore[misc]
 
 
+class ParquetSpill:
+    """Every finished request, written to a Parquet file a row group at a time as the run goes
+    (`--records parquet`): all of them, in fixed memory, for runs whose refused requests are too many
+    for requests.csv. One row per request in completion order (not sorted), with the same times and
+    codes as the records but numbers, not hex: seq (the nonce's number), agent and tx id; route and
+    error as names. Needs pyarrow (imported only here)."""
+
+    BLOCK = 1 << 16
+
+    def __init__(self, path: "str | Any", routes: list[str]) -> None:
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ValueError("--records parquet needs pyarrow (pip install pyarrow)") from None
+        self._pa, self._pq = pa, pq
+        self.path = path
+        self.routes = routes
+        self.cols = RequestColumns()
+        self.rows = 0
+        self._writer: Any = None
+
+    def add(self, t_start: float, t_end: float, challenge: float, sign: float, paid: float, verify: float,
+            handler: float, settle: float, route: int, agent: int, status: int, error: int, amount: int,
+            seq: int, tx: int) -> None:
+        c = self.cols
+        c.t_start.append(t_start)
+        c.t_end.append(t_end)
+        c.challenge.append(challenge)
+        c.sign.append(sign)
+        c.paid.append(paid)
+        c.verify.append(verify)
+        c.handler.append(handler)
+        c.settle.append(settle)
+        c.route.append(route)
+        c.agent.append(agent)
+        c.status.append(status)
+        c.error.append(error)
+        c.amount.append(amount)
+        c.seq.append(seq)
+        c.tx.append(tx)
+        if len(c) >= self.BLOCK:
+            self.flush()
+
+    def add_arrays(self, **columns: "Any") -> None:
+        """A block given as arrays (the sim's bulk refusals), every RequestColumns field by name."""
+        self.flush()
+        self._write({k: columns[k] for k in _PARQUET_FIELDS})
+
+    def flush(self) -> None:
+        import numpy as np
+
+        c = self.cols
+        if not len(c):
+            return
+        data = {k: np.frombuffer(getattr(c, k), dtype=np.dtype(getattr(c, k).typecode)).copy()
+                for k in _PARQUET_FIELDS}
+        self.cols = RequestColumns()
+        self._write(data)
+
+    def _write(self, data: dict[str, "Any"]) -> None:
+        import numpy as np
+
+        pa = self._pa
+        n = len(data["t_start"])
+        if not n:
+            return
+        route = pa.DictionaryArray.from_arrays(np.asarray(data["route"], dtype=np.int32), pa.array(self.routes))
+        error = pa.DictionaryArray.from_arrays(np.asarray(data["error"], dtype=np.int32), pa.array(ERRORS))
+        table = pa.table({
+            **{k: pa.array(np.asarray(data[k], dtype=np.float64)) for k in
+               ("t_start", "t_end", "challenge", "sign", "paid", "verify", "handler", "settle")},
+            "route": route, "agent": pa.array(np.asarray(data["agent"], dtype=np.int64)),
+            "status": pa.array(np.asarray(data["status"], dtype=np.int16)), "error": error,
+            "amount": pa.array(np.asarray(data["amount"], dtype=np.int64)),
+            "seq": pa.array(np.asarray(data["seq"], dtype=np.int64)),
+            "tx": pa.array(np.asarray(data["tx"], dtype=np.int64)),
+        })
+        if self._writer is None:
+            self._writer = self._pq.ParquetWriter(str(self.path), table.schema)
+        self._writer.write_table(table)
+        self.rows += n
+
+    def close(self) -> None:
+        self.flush()
+        if self._writer is None:  # no request at all: an empty file with the schema still says so
+            self._write({k: [] for k in _PARQUET_FIELDS})
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+_PARQUET_FIELDS = ("t_start", "t_end", "challenge", "sign", "paid", "verify", "handler", "settle", "route", "agent",
+                   "status", "error", "amount", "seq", "tx")
+
+
 def reason_of(status: int, error: int) -> str:
     """x402bench.results.metrics.error_reason for a stored status and error index."""
     if error:

@@ -30,7 +30,7 @@ from sim.facilitator import VALID_BEFORE_BUFFER_S, Facilitator
 from sim.faults import FaultPlan, crash_in, down_at
 from sim.interfaces import Driver
 from sim.payment import FaultReq, Req
-from sim.store import ERR_SETTLEMENT_PENDING, ERR_VALID_BEFORE, FailedTally, RequestColumns, SettlementColumns, TxColumns
+from sim.store import ERR_SETTLEMENT_PENDING, ERR_VALID_BEFORE, FailedTally, ParquetSpill, RequestColumns, SettlementColumns, TxColumns
 from x402bench.registry import register
 from x402bench.scenario import Duration, Scenario
 
@@ -85,6 +85,7 @@ class World:
         # world drops rows: retries and channels key side tables by row index.
         self.failed_cap = failed_cap
         self.failed_kept = 0
+        self.spill: ParquetSpill | None = None  # every finished request to a Parquet file (`--records parquet`)
         self.dropped = FailedTally()
         self.settlements = SettlementColumns()
         self.txs = TxColumns()
@@ -304,6 +305,12 @@ class World:
                       seq0: int) -> None:
         """Refused requests as records up to failed_cap, counted past it (as `_record` does one at a time)."""
         m = int(t.size)
+        if self.spill is not None:
+            z = np.zeros(m)
+            self.spill.add_arrays(t_start=t, t_end=t_end, challenge=challenge, sign=sign, paid=paid, verify=verify,
+                                  handler=z, settle=z, route=routes, agent=agents, status=np.full(m, 402),
+                                  error=np.full(m, ERR_VALID_BEFORE), amount=np.zeros(m, dtype=np.int64),
+                                  seq=np.arange(seq0, seq0 + m), tx=np.full(m, -1))
         room = m if self.failed_cap is None else max(0, min(m, self.failed_cap - self.failed_kept))
         if room:
             c = self.requests
@@ -484,6 +491,9 @@ class World:
 
     def _record(self, r: Req, t_end: float, status: int, error: int, verify: float, handler: float,
                 settle: float, amount: int, tx: int) -> None:
+        if self.spill is not None:
+            self.spill.add(r.t0, t_end, r.challenge, r.sign, t_end - r.t_send, verify, handler, settle, r.route,
+                           r.agent, status, error, amount, r.seq, tx)
         if status != 200 and self.failed_cap is not None:
             if self.failed_kept >= self.failed_cap:
                 self.dropped.add(r.t0, t_end, status, error)

@@ -143,10 +143,10 @@ def _peak(s: Scenario, **options: Any) -> tuple[int, int]:
 
 
 def test_peak_memory_of_an_overloaded_sim_stays_bounded_as_duration_grows() -> None:
-    """3x what the facilitator settles, for 150 and 450 simulated seconds: three times the requests, and
+    """3x what the facilitator settles, for 80 and 240 simulated seconds: three times the requests, and
     the peak grows by far less than a record per added request (the refused ones are counted, not kept)."""
-    short = world(rate=3 * 143.0, duration=150.0)
-    long = world(rate=3 * 143.0, duration=450.0)
+    short = world(rate=3 * 143.0, duration=80.0)
+    long = world(rate=3 * 143.0, duration=240.0)
     p1, n1 = _peak(short, records_cap=1000)
     p2, n2 = _peak(long, records_cap=1000)
     assert n2 > 2.5 * n1
@@ -174,7 +174,7 @@ def _run_without_bulk(s: Scenario, monkeypatch: pytest.MonkeyPatch, **options: A
 def test_bulk_refusals_match_one_at_a_time(monkeypatch: pytest.MonkeyPatch, funding: float) -> None:
     """Requests a saturated service can only refuse, started as arrays, give what one event each gives
     (their draws come in another order, so the figures agree statistically, not bit for bit)."""
-    data = world(rate=8000.0, duration=30.0, agents=500).model_dump(mode="python")
+    data = world(rate=8000.0, duration=20.0, agents=500).model_dump(mode="python")
     data["agents"]["funding_usdc"] = funding  # 0.024: about a third of the agents go broke while the service refuses
     s = validate_scenario(data, source="test")
     bulk = run_sim(s, SHORT, SimOptions(records="all"))
@@ -203,3 +203,15 @@ def test_sdk_facilitator_refuses_late_verifies_under_open_overload() -> None:
     assert summary["meta"]["sim"]["load"]["overloaded"]
     assert summary["metrics"]["errors"]["invalid_exact_evm_payload_authorization_valid_before"] > 0
     assert summary["reconciliation"]["exact"]
+
+
+def test_records_parquet_writes_every_request(tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    s = world(rate=2000.0, duration=20.0)
+    run_dir, summary, _ = simulate(s, SHORT, SimOptions(records="parquet"), out_root=tmp_path)
+    rec = summary["meta"]["records"]
+    table = pq.read_table(run_dir / rec["parquet_file"])
+    assert table.num_rows == rec["parquet_rows"] == rec["total"] == summary["metrics"]["requests"]
+    status = table.column("status").to_numpy()
+    assert int((status == 200).sum()) == summary["metrics"]["paid"] == rec["kept"]
+    assert len(set(table.column("seq").to_pylist())) == table.num_rows

@@ -118,15 +118,16 @@ def sim(
                                        "each channel's unclaimed rest to its payer (one refund tx per channel)."),
     records: str = typer.Option("capped", help="Request records kept: all; capped (every paid one, failed ones "
                                 "up to --records-cap, the rest counted: summary.json meta.records); none (as capped "
-                                "with no failed one kept, no requests.csv rows)."),
+                                "with no failed one kept, no requests.csv rows); parquet (every request written to "
+                                "requests.parquet as the run goes, requests.csv with the paid ones; needs pyarrow)."),
     records_cap: int = typer.Option(100_000, min=0, help="Failed requests kept as records with --records capped."),
 ) -> None:
     """Simulate the scenario with SimPy and write the same run folder as `load` (mode "sim")."""
     from sim.run import SimOptions, effective_scenario, offered_load, overload_warning, simulate
     from x402bench.commands.load_cmds import print_result
 
-    if records not in ("all", "capped", "none"):
-        raise _fail(f"--records must be all, capped or none, not {records!r}")
+    if records not in ("all", "capped", "none", "parquet"):
+        raise _fail(f"--records must be all, capped, none or parquet, not {records!r}")
     s = load_scenario(scenario)
     cal = _calibration(calibration)
     options = SimOptions(agents=agents, duration_s=duration, seed=seed, driver=_driver(driver),  # type: ignore[arg-type]
