@@ -100,9 +100,10 @@ def _notes_html(summary: Mapping[str, Any]) -> list[str]:
         out.append(f'<p class="badge fail">{esc(load["warning"])}</p>')
     rec = meta.get("records") or {}
     if rec and rec.get("kept") is not None and rec.get("total") is not None and rec["kept"] < rec["total"]:
+        where = (f'; every request is in {esc(rec["parquet_file"])}' if rec.get("parquet_file") else "")
         out.append(f'<p class="muted">records: {fmt(rec["kept"])} of {fmt(rec["total"])} requests kept '
                    f'(mode {esc(rec.get("mode"))}: every paid one, failed ones counted past the cap); the metrics '
-                   "count every request, the plots and requests.csv show the kept ones</p>")
+                   f"count every request, the plots and requests.csv show the kept ones{where}</p>")
     out.append('<p class="muted">windowed figures (throughput, latency, phases, error rate) all count the '
                "requests answered in the steady window, whenever they started</p>")
     return out
