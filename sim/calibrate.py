@@ -214,10 +214,10 @@ def _voucher_service(vouchers: Sequence[RequestRecord], facilitated: Sequence[Re
 
     A live service's CPU per paid request (cpu_s, measured on the process) already holds its voucher
     checks, so the check's own CPU is set to 0 and everything else a voucher spends at the service is
-    voucher_wait_s, quantile by quantile: paid_s - handler_s - settle_s (its time outside the route) less
-    the round trip and cpu_s, plus how late the route's handler ran beyond the scenario's work at that
-    quantile (the route's work is the scenario's, its lateness a wait of the service; the model draws
-    wait and work together, sim.dists.comonotone), less the mean wait the model's own queue for the
+    voucher_wait_s, quantile by quantile: the quantiles of each voucher's paid round trip (paid_s -
+    settle_s, its route's handler included) less the scenario's work at that quantile (the model draws
+    wait and work with one uniform, sim.dists.comonotone, so the two add back up to the measured
+    quantile), less the round trip and cpu_s, less the mean wait the model's own queue for the
     service's CPU will add at the measured paid rate (M/D/1: rho * cpu_s / (2 (1 - rho))), which the
     measured waits already hold. Work quantiles are those of the vouchers' most paid route.
 
@@ -231,19 +231,18 @@ def _voucher_service(vouchers: Sequence[RequestRecord], facilitated: Sequence[Re
     rtt = min(rtt, max(0.0, outside[len(outside) // 20] - svc))
     rho = rate * svc
     queue = rho * svc / (2 * (1 - rho)) if rho < 0.95 else 0.0
-    # quantile by quantile: time outside the route, plus the handler's time beyond the work at that quantile
-    # (the model draws the wait and the work with one uniform, so they add up quantile by quantile)
     routes = Counter(r.route for r in vouchers)
     main_route = routes.most_common(1)[0][0]
     spec = next((s for s in config.get("services") or [] if isinstance(s, dict) and s.get("name") == main_route), {})
     work = spec.get("work_ms") or {}
     work_dist = Dist.from_ms(float(work.get("median", 0.0)), work.get("p99"))
     grid = np.linspace(0.0, 1.0, WAIT_QUANTILES)
-    q_out = np.quantile(np.asarray(outside), grid)
-    q_handler = np.quantile(np.asarray([r.handler_s for r in vouchers]), grid)
+    # the quantiles of each request's own sum (outside + handler): adding the two parts' quantiles instead
+    # would treat them as perfectly correlated and put the upper tail too high
+    q_total = np.quantile(np.asarray([r.paid_s - r.settle_s for r in vouchers]), grid)
     z = np.array([NormalDist().inv_cdf(min(max(q, 0.001), 0.999)) for q in grid.tolist()])
     q_work = work_dist.median * np.exp(work_dist.sigma * z) if work_dist.median > 0 else np.zeros_like(grid)
-    waits = np.maximum.accumulate(np.maximum(0.0, q_out + q_handler - q_work - rtt - svc - queue))
+    waits = np.maximum.accumulate(np.maximum(0.0, q_total - q_work - rtt - svc - queue))
     wait = Dist(quantiles=[round(float(x), 9) for x in waits])
     out: dict[str, Any] = {"voucher_verify_s": Dist.const(0.0).model_dump(),
                            "voucher_wait_s": wait.model_dump(exclude_none=True)}

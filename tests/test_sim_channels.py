@@ -226,12 +226,14 @@ def test_calibration_learns_the_escrow_gas_and_the_voucher_time() -> None:
     for key in ("throughput_rps",):
         assert again["metrics"][key] == pytest.approx(summary["metrics"][key], rel=0.02)
     # calibrated, the model draws a voucher's wait and its route's work together (a live service's busy loop
-    # slows both); this truth drew them apart, so its tail comes back heavier than its median
-    for q, rel in (("p50", 0.1), ("p95", 0.3)):
+    # slows both) while this truth drew them apart; learned from each request's own total, the tail still
+    # comes back
+    for q, rel in (("p50", 0.1), ("p95", 0.1)):
         assert again["metrics"]["request_latency_s"][q] == pytest.approx(summary["metrics"]["request_latency_s"][q],
                                                                          rel=rel)
+    # deposits are whole txs: one agent more or less topping up before the end moves this figure ~0.7%
     assert again["channels"]["economics"]["gas_per_payment"] == pytest.approx(
-        summary["channels"]["economics"]["gas_per_payment"], rel=0.01)
+        summary["channels"]["economics"]["gas_per_payment"], rel=0.02)
 
 
 def test_validation_judges_request_latency_and_gas_for_a_channel_world() -> None:
