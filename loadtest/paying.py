@@ -128,18 +128,8 @@ def pay(client, wallet: AgentWallet, route: str, url: str, manners: Manners | No
     end = time.time()
     if result.status == 200:
         wallet.spent += result.amount
-    events.request.fire(
-        request_type="PAY", name="paid", response_time=(end - start) * 1000, response_length=0,
-        exception=None if result.status == 200 else RuntimeError(result.error or str(result.status)), context={},
-    )
-    timing = result.server_timing
-    return RequestRecord(
-        t_start=start, t_end=end, route=route, agent=wallet.index, status=result.status, error=result.error or "",
-        challenge_s=result.challenge_s, sign_s=result.sign_s, paid_s=result.paid_s,
-        verify_s=timing.get("verify", 0.0), handler_s=timing.get("handler", 0.0), settle_s=timing.get("settle", 0.0),
-        amount=result.amount if result.status == 200 else 0, payer=result.payer, nonce=result.nonce,
-        tx_hash=result.transaction or "", attempts=attempts,
-    )
+    return _finished(start, end, route, wallet, result, nonce=result.nonce, tx_hash=result.transaction or "",
+                     attempts=attempts)
 
 
 def pay_channel(client, wallet: AgentWallet, route: str, url: str, manners: Manners | None = None) -> RequestRecord:  # noqa: ANN001
@@ -153,6 +143,16 @@ def pay_channel(client, wallet: AgentWallet, route: str, url: str, manners: Mann
     end = time.time()
     if result.status == 200:
         wallet.spent += result.deposit
+    return _finished(start, end, route, wallet, result, nonce="",
+                     tx_hash=(result.transaction or "") if result.deposit else "",
+                     attempts=2 if result.corrected else 1, scheme=BATCH_SETTLEMENT, channel=result.channel,
+                     cumulative=result.cumulative)
+
+
+def _finished(start: float, end: float, route: str, wallet: AgentWallet, result: PaymentResult,
+              **scheme_fields: Any) -> RequestRecord:
+    """One payment's Locust statistic and its record, alike for every scheme; `scheme_fields` are the
+    record fields that say how it was paid (nonce, tx_hash, attempts; channel and cumulative)."""
     events.request.fire(
         request_type="PAY", name="paid", response_time=(end - start) * 1000, response_length=0,
         exception=None if result.status == 200 else RuntimeError(result.error or str(result.status)), context={},
@@ -162,9 +162,7 @@ def pay_channel(client, wallet: AgentWallet, route: str, url: str, manners: Mann
         t_start=start, t_end=end, route=route, agent=wallet.index, status=result.status, error=result.error or "",
         challenge_s=result.challenge_s, sign_s=result.sign_s, paid_s=result.paid_s,
         verify_s=timing.get("verify", 0.0), handler_s=timing.get("handler", 0.0), settle_s=timing.get("settle", 0.0),
-        amount=result.amount if result.status == 200 else 0, payer=result.payer, nonce="",
-        tx_hash=(result.transaction or "") if result.deposit else "", attempts=2 if result.corrected else 1,
-        scheme=BATCH_SETTLEMENT, channel=result.channel, cumulative=result.cumulative,
+        amount=result.amount if result.status == 200 else 0, payer=result.payer, **scheme_fields,
     )
 
 

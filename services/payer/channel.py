@@ -36,8 +36,7 @@ from typing import Any, Mapping
 from coincurve import PublicKey
 
 from services.payer.client import (
-    ERR_BAD_402, ERR_NO_MATCH, ERR_TRANSPORT, PAYMENT_SIGNATURE, PaymentResult, Send, _body_error,
-    header_value, parse_server_timing,
+    ERR_TRANSPORT, PAYMENT_SIGNATURE, PaymentResult, Send, _body_error, challenge, header_value, parse_server_timing,
 )
 from services.payer.hashing import checksum_encode, keccak256, to_checksum_address
 from services.payer.payload import (
@@ -300,25 +299,7 @@ class ChannelPayer:
 
     def _challenge(self, send: Send, method: str, url: str, base: dict[str, str],
                    result: PaymentResult) -> ChannelQuote | None:
-        t0 = time.perf_counter()
-        status, reply, body = send(method, url, dict(base))
-        result.challenge_s = time.perf_counter() - t0
-        result.round_trips += 1
-        result.status, result.body = status, body
-        if status != 402:
-            result.server_timing = parse_server_timing(header_value(reply, "server-timing"))
-            if status != 200:
-                result.error = ERR_TRANSPORT if status == 0 else (_body_error(body) or str(status))
-            return None
-        try:
-            required = decode_payment_required(header_value(reply, "payment-required"))
-            result.payment_required = required
-            return self.channel_quote(required)
-        except NoMatchingRequirements as exc:
-            result.error, result.detail = ERR_NO_MATCH, str(exc)
-        except WireError as exc:
-            result.error, result.detail = ERR_BAD_402, str(exc)
-        return None
+        return challenge(send, method, url, base, result, self.channel_quote)
 
     def _send_paid(self, send: Send, method: str, url: str, base: dict[str, str], channel: ChannelQuote,
                    result: PaymentResult, deposit_limit: int | None) -> tuple[int, Mapping[str, str], bytes]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 from x402.mechanisms.evm import constants as evm
 
@@ -177,6 +177,34 @@ def _body_error(body: bytes) -> str | None:
     return None
 
 
+Q = TypeVar("Q")
+
+
+def challenge(send: Send, method: str, url: str, base: dict[str, str], result: PaymentResult,
+              quote_of: Callable[[dict[str, Any]], Q]) -> Q | None:
+    """The unpaid request every scheme starts with; the terms to pay (`quote_of` the 402's body) if it
+    answered 402 with payable ones, else None with `result` saying why (free, an error, an unusable 402)."""
+    t0 = time.perf_counter()
+    status, reply, body = send(method, url, dict(base))
+    result.challenge_s = time.perf_counter() - t0
+    result.round_trips += 1
+    result.status, result.body = status, body
+    if status != 402:  # free, or an error before any payment: report it as is
+        result.server_timing = parse_server_timing(header_value(reply, "server-timing"))
+        if status != 200:
+            result.error = ERR_TRANSPORT if status == 0 else (_body_error(body) or str(status))
+        return None
+    try:
+        required = decode_payment_required(header_value(reply, "payment-required"))
+        result.payment_required = required
+        return quote_of(required)
+    except NoMatchingRequirements as exc:
+        result.error, result.detail = ERR_NO_MATCH, str(exc)
+    except WireError as exc:
+        result.error, result.detail = ERR_BAD_402, str(exc)
+    return None
+
+
 class PayerCore:
     """One wallet's synchronous x402 client, transport-agnostic (cheap: one per agent)."""
 
@@ -270,27 +298,7 @@ class PayerCore:
 
     def _challenge(self, send: Send, method: str, url: str, base: dict[str, str],
                    result: PaymentResult) -> Quote | None:
-        """Unpaid request; the terms to pay if it answered 402 with payable ones, else None (result filled)."""
-        t0 = time.perf_counter()
-        status, reply, body = send(method, url, dict(base))
-        result.challenge_s = time.perf_counter() - t0
-        result.round_trips += 1
-        if status != 402:  # free, or an error before any payment: report it as is
-            result.status, result.body = status, body
-            result.server_timing = parse_server_timing(header_value(reply, "server-timing"))
-            if status != 200:
-                result.error = ERR_TRANSPORT if status == 0 else (_body_error(body) or str(status))
-            return None
-        result.status, result.body = 402, body
-        try:
-            required = decode_payment_required(header_value(reply, "payment-required"))
-            result.payment_required = required
-            return self.quote(required)
-        except NoMatchingRequirements as exc:
-            result.error, result.detail = ERR_NO_MATCH, str(exc)
-        except WireError as exc:
-            result.error, result.detail = ERR_BAD_402, str(exc)
-        return None
+        return challenge(send, method, url, base, result, self.quote)
 
     def _send_paid(self, send: Send, method: str, url: str, base: dict[str, str], quote: Quote,
                    hooks: Tamper | None, result: PaymentResult) -> tuple[int, Mapping[str, str], bytes]:
