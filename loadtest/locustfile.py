@@ -84,9 +84,9 @@ class PayingAgent(FastHttpUser):
         index = next(_local_users) * WORKERS + _worker_index(self.environment)
         agents = WORLD["agents"]
         mine = range(index % users, len(agents), users) if index < len(agents) else range(0)
-        price_cap = int((SCENARIO.agents.budget_usdc or SCENARIO.agents.funding_usdc) * 10**SCENARIO.token.decimals)
         self.wallets = [
-            AgentWallet(i, agents[i]["private_key"], WORLD["network"], SCENARIO.agents.cache_requirements, price_cap)
+            AgentWallet(i, agents[i]["private_key"], WORLD["network"], SCENARIO.agents.cache_requirements,
+                        SCENARIO.spend_cap_atomic())
             for i in mine
         ]
         self.turn = itertools.cycle(range(len(self.wallets))) if self.wallets else None

@@ -299,7 +299,7 @@ class World:
         (payee,) = role_keys(s.seed, "payee", 1)
         outside_signers = role_keys(s.seed, "outside-signer", OUTSIDE_SIGNER_KEYS)
         give_eth(rpc_url, [a.address for a in outside_signers])
-        fund(rpc_url, token_address, [a.address for a in self.agents], int(s.agents.funding_usdc * 10**s.token.decimals))
+        fund(rpc_url, token_address, [a.address for a in self.agents], s.funding_atomic())
         fund(rpc_url, token_address, [payee.address], PAYEE_STARTING_ATOMIC)
         if self.anvil is not None and chain.mining != "auto" and self.anvil.mining == "auto":
             self.anvil.switch_mining(chain.mining, chain.block_time_s)

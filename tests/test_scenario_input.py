@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from x402bench.scenario import validate_scenario
+
 
 def check(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "x402bench", "check", *args], capture_output=True, text=True,
@@ -113,3 +115,12 @@ def test_an_outside_facilitator_is_not_held_to_our_facilitator_limits(tmp_path: 
     done = check(str(path))
     assert done.returncode == 0, done.stderr
     assert "through the facilitator at http://127.0.0.1:9 (checked when `load` starts)" in done.stdout
+
+
+def test_one_spend_cap_and_funding_in_atomic_units() -> None:
+    """The agents' funding and spend cap, as live agents, the world's minting and the sim all read them."""
+    base = {"name": "caps", "services": [{"name": "a", "path": "/a", "price": 1}]}
+    funded = validate_scenario({**base, "agents": {"funding_usdc": 0.3}})
+    assert funded.funding_atomic() == funded.spend_cap_atomic() == 300_000  # float arithmetic gives 299,999
+    assert validate_scenario({**base, "agents": {"funding_usdc": 20, "budget_usdc": 50}}).spend_cap_atomic() == 20_000_000
+    assert validate_scenario({**base, "agents": {"funding_usdc": 20, "budget_usdc": 0.07}}).spend_cap_atomic() == 70_000

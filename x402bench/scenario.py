@@ -454,6 +454,18 @@ class Scenario(_Strict):
     def price_atomic(self, service: Service) -> int:
         return parse_price(service.price, self.token.decimals)
 
+    def funding_atomic(self) -> int:
+        """What each agent is minted at start, in atomic units (decimal arithmetic: 0.3 USDC is 300,000,
+        where float arithmetic would mint 299,999)."""
+        return int((Decimal(repr(self.agents.funding_usdc)) * 10**self.token.decimals).to_integral_value())
+
+    def spend_cap_atomic(self) -> int:
+        """The most one agent may spend, in atomic units: its funding, or its budget when that is smaller
+        (an agent cannot spend what it was never given). The one definition live agents and the sim share."""
+        a = self.agents
+        cap = min(a.funding_usdc, a.budget_usdc) if a.budget_usdc is not None else a.funding_usdc
+        return int((Decimal(repr(cap)) * 10**self.token.decimals).to_integral_value())
+
     def service(self, name: str) -> Service:
         for service in self.services:
             if service.name == name:
