@@ -59,8 +59,7 @@ class World:
         self.prices = [scenario.price_atomic(s) for s in scenario.services]
         self.weights = [scenario.mix_weights()[n] for n in self.routes]
         self.agents = agents
-        cap_usdc = min(a.funding_usdc, a.budget_usdc) if a.budget_usdc is not None else a.funding_usdc
-        self.cap = int(round(cap_usdc * 10**scenario.token.decimals))
+        self.cap = scenario.spend_cap_atomic()  # the one spend cap live agents use too
         self.spent = [0] * agents
         self.broke = bytearray(agents)
         self.broke_count = 0

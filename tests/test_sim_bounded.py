@@ -206,7 +206,7 @@ def test_sdk_facilitator_refuses_late_verifies_under_open_overload() -> None:
 
 
 def test_records_parquet_writes_every_request(tmp_path: Path) -> None:
-    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow.parquet as pq  # the dev extra installs it: a run without it must fail, not skip
     s = world(rate=2000.0, duration=20.0)
     run_dir, summary, _ = simulate(s, SHORT, SimOptions(records="parquet"), out_root=tmp_path)
     rec = summary["meta"]["records"]
