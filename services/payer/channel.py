@@ -36,7 +36,7 @@ from typing import Any, Mapping
 from coincurve import PublicKey
 
 from services.payer.client import (
-    ERR_TRANSPORT, PAYMENT_SIGNATURE, PaymentResult, Send, _body_error, challenge, header_value, parse_server_timing,
+    ERR_TRANSPORT, PAYMENT_SIGNATURE, PaymentResult, Send, challenge, header_value, parse_server_timing, refusal,
 )
 from services.payer.hashing import checksum_encode, keccak256, to_checksum_address
 from services.payer.payload import (
@@ -414,17 +414,7 @@ class ChannelPayer:
         if status == 0:
             result.error = result.error or ERR_TRANSPORT
             return
-        reason = None
-        if status == 402:
-            try:
-                required = decode_payment_required(header_value(reply, "payment-required"))
-                result.payment_required = required
-                reason = str(required.get("error") or "") or None
-            except WireError as exc:
-                result.detail = str(exc)
-            if reason is None and result.response is not None:
-                reason = result.response.error_reason
-        result.error = reason or _body_error(body) or str(status)
+        refusal(status, reply, body, result)
 
 
 register("scheme", "payer", "batch-settlement", ChannelPayer)

@@ -177,6 +177,24 @@ def _body_error(body: bytes) -> str | None:
     return None
 
 
+def refusal(status: int, reply: Mapping[str, str], body: bytes, result: PaymentResult) -> None:
+    """Why a paid request was not served, for every scheme: the corrective 402's reason, else the
+    PAYMENT-RESPONSE's, else the body's error, else the bare status."""
+    reason: str | None = None
+    if status == 402:
+        required_header = header_value(reply, "payment-required")
+        if required_header:
+            try:
+                required = decode_payment_required(required_header)
+                result.payment_required = required
+                reason = str(required.get("error") or "") or None
+            except WireError as exc:
+                result.detail = str(exc)
+        if reason is None and result.response is not None:
+            reason = result.response.error_reason
+    result.error = reason or _body_error(body) or str(status)
+
+
 Q = TypeVar("Q")
 
 
@@ -347,19 +365,7 @@ class PayerCore:
         if status == 0:
             result.error = ERR_TRANSPORT
             return
-        reason: str | None = None
-        if status == 402:
-            required_header = header_value(reply, "payment-required")
-            if required_header:
-                try:
-                    required = decode_payment_required(required_header)
-                    result.payment_required = required
-                    reason = str(required.get("error") or "") or None
-                except WireError as exc:
-                    result.detail = str(exc)
-            if reason is None and result.response is not None:
-                reason = result.response.error_reason
-        result.error = reason or _body_error(body) or str(status)
+        refusal(status, reply, body, result)
 
 
 # --- httpx convenience ---------------------------------------------------------------------
