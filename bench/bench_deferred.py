@@ -35,9 +35,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loadtest.runner import LoadOptions, run_load  # noqa: E402
-from services.stack import check_live_strategy  # noqa: E402
 from x402bench.results.rundir import load_channels  # noqa: E402
-from x402bench.scenario import Scenario, ScenarioError, load_scenario, validate_scenario  # noqa: E402
+from x402bench.scenario import Scenario, load_scenario, validate_scenario  # noqa: E402
 
 
 def variant(base: Scenario, replace: dict[str, Any], merge: dict[str, dict[str, Any]]) -> Scenario:
@@ -82,16 +81,6 @@ def spent_whole(scenario: Scenario, per_channel: int) -> Scenario:
     deposit = scenario.channel_terms.deposit_usdc
     return variant(scenario, {}, {"agents": {"budget_usdc": deposit},
                                   "run": {"duration_s": max(scenario.run.duration_s, 900.0)}})
-
-
-def channel_strategy(base: Scenario, wanted: str) -> str:
-    """Our `sync` engine once it runs the scheme; the SDK facilitator until then (said on stderr)."""
-    try:
-        check_live_strategy(variant(base, {}, {"facilitator": {"strategy": wanted}}))
-        return wanted
-    except ScenarioError as exc:
-        print(f"  note: batch-settlement with strategy {wanted!r} refused ({exc}); using 'sdk'", file=sys.stderr)
-        return "sdk"
 
 
 def point(label: str, scenario: Scenario, options: LoadOptions) -> dict[str, Any]:
@@ -141,7 +130,7 @@ def main() -> None:
     parser.add_argument("--strategies", default="sync,pipelined,batched", help="exact strategies to compare")
     parser.add_argument("--per-channel", default="100,1000", help="payments one deposit is worth, per point")
     parser.add_argument("--channel-strategy", default="sync", help="facilitator strategy of the batch-settlement "
-                        "points (falls back to sdk while ours refuses the scheme)")
+                        "points (any strategy: every one serves the scheme)")
     parser.add_argument("--route", default=None, help="the route to pay (default: the scenario's first)")
     args = parser.parse_args()
     base = load_scenario(args.scenario)
@@ -153,8 +142,7 @@ def main() -> None:
     for strategy in [s for s in args.strategies.split(",") if s]:
         rows.append(point(f"exact {strategy}", exact_scenario(base, route, strategy, args.users, warmup), options))
         print(f"  exact {strategy}: done ({rows[-1]['run_dir']})", flush=True)
-    bs_strategy = channel_strategy(channel_scenario(base, route, args.channel_strategy, args.users, warmup, 100),
-                                   args.channel_strategy)
+    bs_strategy = args.channel_strategy
     per_channel = [int(n) for n in args.per_channel.split(",") if n]
     for n in per_channel:
         rows.append(point(f"batch-settlement {n:,}/channel",
