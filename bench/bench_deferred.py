@@ -1,7 +1,7 @@
 """Exact settlement vs deferred settlement (the batch-settlement scheme), measured side by side in one run.
 
     python bench/bench_deferred.py [SCENARIO] [--users N] [--duration S] [--strategies sync,pipelined,batched]
-                                   [--per-channel 100,1000] [--channel-strategy sync|sdk]
+                                   [--per-channel 100,1000] [--channel-strategy sync|sdk] [--service-processes 1,2]
 
 Why: exact settles one EIP-3009 transfer per request, so the chain and the facilitator sit on every
 request's path; batch-settlement pays each request with a voucher the service checks locally, and only
@@ -20,8 +20,14 @@ channel, so a 1,000-payment deposit is barely touched), so each depth is run onc
 agent's budget one deposit: exactly N payments per channel, then the agent stops; its gas is the
 scheme's gas at that depth.
 
-Prints the table, the ratio of batch-settlement (first --per-channel) to pipelined paid req/s, and the
-gas per payment at the first --per-channel.
+Each batch-settlement point is run with every `--service-processes` count (Scenario.service_processes: that
+many services processes on one address, the channels shared through SQLite), side by side: one Python
+process uses at most one core, and at 100 users the single services process is the bottleneck. The exact
+points keep the scenario's own count (deferred.yaml: one), and the spent-whole gas points the first count
+(gas does not depend on it).
+
+Prints the table, the ratio of batch-settlement (first --per-channel, each process count) to pipelined paid
+req/s, where the CPU went (seconds per process over the run), and the gas per payment at the first --per-channel.
 """
 
 from __future__ import annotations
@@ -60,15 +66,20 @@ def exact_scenario(base: Scenario, route: str, strategy: str, users: int, warmup
                     "agents": {"count": users, "arrivals": {"kind": "closed"}, "mix": {}}})
 
 
-def channel_scenario(base: Scenario, route: str, strategy: str, users: int, warmup: float, per_channel: int) -> Scenario:
-    """The route paid with batch-settlement, each deposit worth `per_channel` payments."""
+def channel_scenario(base: Scenario, route: str, strategy: str, users: int, warmup: float, per_channel: int,
+                     service_processes: int | None = None) -> Scenario:
+    """The route paid with batch-settlement, each deposit worth `per_channel` payments, served by
+    `service_processes` processes (None: the scenario's own count)."""
     service = next(s for s in base.services if s.name == route)
     price = base.price_atomic(service)
     deposit_usdc = per_channel * price / 10**base.token.decimals
     funding = max(base.agents.funding_usdc, 2 * deposit_usdc)
     services = [{**service.model_dump(mode="python"), "scheme": "batch-settlement"}]
     channel = {**base.channel_terms.model_dump(mode="python"), "deposit_usdc": deposit_usdc}
-    return variant(base, {"services": services, "channel": channel, "slo": {}},
+    replace: dict[str, Any] = {"services": services, "channel": channel, "slo": {}}
+    if service_processes is not None:
+        replace["service_processes"] = service_processes
+    return variant(base, replace,
                    {"facilitator": {"strategy": strategy}, "run": {"warmup_s": warmup},
                     "agents": {"count": users, "funding_usdc": funding,
                                "arrivals": {"kind": "closed"}, "mix": {}}})
@@ -93,7 +104,11 @@ def point(label: str, scenario: Scenario, options: LoadOptions) -> dict[str, Any
         "p50": metrics["request_latency_s"]["p50"], "p95": metrics["request_latency_s"]["p95"],
         "errors": sum(metrics["errors"].values()), "run_dir": result.run_dir,
         "cpu": ((metrics.get("cpu") or {}).get("ms_per_paid_request") or {}),
+        "cpu_s": ((metrics.get("cpu") or {}).get("seconds") or {}),
+        "procs": scenario.service_processes,
     }
+    # every services process ("services", "services.2", ...): CPU per paid request is their sum
+    row["svc_cpu"] = sum(v for k, v in row["cpu"].items() if (k == "services" or k.startswith("services.")) and v) or None
     if scenario.batch_settlement_services:
         channels, txs = load_channels(result.run_dir)  # the run folder's books, from the chain's own events
         economics = summary["channels"]["economics"]
@@ -132,6 +147,9 @@ def main() -> None:
     parser.add_argument("--channel-strategy", default="sync", help="facilitator strategy of the batch-settlement "
                         "points (any strategy: every one serves the scheme)")
     parser.add_argument("--route", default=None, help="the route to pay (default: the scenario's first)")
+    parser.add_argument("--service-processes", default="1,2", help="services processes of each batch-settlement "
+                        "point, one point per count (Scenario.service_processes)")
+    parser.add_argument("--no-spent-whole", action="store_true", help="skip the spent-whole gas points")
     args = parser.parse_args()
     base = load_scenario(args.scenario)
     route = args.route or base.services[0].name
@@ -144,13 +162,16 @@ def main() -> None:
         print(f"  exact {strategy}: done ({rows[-1]['run_dir']})", flush=True)
     bs_strategy = args.channel_strategy
     per_channel = [int(n) for n in args.per_channel.split(",") if n]
+    procs = [int(n) for n in args.service_processes.split(",") if n]
     for n in per_channel:
-        rows.append(point(f"batch-settlement {n:,}/channel",
-                          channel_scenario(base, route, bs_strategy, args.users, warmup, n), options))
-        print(f"  batch-settlement {n}/channel ({bs_strategy}): done ({rows[-1]['run_dir']})", flush=True)
+        for k in procs:
+            rows.append(point(f"batch-settlement {n:,}/ch, {k} svc",
+                              channel_scenario(base, route, bs_strategy, args.users, warmup, n, k), options))
+            print(f"  batch-settlement {n}/channel ({bs_strategy}, {k} services processes): done "
+                  f"({rows[-1]['run_dir']})", flush=True)
     whole = []
-    for n in per_channel:  # the gas at exactly n payments per channel: every deposit spent whole
-        timed = channel_scenario(base, route, bs_strategy, args.users, warmup, n)
+    for n in [] if args.no_spent_whole else per_channel:  # the gas at exactly n payments per channel: every deposit spent whole
+        timed = channel_scenario(base, route, bs_strategy, args.users, warmup, n, procs[0])
         whole.append(point(f"{n:,}/channel, spent whole", spent_whole(timed, n),
                            LoadOptions(users=args.users, spawn_rate=float(args.users), out_root=out)))
         print(f"  batch-settlement {n}/channel spent whole: done ({whole[-1]['run_dir']})", flush=True)
@@ -160,19 +181,24 @@ def main() -> None:
           f"{args.users} closed-loop users paying {route}, {args.duration:.0f} s per point; "
           f"gas {base.economics.gas_price_gwei} gwei, ETH ${base.economics.eth_usd:,.0f}, "
           f"L1 ${base.economics.l1_fee_usd_per_tx}/tx")
-    header = (f"{'point':<30}{'facilitator':>12}{'paid req/s':>12}{'req p50 s':>11}{'req p95 s':>11}"
+    header = (f"{'point':<30}{'facilitator':>12}{'svc procs':>10}{'paid req/s':>12}{'req p50 s':>11}{'req p95 s':>11}"
               f"{'gas/payment':>13}{'USD/payment':>13}{'paid':>8}{'txs':>6}{'errors':>8}{'svc CPU ms':>12}"
               f"{'fac CPU ms':>12}{'agt CPU ms':>12}")
     print(header)
     print("-" * len(header))
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
     for r in rows:
-        print(f"{r['label']:<30}{r['strategy']:>12}{fmt(r['rps'], '.1f'):>12}{fmt(r['p50'], '.3f'):>11}"
+        print(f"{r['label']:<30}{r['strategy']:>12}{r['procs']:>10}{fmt(r['rps'], '.1f'):>12}{fmt(r['p50'], '.3f'):>11}"
               f"{fmt(r['p95'], '.3f'):>11}{fmt(r['gas'], ',.0f'):>13}{fmt(r['usd'], '.7f'):>13}{r['paid']:>8}"
-              f"{fmt(r['txs'], 'd'):>6}{r['errors']:>8}{fmt(r['cpu'].get('services'), '.2f'):>12}"
+              f"{fmt(r['txs'], 'd'):>6}{r['errors']:>8}{fmt(r['svc_cpu'], '.2f'):>12}"
               f"{fmt(r['cpu'].get('facilitator'), '.2f'):>12}{fmt(r['cpu'].get('loadgen'), '.2f'):>12}")
-    print("(svc / fac / agt CPU ms: CPU of the services / facilitator / Locust agents process per paid request; the\n"
-          " services are one process, so 1000 / svc CPU ms bounds a batch-settlement point's paid req/s)")
+    print("(svc / fac / agt CPU ms: CPU of the services (every services process together) / facilitator / Locust\n"
+          " agents per paid request; one services process uses at most one core, so svc procs * 1000 / svc CPU ms\n"
+          " bounds a batch-settlement point's paid req/s, and the machine's cores bound everything together)")
+    print("\nCPU seconds per process over each run (where the cores went):")
+    for r in rows:
+        spent = ", ".join(f"{role} {sec:.1f}" for role, sec in sorted(r["cpu_s"].items()) if sec)
+        print(f"  {r['label']:<30} {spent}")
     for r in rows:
         parts = r.get("parts")
         if not parts:
@@ -191,8 +217,11 @@ def main() -> None:
     first_bs = next((r for r in rows if r["label"].startswith("batch-settlement")), None)
     if first_bs is not None:
         if pipelined is not None and pipelined["rps"]:
-            print(f"\nbatch-settlement ({per_channel[0]:,}/channel) / exact pipelined paid req/s = "
-                  f"{first_bs['rps'] / pipelined['rps']:.2f}x (target >= 3x on 2 cores)")
+            print()
+            for r in rows:
+                if r["label"].startswith(f"batch-settlement {per_channel[0]:,}/ch"):
+                    print(f"batch-settlement ({per_channel[0]:,}/channel, {r['procs']} services processes) / exact "
+                          f"pipelined paid req/s = {r['rps'] / pipelined['rps']:.2f}x (target >= 3x on 2 cores)")
         measured = whole[0]["gas"] if whole else first_bs["gas"]
         print(f"batch-settlement gas per payment at {per_channel[0]:,}/channel (spent whole) = {fmt(measured, ',.0f')} "
               f"(target <= 1,000)")

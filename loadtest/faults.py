@@ -8,7 +8,9 @@ outside facilitator cannot be crashed by us), so no fault is accepted and silent
 
 What each kind does here:
 - facilitator_crash / service_crash: SIGKILL of that process; a restart on the same port (the
-  facilitator keeps its ledger and recovers what it had accepted).
+  facilitator keeps its ledger and recovers what it had accepted). With several services processes
+  (service_processes) "the services" are all of them: each is killed by its own PID and all restart on
+  the shared port.
 - chain_stall, rpc_latency, rpc_errors, tx_dropped: a mode of the JSON-RPC fault proxy between
   our facilitator and the node (services.faults).
 - facilitator_5xx_after_settle: a mode of the HTTP fault proxy between our services and the facilitator.
@@ -19,8 +21,6 @@ What each kind does here:
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -154,16 +154,12 @@ class FaultDriver:
         kind = fault.kind
         info = self.world.info
         if kind in ("facilitator_crash", "service_crash"):
+            # a ServiceProcess, or for several services processes their ProcessGroup: kill() SIGKILLs each
+            # by its own PID, start(port=...) brings every one back on the same address
             process = self.world.process("facilitator" if kind == "facilitator_crash" else "services")
             port = process.port
-
-            def crash() -> None:
-                if process.process is not None:
-                    os.kill(process.process.pid, signal.SIGKILL)
-                    process.process.wait(timeout=10)
-
             restart = (lambda: process.start(port=port)) if fault.restart_after_s else None
-            return crash, restart
+            return process.kill, restart
         if kind == "reorg":
             return (lambda: Rpc(info.rpc_url).call("anvil_reorg", fault.depth, [])), None
         if kind == "signer_out_of_gas":

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from services.chain import DEV_ADDRESS, DEV_PRIVATE_KEY, Anvil, ChainError, Rpc
+from services.chain import DEV_ADDRESS, DEV_PRIVATE_KEY, Anvil, ChainError, Rpc, free_port
 from services.facilitator.config import FacilitatorConfig, TokenInfo
 from services.escrow import deploy_batch_settlement
 from services.faults.control import FaultProxyProcess
@@ -30,7 +30,7 @@ from services.outside import (
     OutsideError, ServiceTerms, check_facilitator, check_node, check_service, service_name, service_terms,
 )
 from services.payer.agents import Agent, derive_agents
-from services.process import ServiceProcess
+from services.process import ProcessGroup, ServiceProcess, SharedPortMember
 from services.resource.app import ResourceConfig, RouteSpec
 from services.token import deploy_batch_settler, deploy_usdc, fund, send_transactions
 from x402bench.scenario import Scenario, ScenarioError
@@ -173,7 +173,7 @@ class World:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.agent_count = agent_count if agent_count is not None else scenario.agents.count
         self.anvil: Anvil | None = None
-        self.processes: list[ServiceProcess] = []
+        self.processes: list[ServiceProcess | ProcessGroup] = []
         self.agents: list[Agent] = []
         self.info: WorldInfo | None = None
         self._signers: list[str] = []
@@ -223,6 +223,9 @@ class World:
             check_facilitator(self._outside_facilitator() or "", network)
         for url in outside_services:
             check_service(url, network)
+        if outside_services and s.service_processes > 1:
+            raise ScenarioError(f"{s.name}: service_processes {s.service_processes} asks for processes x402bench "
+                                "starts, but this run pays services at outside URLs (drop one or the other)")
         chain = self._attach_chain(self.outside.world) if self.outside.attached else self._start_chain()
 
         facilitator_url = ""
@@ -251,7 +254,7 @@ class World:
             payees=payees, facilitator_keys=chain.facilitator_keys,
             ledger_path=self._ledger_path if own_facilitator else self._attached_ledger(facilitator_url),
             pids={**({"anvil": self.anvil.process.pid} if self.anvil and self.anvil.process else {}),
-                  **{p.name: p.pid or 0 for p in self.processes}},
+                  **{p.name: p.pid or 0 for p in self._children()}},
             workdir=str(self.workdir),
             fault_proxies={k: p.url for k, p in self.proxies.items()},
             parts={"started": [p for p, own in (("chain", self.anvil is not None and not self.outside.rpc_url),
@@ -374,23 +377,45 @@ class World:
             withdraw_delay_s=terms.withdraw_delay_s, min_deposit_atomic=s.deposit_atomic(),
             claims_per_tx=terms.claims_per_tx, claim_every_s=terms.claim_every_s, settle_every_s=terms.settle_every_s,
             channel_dir=str(self.workdir / "channels"),  # durable: a restarted service keeps the vouchers it served
+            service_processes=s.service_processes,
         )
         config.dump(self.workdir / "resource.json")
-        resource = self._spawn("services", "services.resource", self.workdir / "resource.json")
+        if s.service_processes == 1:
+            resource: ServiceProcess | ProcessGroup = self._spawn("services", "services.resource",
+                                                                  self.workdir / "resource.json")
+        else:
+            resource = self._spawn_group("services", "services.resource", self.workdir / "resource.json",
+                                         s.service_processes)
         return {v.name: ServiceTerms(v.name, resource.url + v.path, s.price_atomic(v), pay_to, token["address"], v.scheme)
                 for v in s.services}
 
-    def process(self, name: str) -> ServiceProcess:
-        """One of the processes this world started ("facilitator", "services"), for fault injection."""
+    def process(self, name: str) -> ServiceProcess | ProcessGroup:
+        """One of the parts this world started ("facilitator", "services"), for fault injection: a ServiceProcess,
+        or the ProcessGroup of several services processes (it kills, restarts and stops every member, each by
+        its own PID)."""
         for process in self.processes:
             if process.name == name:
                 return process
         raise KeyError(f"this world did not start {name!r}")
 
+    def _children(self) -> list[ServiceProcess]:
+        """Every child process, a group's members one by one ("services", "services.2", ...)."""
+        return [m for p in self.processes for m in (p.members if isinstance(p, ProcessGroup) else [p])]
+
     def _spawn(self, name: str, module: str, config_path: Path) -> ServiceProcess:
         process = ServiceProcess(name, module, config_path, self.workdir / f"{name}.log")
         self.processes.append(process)
         return process.start()
+
+    def _spawn_group(self, name: str, module: str, config_path: Path, count: int) -> ProcessGroup:
+        """`count` processes of one server on one shared port (SO_REUSEPORT), each health-checked on its own."""
+        port = free_port()
+        members = [SharedPortMember(name if i == 1 else f"{name}.{i}", module, config_path,
+                                    self.workdir / (f"{name}.log" if i == 1 else f"{name}.{i}.log"), shared_port=port)
+                   for i in range(1, count + 1)]
+        group = ProcessGroup(name, members, port)
+        self.processes.append(group)
+        return group.start()
 
     def stop(self) -> None:
         """Stop services, facilitator and chain, in that order; safe to call twice."""

@@ -3,7 +3,8 @@
 What each figure is taken from (steady window, paid requests, settled payments):
 - client.sign_s          <- RequestRecord.sign_s (quantiles)
 - network.rtt_s          <- paid_s - verify_s - handler_s - settle_s - service CPU per request
-- service.cpu_s          <- summary metrics.cpu.ms_per_paid_request.services
+- service.cpu_s          <- summary metrics.cpu.ms_per_paid_request.services (summed over every services
+                            process: services, services.2, ... when service_processes > 1)
 - client.cpu_s           <- metrics.cpu.ms_per_paid_request.loadgen minus signing
 - strategy CPU           <- sdk: its worker threads' CPU clocks per verify, per settle and per receipt
                             poll (meta.facilitator.sdk_threads), the process's remaining CPU (event
@@ -70,6 +71,16 @@ def _ms_per_paid(summary: dict[str, Any], role: str) -> float | None:
     return None if value is None else float(value) / 1000
 
 
+def _services_cpu(summary: dict[str, Any]) -> float | None:
+    """The services' CPU per paid request, summed over every services process: the world names them
+    "services", "services.2", ... (service_processes), and a paid request costs CPU in whichever one served it,
+    so per request is the sum of each one's CPU per paid request (not any one process's)."""
+    per_paid = dig(summary, "metrics.cpu.ms_per_paid_request") or {}
+    values = [float(v) for role, v in per_paid.items()
+              if (role == "services" or role.startswith("services.")) and v is not None]
+    return sum(values) / 1000 if values else None
+
+
 def _facilitator_busy(summary: dict[str, Any]) -> float | None:
     """The facilitator process's CPU utilization over the run (None when unknown)."""
     seconds = dig(summary, "metrics.cpu.seconds.facilitator")
@@ -122,7 +133,7 @@ def calibration_from_run(summary: dict[str, Any], requests: Sequence[RequestReco
     hop = base.network.hop_s.mean
     data = base.model_dump(mode="python", exclude_none=True)
 
-    svc_cpu = _ms_per_paid(summary, "services")
+    svc_cpu = _services_cpu(summary)
     if svc_cpu is not None:
         data["service"]["cpu_s"] = Dist.const(svc_cpu).model_dump()
     svc = svc_cpu if svc_cpu is not None else base.service.cpu_s.mean
@@ -229,8 +240,8 @@ def _voucher_service(vouchers: Sequence[RequestRecord], facilitated: Sequence[Re
     base_rtt = base.network.rtt_s.mean if base.network.rtt_s is not None else 0.0
     rtt = statistics.median(rtts) if rtts else base_rtt
     rtt = min(rtt, max(0.0, outside[len(outside) // 20] - svc))
-    rho = rate * svc
-    queue = rho * svc / (2 * (1 - rho)) if rho < 0.95 else 0.0
+    servers = int(config.get("service_processes") or 1) * base.service.cores
+    queue = _mdc_wait(rate, svc, servers)
     routes = Counter(r.route for r in vouchers)
     main_route = routes.most_common(1)[0][0]
     spec = next((s for s in config.get("services") or [] if isinstance(s, dict) and s.get("name") == main_route), {})
@@ -247,6 +258,23 @@ def _voucher_service(vouchers: Sequence[RequestRecord], facilitated: Sequence[Re
     out: dict[str, Any] = {"voucher_verify_s": Dist.const(0.0).model_dump(),
                            "voucher_wait_s": wait.model_dump(exclude_none=True)}
     return out, rtt
+
+
+def _mdc_wait(rate: float, svc: float, servers: int) -> float:
+    """Mean queueing wait of the model's service CPU station (`servers` FIFO servers, one per services process,
+    deterministic service `svc`, Poisson arrivals at `rate`): half the M/M/c wait (Erlang C), the usual M/D/c
+    approximation; for one server exactly M/D/1's rho * svc / (2 (1 - rho)). 0 at 95% utilization or more."""
+    a = rate * svc
+    rho = a / servers
+    if rho >= 0.95 or a <= 0:
+        return 0.0
+    term, total = 1.0, 1.0
+    for k in range(1, servers):
+        term *= a / k
+        total += term
+    last = term * a / servers / (1 - rho)
+    erlang_c = last / (total + last)
+    return erlang_c * svc / (servers - a) / 2
 
 
 def _median(dist: Dist) -> float:

@@ -140,7 +140,9 @@ class Service(_Strict):
         default_factory=lambda: Dist.const(0.0),
         description="What a voucher waits for at the service that is not CPU the model places (the event loop's "
                     "other work, the channel store's write, the handler's lateness beyond its work); measured.")
-    cores: int = Field(1, ge=1)
+    cores: int = Field(1, ge=1, description="CPU servers per services process (one Python process: 1, the GIL); the "
+                                            "sim runs the scenario's service_processes of them, on the shared host's "
+                                            "cores when machine_cores is set.")
 
 
 class Chain(_Strict):

@@ -132,7 +132,8 @@ def offered_load(scenario: Scenario, cal: Calibration, driver: Driver = "open") 
     limits = {"facilitator": process, "signer_keys": key * scenario.facilitator.signer_keys, "chain": chain}
     svc = cal.service.cpu_s.mean
     if svc > 0:
-        limits["service_cpu"] = cal.service.cores / svc
+        servers = cal.service.cores * scenario.service_processes  # each at most one core, on a shared host's cores
+        limits["service_cpu"] = min(servers, cal.machine_cores or servers) / svc
     mix = scenario.mix_weights()
     routes: dict[str, float] = {}
     for s in scenario.services:

@@ -71,7 +71,8 @@ class World:
         self.machine = Machine(cal.machine_cores) if cal.machine_cores else None
         self.loadgen = Station(cal.client.cores, self.machine) if loadgen else None
         self.loadgen_cpu = sampler(cal.client.cpu_s, stream(seed, "client.cpu"))
-        self.svc_cpu = Station(cal.service.cores, self.machine)
+        # one CPU server per services process (scenario.service_processes), each at most one core of the host
+        self.svc_cpu = Station(cal.service.cores * scenario.service_processes, self.machine)
         self.svc_cpu_s = sampler(cal.service.cpu_s, stream(seed, "svc.cpu"))
         self.svc_busy = not cal.service.cpu_s.is_zero or self.machine is not None
         self.challenge_cpu = sampler(cal.service.challenge_cpu_s, stream(seed, "svc.challenge"))

@@ -388,6 +388,12 @@ class Scenario(_Strict):
     external_service_url: str | list[str] | None = Field(
         None, description="Pay the priced route(s) already running at this URL (or these URLs) instead of starting "
         "services; price, payee and asset come from each one's 402 answer (`load --service-url` overrides it).")
+    service_processes: int = Field(
+        1, ge=1, le=64,
+        description="How many processes serve the priced services, all on one address (SO_REUSEPORT: the kernel "
+        "spreads connections over them). One Python process uses at most one core, and on a batch-settlement "
+        "route the services process is the run's bottleneck; raise it when the machine has a core to spare. "
+        "Channel state is then shared through SQLite and one process at a time runs the claim/settle cadence.")
 
     @field_validator("external_service_url")
     @classmethod
@@ -419,6 +425,9 @@ class Scenario(_Strict):
                 parse_price(service.price, self.token.decimals)
             except ValueError as exc:
                 raise ValueError(f"services.{i}.price: {exc}") from None
+        if self.service_processes > 1 and self.service_urls:
+            raise ValueError("service_processes: set, but external_service_url names services x402bench does not "
+                             "start (the processes would not exist)")
         if self.channel is not None and not self.batch_settlement_services:
             raise ValueError("channel: set, but no service has scheme 'batch-settlement' (the terms would be ignored)")
         if self.channel is not None and self.channel.deposit_usdc is not None:

@@ -15,6 +15,19 @@ For those routes the app also has a local harness route, `POST /_channels/claim_
 runs the SDK channel manager's claim (claims_per_tx vouchers per tx) and settle for every
 channel with charged-but-unclaimed vouchers and answers with the tx hashes and amounts. It is
 unauthenticated and meant for a local test world only.
+
+Several processes may serve the same routes on one address (`service_processes` > 1, one config for all;
+services.stack starts them). What each keeps for itself must then be nothing a payment depends on:
+- batch-settlement channels live in the shared SQLite store (channel_storage's shared mode), the claim and
+  settle cadence runs in one process at a time, and its counts live in that store (channels.py);
+- fast_voucher's caches hold only what a channel config and route terms mean, never channel state;
+- exact payments hold no state here at all: their replay guard is the facilitator's ledger (one row per
+  token, payer and EIP-3009 nonce, in the one facilitator every services process calls) and, behind it,
+  the token's own used-nonce check on chain; an authorization replayed to another services process reaches
+  the same ledger and is answered as it would be by the first (a retry gets its earlier answer, never a
+  second settlement; a different payload with a used nonce is refused);
+- the SDK scheme's request contexts are per request, and a request is served by one process.
+`GET /health` answers the process's PID, so a caller can tell which process answered.
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ import base64
 import binascii
 import contextvars
 import json
+import os
 import random
 import tempfile
 import time
@@ -45,7 +59,7 @@ from x402.mechanisms.evm.exact import ExactEvmServerScheme
 
 from services.process import write_private
 from services.resource.channel_storage import make_storage
-from services.resource.channels import ChannelKeeper
+from services.resource.channels import ChannelKeeper, MemoryBook, ProcessLocks, SharedBook
 from services.resource.fast_voucher import FastBatchSettlementScheme
 from x402.schemas import PaymentPayload, SettleResponse, VerifyResponse
 from x402.server import x402ResourceServer
@@ -103,6 +117,9 @@ class ResourceConfig:
     # `fast`: the SDK's server scheme with our cheap voucher check (services.resource.fast_voucher); `sdk`: the
     # SDK's scheme as it comes, for comparison and for the tests that hold the two to the same answers.
     voucher_check: str = "fast"
+    # How many processes serve these routes on one address (services.stack): above 1, the channels are shared
+    # through SQLite under channel_dir and one process at a time is the claim/settle keeper.
+    service_processes: int = 1
 
     def dump(self, path: str | Path) -> None:
         write_private(path, json.dumps(asdict(self), indent=2))  # it may hold the receiver-authorizer key
@@ -310,9 +327,11 @@ def create_app(config: ResourceConfig) -> FastAPI:
             "mimeType": "application/json",
         }
 
+    pid = os.getpid()
+
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "pid": pid}
 
     # The SDK's default httpx pool (100 connections) would cap concurrent verify+settle calls, and with
     # 2 s blocks each settle holds its connection for a block: size the pool for the load instead.
@@ -329,7 +348,7 @@ def create_app(config: ResourceConfig) -> FastAPI:
 
 
 def _add_batch_settlement(app: FastAPI, server: x402ResourceServer, client: TimedFacilitatorClient,
-                          config: ResourceConfig) -> "ChannelKeeper":
+                          config: ResourceConfig) -> "ChannelKeeper | _Parts":
     """The SDK's batch-settlement server scheme for this network over a durable channel storage, the keeper
     that claims and settles on the scenario's cadence, and the harness routes."""
     from eth_account import Account
@@ -343,13 +362,17 @@ def _add_batch_settlement(app: FastAPI, server: x402ResourceServer, client: Time
 
     if not config.receiver_authorizer_key:
         raise ValueError("a batch-settlement route needs ResourceConfig.receiver_authorizer_key")
+    shared = config.service_processes > 1
+    if shared and not config.channel_dir:
+        raise ValueError("several services processes share their channels through channel_dir: set it")
     if config.voucher_check not in VOUCHER_CHECKS:
         raise ValueError(f"voucher_check {config.voucher_check!r}: choose one of {', '.join(VOUCHER_CHECKS)}")
     kind = FastBatchSettlementScheme if config.voucher_check == "fast" else BatchSettlementEvmScheme
+    channel_dir = config.channel_dir or tempfile.mkdtemp(prefix="x402bench-channels-")
+    storage = make_storage(config.channel_storage, channel_dir, shared=shared)
     scheme = kind(config.pay_to, BatchSettlementEvmSchemeServerConfig(
         receiver_authorizer_signer=LocalAuthorizerSigner(Account.from_key(config.receiver_authorizer_key)),
-        withdraw_delay=config.withdraw_delay_s,
-        storage=make_storage(config.channel_storage, config.channel_dir or tempfile.mkdtemp(prefix="x402bench-channels-"))))
+        withdraw_delay=config.withdraw_delay_s, storage=storage))
     server.register(config.network, scheme)
     # scheme.create_channel_manager looks up a default asset for the network (chain 31337 has none);
     # the manager itself takes any token.
@@ -357,7 +380,10 @@ def _add_batch_settlement(app: FastAPI, server: x402ResourceServer, client: Time
         scheme=scheme, facilitator=client, receiver=scheme.get_receiver_address(), token=config.token_address,
         network=config.network))
     keeper = ChannelKeeper(manager, scheme, config.claims_per_tx, config.claim_every_s, config.settle_every_s,
-                           flush_s=config.shutdown_flush_s)
+                           flush_s=config.shutdown_flush_s, locks=ProcessLocks(channel_dir) if shared else None,
+                           book=SharedBook(storage) if shared else MemoryBook())
+    counts: dict[str, int] | None = getattr(scheme, "counts", None)
+    reporter = VoucherCounts(storage, counts) if shared and counts is not None else None
 
     @app.post("/_channels/claim_settle", response_model=None)
     async def claim_settle() -> dict[str, Any] | JSONResponse:
@@ -374,10 +400,68 @@ def _add_batch_settlement(app: FastAPI, server: x402ResourceServer, client: Time
     async def channel_status() -> dict[str, Any]:
         """Local harness route: what the cadence has claimed and settled, and what is still unclaimed; with the
         fast voucher check, how many vouchers it answered and how many it left to the SDK's hook."""
-        counts = getattr(scheme, "counts", None)
-        return {**keeper.status(), "voucher_check": config.voucher_check, **({"vouchers": dict(counts)} if counts else {})}
+        vouchers = reporter.totals() if reporter is not None else dict(counts) if counts else None
+        return {**keeper.status(), "voucher_check": config.voucher_check, **({"vouchers": vouchers} if vouchers else {})}
 
-    return keeper
+    return keeper if reporter is None else _Parts(reporter, keeper)
+
+
+class VoucherCounts:
+    """Several processes: each one's fast/sdk voucher counts written to the shared store every second (and at
+    stop), so the status route answers every process's vouchers whichever process answers it (the others'
+    figures at most a second old). Not written per request: that would be a second write on the voucher path."""
+
+    EVERY_S = 1.0
+
+    def __init__(self, storage: Any, counts: dict[str, int]) -> None:
+        self.storage, self.counts, self.key = storage, counts, f"vouchers.{os.getpid()}"
+        self._task: asyncio.Task[None] | None = None
+        self._written: dict[str, int] = {}
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="voucher-counts")
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.EVERY_S)
+            self.write()
+
+    def write(self) -> None:
+        if self.counts != self._written:
+            now = dict(self.counts)
+            self.storage.update_book(self.key, lambda _: now)
+            self._written = now
+
+    def totals(self) -> dict[str, int]:
+        books = {**self.storage.read_books("vouchers."), self.key: dict(self.counts)}
+        return {name: sum(int(book.get(name, 0)) for book in books.values()) for name in self.counts}
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        try:
+            self.write()
+        except Exception:  # noqa: BLE001 - counts only; a shutdown must end
+            pass
+
+
+class _Parts:
+    """Two lifespan parts started in order and stopped in reverse (the keeper stops, and flushes, first)."""
+
+    def __init__(self, *parts: Any) -> None:
+        self.parts = parts
+
+    def start(self) -> None:
+        for part in self.parts:
+            part.start()
+
+    async def stop(self) -> None:
+        for part in reversed(self.parts):
+            await part.stop()
 
 
 # How a priced route is offered, per scheme: the SDK's exact server scheme, and for batch-settlement the

@@ -16,19 +16,124 @@ settle is owed (and assumes one is at start, since it cannot know what its prede
 settles at the next tick, until the facilitator says there is nothing to settle.
 
 On shutdown the keeper claims and settles what it holds, within `flush_s`.
+
+Several services processes (Scenario.service_processes > 1) share one channel store (SqliteChannelStorage's
+shared mode) and must act as one keeper, or each would claim on its own cadence (twice the claim txs, and
+two claims of one voucher racing). `ProcessLocks` holds two OS file locks (fcntl.flock) in the channel dir:
+- `keeper.lock`, the election: only the process holding it runs the cadence. It is taken without blocking
+  and kept until the process exits (the OS releases it then, however the process ends: SIGKILL included);
+  every other process tries again at each tick, so when the keeper dies another takes over within a tick.
+  A process that becomes keeper assumes a settle is owed, as a keeper does at start.
+- `claims.lock`, a mutex around every claim and settle, whichever process runs it: the keeper's ticks, the
+  harness route (answered by whichever process the kernel gave the connection to) and each process's
+  shutdown flush. A claim reads the channels, submits, and writes totalClaimed back: two at once would claim
+  one voucher twice. The flush runs in every process as it stops; after the first, nothing is unclaimed
+  (unless that process served vouchers since), so only one flush sends txs.
+The counts the status and the harness route report (claim txs, vouchers and amount claimed, settles, errors,
+whether a settle is owed, which process is keeper) then live in the shared SQLite file (its `books` table),
+updated in one transaction each, so every process answers the same figures.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import fcntl
 import logging
+import os
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
 
 log = logging.getLogger("x402bench.resource.channels")
 
 NOTHING_TO_SETTLE = "invalid_batch_settlement_evm_nothing_to_settle"
+#: How often a process waiting for the claims lock looks again.
+CLAIM_LOCK_POLL_S = 0.01
+
+
+def _initial_book() -> dict[str, Any]:
+    # settle_owed: unknown at start, a predecessor may have claimed without settling
+    return {"claim_txs": 0, "claimed_vouchers": 0, "claimed_amount": 0, "settle_txs": 0, "errors": 0,
+            "last_error": None, "last_claim_at": None, "last_settle_at": None, "settle_owed": True,
+            "keeper_pid": None}
+
+
+class MemoryBook:
+    """The keeper's counts in this process (one services process)."""
+
+    def __init__(self) -> None:
+        self._value = _initial_book()
+
+    def read(self) -> dict[str, Any]:
+        return dict(self._value)
+
+    def update(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        change(self._value)
+        return dict(self._value)
+
+
+class SharedBook:
+    """The keeper's counts in the shared channel store, changed in one transaction each (several processes)."""
+
+    KEY = "keeper"
+
+    def __init__(self, storage: Any) -> None:
+        self.storage = storage
+
+    def read(self) -> dict[str, Any]:
+        return {**_initial_book(), **(self.storage.read_book(self.KEY) or {})}
+
+    def update(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        def apply(value: Any) -> dict[str, Any]:
+            book = {**_initial_book(), **copy.deepcopy(value or {})}
+            change(book)
+            return book
+        return self.storage.update_book(self.KEY, apply)
+
+
+class ProcessLocks:
+    """The keeper election and the claims mutex of several services processes (module docstring)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self._keeper = os.open(Path(directory) / "keeper.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        self._claims = os.open(Path(directory) / "claims.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        self.leading = False
+
+    def try_lead(self) -> bool:
+        """True if this process is the keeper (taking the lock if it is free); never waits."""
+        if not self.leading:
+            try:
+                fcntl.flock(self._keeper, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            self.leading = True
+        return True
+
+    @asynccontextmanager
+    async def claiming(self) -> AsyncIterator[None]:
+        """Hold the claims lock (waiting without blocking the event loop while another process holds it)."""
+        while True:
+            try:
+                fcntl.flock(self._claims, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(CLAIM_LOCK_POLL_S)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._claims, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        for fd in (self._keeper, self._claims):
+            try:
+                os.close(fd)  # releases the locks (the OS does it at exit anyway)
+            except OSError:
+                pass
+        self.leading = False
 
 
 @dataclass
@@ -39,14 +144,24 @@ class ChannelKeeper:
     claim_every_s: float
     settle_every_s: float
     flush_s: float = 5.0
-    settle_owed: bool = True  # unknown at start: a predecessor may have claimed without settling
-    counts: dict[str, Any] = field(default_factory=lambda: {
-        "claim_txs": 0, "claimed_vouchers": 0, "claimed_amount": 0, "settle_txs": 0, "errors": 0,
-        "last_error": None, "last_claim_at": None, "last_settle_at": None})
+    locks: ProcessLocks | None = None  # several services processes: the election and the claims mutex
+    book: Any = field(default_factory=MemoryBook)  # MemoryBook, or SharedBook with `locks`
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
+    @property
+    def counts(self) -> dict[str, Any]:
+        book = self.book.read()
+        book.pop("settle_owed")
+        book.pop("keeper_pid")
+        return book
+
+    @property
+    def settle_owed(self) -> bool:
+        return bool(self.book.read()["settle_owed"])
+
     def start(self) -> None:
+        self._lead()
         self._tasks = [asyncio.create_task(self._every(self.claim_every_s, self._claim_tick), name="bs-claim"),
                        asyncio.create_task(self._every(self.settle_every_s, self._settle_tick), name="bs-settle")]
 
@@ -64,6 +179,36 @@ class ChannelKeeper:
             await asyncio.wait_for(self.claim_and_settle(), self.flush_s)
         except Exception as exc:  # noqa: BLE001 - a shutdown must end; the vouchers stay in the durable storage
             log.warning("shutdown claim/settle did not finish: %r", exc)
+        if self.locks is not None:
+            self.locks.close()
+
+    def _lead(self) -> bool:
+        """Whether this process runs the cadence: always with one process; with several, if it holds (or now
+        takes) the keeper lock. A new keeper assumes a settle is owed: its predecessor may have died between
+        a claim and its settle."""
+        if self.locks is None:
+            return True
+        was = self.locks.leading
+        if not self.locks.try_lead():
+            return False
+        if not was:
+            pid = os.getpid()
+
+            def became(book: dict[str, Any]) -> None:
+                book["keeper_pid"], book["settle_owed"] = pid, True
+            self.book.update(became)
+            log.info("process %d is the channel keeper", pid)
+        return True
+
+    @asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[None]:
+        """This process's lock, then (several processes) the claims lock: one claim or settle at a time."""
+        async with self._lock:
+            if self.locks is None:
+                yield
+            else:
+                async with self.locks.claiming():
+                    yield
 
     async def _every(self, interval_s: float, job: Any) -> None:
         """Run `job` on a fixed grid of `interval_s` (a late run does not shift the next one; missed ones are
@@ -77,37 +222,58 @@ class ChannelKeeper:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a failed tick (facilitator down) is retried next tick
-                self.counts["errors"] += 1
-                self.counts["last_error"] = str(exc)[:300]
+                self._count_error(exc)
                 log.warning("channel %s failed: %s", getattr(job, "__name__", "job"), exc)
             now = loop.time()
             due += interval_s * max(1, int((now - due) // interval_s) + 1)
+
+    def _count_error(self, exc: BaseException) -> None:
+        def failed(book: dict[str, Any]) -> None:
+            book["errors"] += 1
+            book["last_error"] = str(exc)[:300]
+        self.book.update(failed)
 
     def unclaimed(self) -> dict[str, int]:
         return {c.channel_id: int(c.charged_cumulative_amount) - int(c.total_claimed)
                 for c in self.scheme.get_storage().list() if int(c.charged_cumulative_amount) > int(c.total_claimed)}
 
     async def _claim_tick(self) -> None:
-        async with self._lock:
+        if not self._lead():
+            return
+        async with self._exclusive():
             await self._claim()
 
     async def _settle_tick(self) -> None:
-        async with self._lock:
+        if not self._lead():
+            return
+        async with self._exclusive():
             await self._settle()
 
-    async def _claim(self) -> list[Any]:
+    async def _claim(self, owed: dict[str, int] | None = None) -> list[Any]:
+        """Claim every channel's charged-but-unclaimed vouchers. `owed` (filled in when given): what each
+        claimed channel owed, read from the very records the manager claimed from (so a voucher charged by
+        another request while the claim is out is neither counted as claimed nor lost)."""
         from x402.mechanisms.evm.batch_settlement.server import ClaimOptions
 
-        owed = self.unclaimed()
-        if not owed:
+        owed = {} if owed is None else owed
+        if not self.unclaimed():
             return []
-        results = await self.manager.claim(ClaimOptions(max_claims_per_batch=self.claims_per_tx))
+
+        def targets(channels: list[Any], _context: Any) -> list[Any]:
+            owed.update({c.channel_id: int(c.charged_cumulative_amount) - int(c.total_claimed)
+                         for c in channels if int(c.charged_cumulative_amount) > int(c.total_claimed)})
+            return channels
+
+        results = await self.manager.claim(ClaimOptions(max_claims_per_batch=self.claims_per_tx,
+                                                        select_claim_channels=targets))
         if results:
-            self.settle_owed = True
-            self.counts["claim_txs"] += len(results)
-            self.counts["claimed_vouchers"] += sum(r.vouchers for r in results)
-            self.counts["claimed_amount"] += sum(owed.values()) - sum(self.unclaimed().values())
-            self.counts["last_claim_at"] = time.time()
+            def claimed(book: dict[str, Any]) -> None:
+                book["settle_owed"] = True
+                book["claim_txs"] += len(results)
+                book["claimed_vouchers"] += sum(r.vouchers for r in results)
+                book["claimed_amount"] += sum(owed.values())
+                book["last_claim_at"] = time.time()
+            self.book.update(claimed)
         return results
 
     async def _settle(self) -> Any:
@@ -117,20 +283,23 @@ class ChannelKeeper:
             result = await self.manager.settle()
         except RuntimeError as exc:
             if NOTHING_TO_SETTLE in str(exc):
-                self.settle_owed = False
+                self.book.update(lambda book: book.update(settle_owed=False))
                 return None
             raise
-        self.settle_owed = False
-        self.counts["settle_txs"] += 1
-        self.counts["last_settle_at"] = time.time()
+
+        def settled(book: dict[str, Any]) -> None:
+            book["settle_owed"] = False
+            book["settle_txs"] += 1
+            book["last_settle_at"] = time.time()
+        self.book.update(settled)
         return result
 
     async def claim_and_settle(self) -> dict[str, Any]:
         """Claim every channel's charged-but-unclaimed vouchers, then settle what is owed (also a settle
         an earlier claim left owed)."""
-        async with self._lock:
-            owed = self.unclaimed()
-            claims = await self._claim()
+        owed: dict[str, int] = {}
+        async with self._exclusive():
+            claims = await self._claim(owed)
             settle = await self._settle()
         return {
             "claims": [{"transaction": c.transaction, "vouchers": c.vouchers} for c in claims],
@@ -142,7 +311,13 @@ class ChannelKeeper:
     def status(self) -> dict[str, Any]:
         unclaimed = self.unclaimed()
         channels = self.scheme.get_storage().list()
-        return {**self.counts, "settle_owed": self.settle_owed, "channels": len(channels),
+        book = self.book.read()
+        if self.locks is None:
+            book.pop("keeper_pid")
+            keeper: dict[str, Any] = {}
+        else:
+            keeper = {"pid": os.getpid(), "keeper": self.locks.leading}
+        return {**book, "channels": len(channels),
                 "charged": {c.channel_id: c.charged_cumulative_amount for c in channels},
                 "unclaimed_channels": len(unclaimed), "unclaimed_amount": str(sum(unclaimed.values())),
-                "claim_every_s": self.claim_every_s, "settle_every_s": self.settle_every_s}
+                "claim_every_s": self.claim_every_s, "settle_every_s": self.settle_every_s, **keeper}

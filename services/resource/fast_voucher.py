@@ -29,6 +29,13 @@ same recovery, same comparisons; tests/test_voucher_fast_path.py checks both ove
 
 `enhance_payment_requirements` is memoised too: the SDK middleware calls it for every request with the
 same route terms, and its result depends only on them and on this scheme's fixed configuration.
+
+With several services processes (Scenario.service_processes) each has these caches of its own, and that is
+right: they hold what a channel config and route terms mean (pure functions of them), never a channel's
+state. The snapshot a voucher is checked against is read from the storage for every voucher (in the shared
+mode from SQLite), so a voucher charged by another process is seen, and the charge itself is the SDK's
+before_settle update, one transaction in the shared store. `counts` is this process's (the status route
+sums every process's: services.resource.app.VoucherCounts).
 """
 
 from __future__ import annotations
