@@ -25,11 +25,11 @@ from locust import events, task
 from locust.contrib.fasthttp import FastHttpUser
 from locust.runners import STATE_RUNNING, LocalRunner, MasterRunner, WorkerRunner
 
-from loadtest.behaviour import Pacer, RouteChooser, agent_rng
 from loadtest.paying import (
     BATCH_SETTLEMENT, BROKE_REASONS, AgentWallet, Manners, facilitator_requirement, pay, pay_channel, settle_direct,
 )
 from services.payer.payload import Quote
+from x402bench.behaviour import Pacer, RouteChooser, request_rng
 from x402bench.results.records import RequestRecord, write_csv
 from x402bench.scenario import load_scenario
 
@@ -90,8 +90,7 @@ class PayingAgent(FastHttpUser):
             for i in mine
         ]
         self.turn = itertools.cycle(range(len(self.wallets))) if self.wallets else None
-        self.rng = agent_rng(SCENARIO.seed, index)
-        self.pacer = Pacer(SCENARIO.agents.arrivals, max(1, len(self.wallets)), self.rng)
+        self.pacer = Pacer.for_user(SCENARIO, index, len(self.wallets))
         self.started = time.monotonic()
         if not self.wallets:
             self.stop()
@@ -118,7 +117,7 @@ class PayingAgent(FastHttpUser):
         if wallet is None:
             self.stop()  # every agent this user speaks for is out of funds or budget
             return
-        rng = agent_rng(SCENARIO.seed, wallet.index * 7_919 + wallet.sent)
+        rng = request_rng(SCENARIO.seed, wallet.index, wallet.sent)
         route = ROUTES.choose(rng)
         channel = TARGET != "facilitator" and SCHEMES.get(route) == BATCH_SETTLEMENT
         url = WORLD["service_urls"].get(route, "")

@@ -19,6 +19,7 @@ from locust import events
 from services.payer.channel import ERR_SPEND_CAP, SCHEME as BATCH_SETTLEMENT, ChannelPayer
 from services.payer.client import PayerCore, PaymentResult
 from services.payer.payload import Quote
+from x402bench.behaviour import answer_worth_retrying
 from x402bench.results.records import RequestRecord
 
 
@@ -52,10 +53,6 @@ class AgentWallet:
         if headroom is not None and headroom >= price:
             return True
         return price - max(headroom or 0, 0) <= self.left
-
-
-#: Reasons that mean "the answer is not in yet", not "refused": the same payment is worth sending again.
-RETRY_REASONS = frozenset({"settlement_pending", "transport_error", "unexpected_settle_error"})
 
 
 @dataclass
@@ -95,22 +92,6 @@ def _send_via(client, route: str, manners: Manners):  # noqa: ANN001, ANN202
     return send
 
 
-#: Free-text refusals that are verdicts on the payment's terms, not a lost answer.
-TERMS_REFUSALS = frozenset({"No matching payment requirements"})
-
-
-def _worth_retrying(result: PaymentResult) -> bool:
-    """No answer, a server error, or a 402 that is not a verdict on the payment: the settlement is still
-    under way, or the service lost its facilitator mid-settle and says so in words rather than with an
-    x402 reason code (the payment may have settled; only the same payment again can tell)."""
-    if result.payment is None:
-        return False
-    if result.status == 0 or result.status >= 500:
-        return True
-    reason = result.error or ""
-    return result.status == 402 and (reason in RETRY_REASONS or (" " in reason and reason not in TERMS_REFUSALS))
-
-
 def pay(client, wallet: AgentWallet, route: str, url: str, manners: Manners | None = None) -> RequestRecord:  # noqa: ANN001
     """Pay for one request, retrying the same signed payment as `manners` say; fires one Locust "PAY paid"
     entry for the whole payment. One record per payment: first send to final answer, `attempts` sends."""
@@ -121,7 +102,7 @@ def pay(client, wallet: AgentWallet, route: str, url: str, manners: Manners | No
     attempts = 1
     if manners.drop_after_s:  # the hang-up is one attempt's fate; a retry waits for its answer
         manners = Manners(manners.attempts, manners.backoff_s, manners.timeout_s)
-    while attempts <= manners.attempts and _worth_retrying(result):
+    while attempts <= manners.attempts and answer_worth_retrying(result):
         gevent.sleep(manners.backoff_s)
         wallet.payer.resend(_send_via(client, route, manners), "GET", url, result)
         attempts += 1

@@ -9,7 +9,12 @@ Two drivers:
   Memory is a few bytes per agent whatever N is.
 - `locust`: what the live harness does, for validation: `run.users` users spawned at
   `run.spawn_rate`, each speaking for every agent congruent to it modulo the user count,
-  one request at a time, waiting after each answer as loadtest/behaviour.py's Pacer does.
+  one request at a time. Its waits and routes are drawn by the live users' own objects
+  (x402bench/behaviour.py's Pacer, RouteChooser and seeds), so a sim user and a Locust user
+  given the same seed draw the same sequence (tests/test_behaviour_shared.py).
+
+What each arrival kind means (its rate, burst, ramp clock, period) is x402bench/behaviour.py's
+`Kind`; the open driver only draws it for the whole population at once.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 from sim.dists import _Blocked, choice, exponential, integers, stream, uniform
 from sim.engine import Clock
 from sim.world import Req, World
+from x402bench.behaviour import Pacer, RouteChooser, kind_of, request_rng, route_weights
 from x402bench.scenario import Scenario
 
 
@@ -47,23 +53,27 @@ class Stopper:
 class OpenDriver:
     """Open arrivals of the whole population as one stream of events."""
 
+    #: The kinds it has an event handler for (a new x402bench.behaviour.Kind needs one here too).
+    STREAMS = frozenset({"poisson", "bursts", "ramp", "constant", "closed"})
+
     def __init__(self, clock: Clock, world: World, scenario: Scenario, stopper: Stopper) -> None:
         self.clock = clock
         self.world = world
         self.stop = stopper
         arrivals = scenario.agents.arrivals
+        self.shape = kind_of(arrivals)  # what the kind means; the handlers below only draw it
         self.kind = arrivals.kind
+        if self.kind not in self.STREAMS:
+            raise ValueError(f"the open driver has no stream for arrival kind {self.kind!r}")
         self.n = world.agents
         self.rate = arrivals.rate_per_agent_s
+        self.full = self.n * self.rate  # requests/s of the whole population at its full rate
         seed = scenario.seed
         self.route = _route_draw(world, seed)
         self.pick = integers(stream(seed, "arrivals.agent"), self.n)
-        self.burst = arrivals.burst_size
-        self.ramp_s = arrivals.ramp_s
-        if self.kind in ("poisson", "ramp"):
-            self.gap = exponential(stream(seed, "arrivals.gap"), 1.0 / (self.n * self.rate))
-        elif self.kind == "bursts":
-            self.gap = exponential(stream(seed, "arrivals.gap"), self.burst / (self.n * self.rate))
+        self.burst = self.shape.burst()
+        if not (self.shape.closed or self.shape.periodic):
+            self.gap = exponential(stream(seed, "arrivals.gap"), 1.0 / self.shape.event_rate(self.full))
         self._cycle = 0
         self._unit = 0.0  # ramp: arrivals on the unit-rate clock
         self.bulk = self.kind == "poisson" and isinstance(self.pick, _Blocked) and isinstance(self.gap, _Blocked)
@@ -71,7 +81,7 @@ class OpenDriver:
     def start(self) -> None:
         if self.kind == "constant":
             rng = stream(self.world.scenario.seed, "arrivals.phase")
-            period = 1.0 / self.rate
+            period = self.shape.period(self.rate)
             phases = rng.random(self.n) * period
             self.order = np.argsort(phases, kind="stable").tolist()
             self.phases = np.sort(phases).tolist()
@@ -83,7 +93,7 @@ class OpenDriver:
                 self.clock.at(starts(), self._closed, agent)
         elif self.kind == "ramp":
             self._unit = self.gap() * self.n * self.rate
-            self.clock.at(self._ramp_time(self._unit), self._ramp)
+            self.clock.at(self.shape.time_at(self._unit, self.full), self._ramp)
         else:
             self.clock.at(self.gap(), self._poisson if self.kind == "poisson" else self._bursts)
 
@@ -169,20 +179,12 @@ class OpenDriver:
             self.world.start(agent, self.route())
         self.clock.at(self.gap(), self._bursts)
 
-    def _ramp_time(self, unit: float) -> float:
-        """Invert the cumulative intensity N*r*min(1, t/ramp_s)."""
-        full = self.n * self.rate
-        knee = full * self.ramp_s / 2
-        if unit < knee:
-            return math.sqrt(2 * self.ramp_s * unit / full)
-        return self.ramp_s + (unit - knee) / full
-
     def _ramp(self, _: object) -> None:
         if not self.stop.open(self.clock.now):
             return
         self._try(self.pick())
         self._unit += self.gap() * self.n * self.rate
-        self.clock.at(self._ramp_time(self._unit) - self.clock.now, self._ramp)
+        self.clock.at(self.shape.time_at(self._unit, self.full) - self.clock.now, self._ramp)
 
     def _constant(self, i: int) -> None:
         if not self.stop.open(self.clock.now):
@@ -201,31 +203,34 @@ class OpenDriver:
 
 
 class _User:
-    __slots__ = ("agents", "turn", "t0", "mean_gap", "in_burst")
+    __slots__ = ("agents", "turn", "t0", "pacer")
 
-    def __init__(self, agents: range, t0: float, mean_gap: float) -> None:
+    def __init__(self, agents: range, t0: float, pacer: Pacer) -> None:
         self.agents = agents
         self.turn = 0
         self.t0 = t0
-        self.mean_gap = mean_gap
-        self.in_burst = 0
+        self.pacer = pacer
 
 
 class LocustDriver:
-    """Locust's users: closed loops with the Pacer's waits, as the live load mode runs them."""
+    """Locust's users: closed loops, one request at a time, as the live load mode runs them.
+
+    Each user is built as loadtest/locustfile.py builds its PayingAgent: the same agents, the same
+    Pacer seeded by the user's index, and each payment's route drawn from that agent's payment
+    count (request_rng), so the draws do not depend on the order answers come back in."""
 
     def __init__(self, clock: Clock, world: World, scenario: Scenario, stopper: Stopper) -> None:
         self.clock = clock
         self.world = world
         self.stop = stopper
-        self.arrivals = scenario.agents.arrivals
-        self.route = _route_draw(world, scenario.seed)
-        self.exp = exponential(stream(scenario.seed, "arrivals.gap"), 1.0)
+        self.seed = scenario.seed
+        self.routes = RouteChooser.for_routes(scenario, world.routes)
+        self.route_index = {name: i for i, name in enumerate(world.routes)}
         n = world.agents
+        self.sent = [0] * n  # payments each agent has started: the key of its next route draw
         users = min(scenario.run.users, n)
         spawn = scenario.run.spawn_rate
-        rate = self.arrivals.rate_per_agent_s
-        self.users = [_User(range(u, n, users), u / spawn, 1.0 / (len(range(u, n, users)) * rate))
+        self.users = [_User(range(u, n, users), u / spawn, Pacer.for_user(scenario, u, len(range(u, n, users))))
                       for u in range(users)]
 
     def start(self) -> None:
@@ -234,24 +239,7 @@ class LocustDriver:
 
     def done(self, r: Req, t_end: float) -> None:
         user: _User = r.user
-        self.clock.at(t_end + self._wait(user, t_end) - self.clock.now, self._task, user)
-
-    def _wait(self, user: _User, t: float) -> float:
-        a = self.arrivals
-        if a.kind == "closed":
-            return 0.0
-        if a.kind == "constant":
-            return user.mean_gap
-        if a.kind == "poisson":
-            return self.exp() * user.mean_gap
-        if a.kind == "ramp":
-            fraction = min(1.0, max(t - user.t0, 1e-3) / a.ramp_s)
-            return self.exp() * user.mean_gap / fraction
-        user.in_burst += 1
-        if user.in_burst < a.burst_size:
-            return 0.0
-        user.in_burst = 0
-        return self.exp() * user.mean_gap * a.burst_size
+        self.clock.at(t_end - self.clock.now + user.pacer.wait(t_end - user.t0), self._task, user)
 
     def _task(self, user: _User) -> None:
         now = self.clock.now
@@ -265,12 +253,16 @@ class LocustDriver:
                 break
         else:
             return  # every agent of this user is out of money: the user stops
-        if not self.world.start(agent, self.route(), user):
-            self.clock.at(self._wait(user, now), self._task, user)
+        route = self.route_index[self.routes.choose(request_rng(self.seed, agent, self.sent[agent]))]
+        if self.world.start(agent, route, user):
+            self.sent[agent] += 1
+        else:  # it cannot afford it: broke, and its user waits as after an answer
+            self.clock.at(user.pacer.wait(now - user.t0), self._task, user)
 
 
 def _route_draw(world: World, seed: int) -> Callable[[], int]:
-    return choice(stream(seed, "arrivals.route"), world.weights)
+    """The open driver's routes, one numpy stream for the population, weighted by the shared mix."""
+    return choice(stream(seed, "arrivals.route"), route_weights(world.scenario, world.routes))
 
 
 DRIVERS = {"open": OpenDriver, "locust": LocustDriver}

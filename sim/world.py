@@ -30,7 +30,8 @@ from sim.facilitator import VALID_BEFORE_BUFFER_S, Facilitator
 from sim.faults import FaultPlan, crash_in, down_at
 from sim.interfaces import Driver
 from sim.payment import FaultReq, Req
-from sim.store import ERR_SETTLEMENT_PENDING, ERR_VALID_BEFORE, FailedTally, ParquetSpill, RequestColumns, SettlementColumns, TxColumns
+from sim.store import ERR_VALID_BEFORE, ERRORS, FailedTally, ParquetSpill, RequestColumns, SettlementColumns, TxColumns
+from x402bench.behaviour import worth_retrying
 from x402bench.registry import register
 from x402bench.scenario import Duration, Scenario
 
@@ -41,8 +42,8 @@ MS = 0.001
 
 
 def _worth_retrying(status: int, error: int) -> bool:
-    """No answer, a server error, or "the settlement is still under way" (loadtest/paying.py's rule)."""
-    return status == 0 or status >= 500 or (status == 402 and error == ERR_SETTLEMENT_PENDING)
+    """The one retry rule live agents follow too (x402bench.behaviour), read on the sim's error codes."""
+    return worth_retrying(status, ERRORS[error])
 
 
 class World:
