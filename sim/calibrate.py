@@ -13,9 +13,14 @@ What each figure is taken from (steady window, paid requests, settled payments):
 - strategy verify_io_s   <- verify_s - 2 hops - verify CPU (median)
 - strategy settle_io_s   <- SettlementRecord t_submitted - t_accepted - settle CPU - submit (median;
                             sync and pipelined only: the sdk engine stamps "submitted" before it starts)
-  Both are waits on RPC, and only a quiet facilitator shows them: when its CPU was busy over
-  BUSY of the run, every latency sample holds queueing the model adds itself, so they keep
-  their defaults (the model would otherwise count the queue twice).
+  Both are waits on RPC, and only a quiet world shows them: when the facilitator's CPU was busy over
+  BUSY of the run, or the host's cores over MACHINE_BUSY (every process of the world together: a
+  process waiting for a core looks like one waiting for an answer), every latency sample holds
+  queueing the model adds itself, so they keep their defaults (the model would otherwise count the
+  queue twice). The round trip (network.rtt_s) too.
+- strategy submit_s      <- ours: the signer lock's eth_sendRawTransaction round trip less the event loop's
+                            lag (meta.facilitator.timing, services/facilitator/loop_probe.py): the model
+                            places the loop's wait for the answer itself (sim/facilitator.py _locked)
 - machine_cores          <- meta.machine.cpus: the live world shared one host's cores
 - chain.node_cpu_s       <- metrics.cpu.ms_per_paid_request.anvil (the node's share of that host)
 - gas                    <- gas_used of single-payment txs (existing / new payee) and a least-squares
@@ -52,6 +57,7 @@ from x402bench.results.records import ChannelTxRecord, RequestRecord, Settlement
 
 QUANTILES = 21  # q0, q5, ..., q100
 BUSY = 0.5  # facilitator CPU utilization above which its latencies are mostly queueing
+MACHINE_BUSY = 0.5  # the host's utilization (all the world's processes) above which they are too
 #: A voucher's wait is long-tailed (a few requests caught behind a claim wait hundreds of ms): percentiles,
 #: so its top 5% is not spread evenly up to the slowest request, as 21 points would (p95 +45% then)
 WAIT_QUANTILES = 101
@@ -88,6 +94,32 @@ def _facilitator_busy(summary: dict[str, Any]) -> float | None:
     if seconds is None or not duration:
         return None
     return float(seconds) / float(duration)
+
+
+def _machine_busy(summary: dict[str, Any]) -> float | None:
+    """The host's utilization by the world's processes together over the run (None when unknown)."""
+    seconds = dig(summary, "metrics.cpu.total_seconds")
+    duration = dig(summary, "scenario.config.run.duration_s")
+    cores = dig(summary, "meta.machine.cpus")
+    if seconds is None or not duration or not cores:
+        return None
+    return float(seconds) / (float(duration) * int(cores))
+
+
+def _quiet(summary: dict[str, Any]) -> bool:
+    """Whether the run's latencies are waits on answers rather than on CPU (BUSY, MACHINE_BUSY)."""
+    busy = _facilitator_busy(summary)
+    machine = _machine_busy(summary)
+    return busy is not None and busy <= BUSY and (machine is None or machine <= MACHINE_BUSY)
+
+
+def _submit_s(summary: dict[str, Any]) -> float | None:
+    """The send's round trip under the signer lock, net of the event loop's lag (None when not measured)."""
+    timing = dig(summary, "meta.facilitator.timing") or {}
+    rpc, lag = timing.get("lane_rpc_s") or {}, timing.get("loop_lag_s") or {}
+    if not rpc.get("count"):
+        return None
+    return max(0.0001, float(rpc["mean"]) - float(lag.get("mean") or 0.0))
 
 
 def _sdk_cpu(summary: dict[str, Any], fac_cpu: float | None) -> tuple[float, float, float] | None:
@@ -144,8 +176,9 @@ def calibration_from_run(summary: dict[str, Any], requests: Sequence[RequestReco
     if loadgen is not None:
         sign_mean = sign.mean if sign is not None else 0.0
         data["client"]["cpu_s"] = Dist.const(max(0.0, loadgen - sign_mean)).model_dump()
+    quiet = _quiet(summary)
     rtt = quantile_dist([max(0.0, r.paid_s - r.verify_s - r.handler_s - r.settle_s - svc) for r in facilitated])
-    if rtt is not None:
+    if rtt is not None and quiet:
         data["network"]["rtt_s"] = rtt.model_dump(exclude_none=True)
     if vouchers:
         window = dig(summary, "metrics.window.duration_s")
@@ -173,14 +206,15 @@ def calibration_from_run(summary: dict[str, Any], requests: Sequence[RequestReco
         v_cpu, s_cpu = fac_cpu * share, fac_cpu * (1 - share)
     t["verify_cpu_s"] = Dist.const(v_cpu).model_dump()
     t["settle_cpu_s"] = Dist.const(s_cpu).model_dump()
-    busy = _facilitator_busy(summary)
-    quiet = busy is not None and busy <= BUSY
+    submit = _submit_s(summary)
+    if submit is not None and strategy != "sdk":
+        t["submit_s"] = Dist.const(submit).model_dump()
     verifies = [r.verify_s for r in facilitated if r.verify_s > 0]
     if verifies and quiet:
         t["verify_io_s"] = Dist.const(max(0.0, statistics.median(verifies) - 2 * hop - v_cpu)).model_dump()
     pre = [s.t_submitted - s.t_accepted for s in settled if s.t_submitted >= 0]
     if pre and quiet and strategy in ("sync", "pipelined"):  # the sdk engine stamps "submitted" before its thread starts
-        io = statistics.median(pre) - s_cpu - timing.submit_s.mean
+        io = statistics.median(pre) - s_cpu - (submit if submit is not None else timing.submit_s.mean)
         t["settle_io_s"] = Dist.const(max(0.0, io)).model_dump()
     data["strategies"] = {strategy: StrategyTiming.model_validate(t).model_dump(exclude_none=True)}
 

@@ -220,6 +220,12 @@ class Calibration(_Strict):
     source: str = Field("defaults", description="'defaults', or the live run folder it was measured on.")
     scenario: str | None = Field(None, description="Name of the scenario it was measured with.")
     facilitator_cores: int = Field(1, ge=1, description="CPU servers of the facilitator (one process: 1, the GIL).")
+    loop_round_s: float = Field(
+        0.003, gt=0, le=1.0,
+        description="Longest an awakened step of our facilitator's event loop waits for its turn (sim/facilitator.py "
+                    "_step): a loop serves what is ready at each poll, so a step whose answer came waits for a round "
+                    "of the loop, not behind every request still unread; measured as the signer lock's hand-over "
+                    "time on saturated live runs (/metrics timing).")
     machine_cores: int | None = Field(
         None, ge=1, description="Cores the node, facilitator, services and load generator share (a live run on one "
                                 "host); null: each has its own, as in a deployment.",

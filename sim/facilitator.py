@@ -29,6 +29,7 @@ tx, a failed one with its reason, an open one once it closes (its `waiters`).
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 from typing import Callable
@@ -48,6 +49,11 @@ from x402bench.scenario import Scenario
 
 #: The SDK facilitator refuses an authorization whose validBefore is less than this far away.
 VALID_BEFORE_BUFFER_S = 6.0
+#: Of our engines' CPU per /settle, the parts run while the signer key's lock is held: signing and writing the
+#: eth_sendRawTransaction request, then reading its answer. Each is a step of its own on the event loop, so
+#: each waits for the loop's ready queue, with the lock held (services/facilitator/signers.py SignerLane.send).
+SEND_CPU_SHARE = 0.15
+RESUME_CPU_SHARE = 0.05
 
 
 class Facilitator:
@@ -127,6 +133,19 @@ class Facilitator:
                     clock.at(end, self._restart)
         if self.rpc_faults:  # a held send holds its key's lock: sends must reach the lanes in time order
             self.send_queues = True
+        # ---- our engines' signer lock on their event loop (see _locked); the sdk's threads keep the lane as one
+        # FIFO server holding submit_s
+        self.loop_lock = timing.threads is None and isinstance(self.cpu, Station)
+        if self.loop_lock:
+            self.send_queues = True
+            self.locks = [Pool(1) for _ in range(keys)]
+            self.lock_busy = [0.0] * keys
+            self.lock_jobs = [0] * keys
+            settle_cpu = timing.settle_cpu_s.mean
+            self.send_cpu = settle_cpu * SEND_CPU_SHARE
+            self.resume_cpu = settle_cpu * RESUME_CPU_SHARE
+            self.pre_lock_cpu = 1.0 - SEND_CPU_SHARE - RESUME_CPU_SHARE
+            self.loop_round = cal.loop_round_s
         if self.batched:
             worst = gas.batch_fixed + self.batch_size * (gas.batch_per_item + gas.batch_new_recipient_extra)
             if worst > scenario.chain.gas_limit:
@@ -250,6 +269,8 @@ class Facilitator:
             return
         if self.cpu_busy:
             cpu = self.settle_cpu()
+            if self.loop_lock:  # the lock's own steps are placed when the lock is held
+                cpu *= self.pre_lock_cpu
             t = self.cpu.enter(t, cpu) + cpu
         self._after_settle_cpu(r, t)
 
@@ -324,6 +345,9 @@ class Facilitator:
         """The chosen lane signs and sends one tx at t (after its queue)."""
         lane = self._pick_lane()
         self.in_flight[lane] += 1
+        if self.loop_lock:  # t is now
+            self.locks[lane].acquire(self._locked, (requests, gas, lane, self.epoch))
+            return
         station = self.lanes[lane]
         if self.faulty:
             sent = self._submit_faulty(requests, lane, station, t)
@@ -334,15 +358,91 @@ class Facilitator:
             sent = station.enter(t, submit) + submit
         else:
             sent = t
+        tx, returned = self._broadcast(requests, gas, lane, sent)
+        if returned > sent and self.submit_busy:
+            station.hold_until(returned)
+        self._after_send(tx, returned)
+
+    def _locked(self, arg: tuple[list["Req"], int, int, int]) -> None:
+        """The key's lock is ours (now): the sign-and-send step waits its turn on the loop, then the round trip.
+
+        A saturated event loop is where a CPU-bound world's payments wait, and they wait here: the lock is held
+        across two loop steps (the send, and reading its answer), each behind the loop's ready queue, and is
+        handed to the next sender only when that one's step runs. So with one key, the facilitator's tx rate is
+        1 / (its steps + their waits + the round trip), and it falls as the loop gets busier. Measured live,
+        /metrics `timing`: lane_wait_s is the queue at the lock, lane_hold_s its hold, loop_lag_s the ready
+        queue's wait."""
+        requests, gas, lane, epoch = arg
+        if epoch != self.epoch:
+            return  # queued for a lock of a process that died: its claims are among the unsent, for the restart
+        now = self.clock.now
+        signed = self._step(now, self.send_cpu)
+        submit = self.submit() if self.submit_busy else 0.0
+        if self.rpc_faults:  # the lock is held for the whole call, stall or latency included
+            reply, failed = self.plan.rpc(signed, submit)  # type: ignore[union-attr]
+        else:
+            reply, failed = signed + submit, False
+        pool = self.locks[lane]
+        if self.crashes is not None and crash_in(self.crashes, now, reply) is not None:
+            self.in_flight[lane] -= 1  # died before the tx left: its claims stay unsent
+            return
+        if failed:
+            self.in_flight[lane] -= 1
+            self.clock.at(reply - now, self._send_failed, requests)
+            self.clock.at(reply - now, self._unlock, (lane, pool))
+            return
+        self.clock.at(reply - now, self._replied, (requests, gas, lane, now, reply, pool))
+
+    def _replied(self, arg: tuple[list["Req"], int, int, float, float, Pool]) -> None:
+        requests, gas, lane, held, reply, pool = arg
+        now = self.clock.now
+        resumed = self._step(now, self.resume_cpu)
+        tx, returned = self._broadcast(requests, gas, lane, reply)  # the node had it when it answered
+        done = max(resumed, returned)  # with automine the answer comes once mined
+        self.lock_busy[lane] += done - held
+        self.lock_jobs[lane] += 1
+        self.clock.at(done - now, self._unlock, (lane, pool))
+        self._after_send(tx, done)
+
+    def _step(self, now: float, cpu: float) -> float:
+        """When a step of the lock holder that became ready at `now` is done on the loop.
+
+        FIFO behind the ready work, as asyncio's ready queue is, but for at most `loop_round_s`: the FIFO
+        station holds every request that has arrived, and under overload most of those would still be unread
+        in the kernel's socket buffers live, which a resumed step does not wait behind (measured: 150 and 600
+        closed-loop users on a saturated facilitator gave the same loop lag, 7-9 ms mean, while the lock's
+        queue grew fourfold). Beyond the round, the step runs ahead of that backlog, which it delays by its CPU."""
+        station = self.cpu
+        ahead = (station._next if station.servers == 1 else station._free[0]) - now
+        if ahead <= self.loop_round:
+            return station.enter(now, cpu) + cpu
+        station.busy_s += cpu
+        station.jobs += 1
+        if station.servers == 1:
+            station._next += cpu
+        else:
+            heapq.heapreplace(station._free, station._free[0] + cpu)
+        start = now + self.loop_round
+        return station.machine.run(start, cpu) if station.machine is not None else start + cpu
+
+    def _unlock(self, arg: tuple[int, Pool]) -> None:
+        lane, pool = arg
+        if pool is self.locks[lane]:  # a dead process's lock is nobody's
+            pool.release()
+
+    def _broadcast(self, requests: list["Req"], gas: int, lane: int, sent: float) -> tuple[Tx, float]:
+        """The tx reaches the node at `sent`; with when the send returns (later than `sent` only with automine)."""
         tx_id = self.world.txs.new(gas, len(requests))
         tx = Tx(tx_id, gas, lane, sent, requests)
         if self.crashes is not None:
             tx.epoch = self.epoch
         for r in requests:
             r.tx = tx_id
-        returned = self.chain.send(tx)  # with automine the send returns once mined: the lock is held till then
-        if returned > sent and self.submit_busy:
-            station.hold_until(returned)
+        return tx, self.chain.send(tx)  # with automine the send returns once mined: the lock is held till then
+
+    def _after_send(self, tx: Tx, returned: float) -> None:
+        """The facilitator knows the tx is sent (`returned`): answer if the strategy says so, stamp, poll."""
+        requests = tx.requests
         if self.answer_after == "submitted":
             for r in requests:
                 self._answer(r, returned)
@@ -632,6 +732,8 @@ class Facilitator:
             self.cpu.reset(now)
         for lane in self.lanes:
             lane.reset(now)
+        if self.loop_lock:
+            self.locks = [Pool(1) for _ in self.lanes]
         self.in_flight = [0] * len(self.lanes)
         claims, self.unsent = self.unsent, []
         cols = self.world.settlements
@@ -664,8 +766,8 @@ class Facilitator:
         out = {
             "cpu_utilization": self.cpu.busy_s / (span * self.cpu.servers),
             "cpu_mean_wait_s": self.cpu.wait_s / max(1, self.cpu.jobs),
-            "lane_utilization_max": max(l.busy_s for l in self.lanes) / span,
-            "txs": sum(l.jobs for l in self.lanes),
+            "lane_utilization_max": max(self.lock_busy if self.loop_lock else [l.busy_s for l in self.lanes]) / span,
+            "txs": sum(self.lock_jobs) if self.loop_lock else sum(l.jobs for l in self.lanes),
         }
         if self.polls_cost_cpu:
             out["receipt_polls"] = self.polls

@@ -45,6 +45,7 @@ from services.facilitator.evm import (
 from services.facilitator.guard import SettlementGuard
 from services.facilitator.ledger import Claim, Ledger
 from services.facilitator.signers import LanePool, SignerLane
+from services.facilitator.loop_probe import LaneTimers, LoopLag, timing_metrics
 from x402bench.registry import implementations, register
 
 log = logging.getLogger("x402bench.facilitator")
@@ -104,9 +105,10 @@ class OwnEngine(Engine):
     def __init__(self, config: FacilitatorConfig) -> None:
         super().__init__(config)
         self.watcher = ReceiptWatcher(self.rpc, config.receipt_poll_s)
-        self.pool = LanePool(
-            [SignerLane(k, self.rpc, config.chain_id, config.gas_price_wei, config.tx_gas_limit) for k in config.signer_keys]
-        )
+        self.lane_timers = LaneTimers()
+        self.loop_lag = LoopLag()
+        self.pool = LanePool([SignerLane(k, self.rpc, config.chain_id, config.gas_price_wei, config.tx_gas_limit,
+                                         self.lane_timers) for k in config.signer_keys])
         self._tracking: set[asyncio.Task[dict[str, Any]]] = set()
         self._outcomes: dict[int, asyncio.Future[dict[str, Any]]] = {}  # claim id -> its answer, while settling
         self.guard = SettlementGuard(self)
@@ -118,6 +120,7 @@ class OwnEngine(Engine):
         return self.pool.addresses
 
     async def start(self) -> None:
+        self.loop_lag.start()
         await self.watcher.start()
         await self._recover()
         self.guard.start()
@@ -131,6 +134,7 @@ class OwnEngine(Engine):
             await self.channels.stop()
         await self.guard.stop()
         await self.watcher.stop()
+        await self.loop_lag.stop()
         await super().stop()
 
     async def reclose(self, claims: list[Claim], receipt: dict[str, Any]) -> None:
@@ -149,8 +153,10 @@ class OwnEngine(Engine):
         `batch_settlement`: deposits_verified, deposits (landed), deposits_answered_again (retries answered
         from their record), vouchers_verified, refund_vouchers_verified, claims (txs), claimed_vouchers,
         settles, refunds, refused (and `refusals` by reason), tx_failed, `records` (rows per kind and state)
-        and the channel txs' own guard resends and reorgs."""
-        out = {**super().metrics(), "guard": {"resends": self.guard.resends, "reorgs": self.guard.reorgs}}
+        and the channel txs' own guard resends and reorgs; `timing` (services.facilitator.loop_probe): the event
+        loop's lag and the signer locks' wait, hold and round trip per send."""
+        out = {**super().metrics(), "guard": {"resends": self.guard.resends, "reorgs": self.guard.reorgs},
+               "timing": timing_metrics(self.loop_lag, self.lane_timers)}
         if self.channels is not None:
             out["batch_settlement"] = self.channels.metrics()
         return out

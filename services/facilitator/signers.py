@@ -17,6 +17,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from services.facilitator.evm import AsyncRpc, RpcError
+from services.facilitator.loop_probe import LaneTimers
 from services.facilitator.txsign import sign_legacy
 
 
@@ -28,7 +29,8 @@ class SentTx:
 
 
 class SignerLane:
-    def __init__(self, private_key: str, rpc: AsyncRpc, chain_id: int, gas_price_wei: int, gas_limit: int) -> None:
+    def __init__(self, private_key: str, rpc: AsyncRpc, chain_id: int, gas_price_wei: int, gas_limit: int,
+                 timers: LaneTimers | None = None) -> None:
         self.account: LocalAccount = Account.from_key(private_key)
         self._key = PrivateKey(bytes(self.account.key))
         self.rpc = rpc
@@ -38,6 +40,7 @@ class SignerLane:
         self._next_nonce: int | None = None
         self._lock = asyncio.Lock()
         self.in_flight = 0
+        self.timers = timers or LaneTimers()
 
     @property
     def address(self) -> str:
@@ -58,23 +61,32 @@ class SignerLane:
 
     async def send(self, to: str, data: str, on_hash=None, gas: int | None = None) -> SentTx:
         """Sign and broadcast; `on_hash(tx_hash)` runs before the send so a watcher cannot miss the block."""
+        clock = asyncio.get_running_loop().time
+        asked = clock()
         async with self._lock:
-            if self._next_nonce is None:
-                await self._sync_nonce()
-            for attempt in range(2):
-                nonce = self._next_nonce
-                raw, tx_hash = self._sign(to, data, nonce, gas or self.gas_limit)
-                if on_hash is not None:
-                    on_hash(tx_hash)
-                try:
-                    await self.rpc.call("eth_sendRawTransaction", raw)
-                except RpcError as exc:
-                    if attempt == 0 and "nonce" in str(exc).lower():
-                        await self._sync_nonce()  # someone else used this key: resync once and retry
-                        continue
-                    raise
-                self._next_nonce = nonce + 1
-                return SentTx(tx_hash, nonce, self.address)
+            held = clock()
+            self.timers.wait.add(held - asked)
+            try:
+                if self._next_nonce is None:
+                    await self._sync_nonce()
+                for attempt in range(2):
+                    nonce = self._next_nonce
+                    raw, tx_hash = self._sign(to, data, nonce, gas or self.gas_limit)
+                    if on_hash is not None:
+                        on_hash(tx_hash)
+                    sent_at = clock()
+                    try:
+                        await self.rpc.call("eth_sendRawTransaction", raw)
+                    except RpcError as exc:
+                        if attempt == 0 and "nonce" in str(exc).lower():
+                            await self._sync_nonce()  # someone else used this key: resync once and retry
+                            continue
+                        raise
+                    self.timers.rpc.add(clock() - sent_at)
+                    self._next_nonce = nonce + 1
+                    return SentTx(tx_hash, nonce, self.address)
+            finally:
+                self.timers.hold.add(clock() - held)
         raise AssertionError("unreachable")
 
 
