@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,32 @@ def nothing_left_running() -> Iterator[None]:
     while (leaked := _world_processes(mark) - before) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not leaked, f"tests left processes running: {sorted(leaked)}"
+
+
+@pytest.fixture
+def x402bench_here(capfd: pytest.CaptureFixture[str],
+                   monkeypatch: pytest.MonkeyPatch) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`x402bench ARGS...` through the command's own entry point (x402bench.cli.main, what `python -m
+    x402bench` runs) in this process: the same code, its exit code and what it wrote to the real stdout
+    and stderr (fd level), without the seconds a new interpreter takes to import it. An exception main()
+    lets through fails the test where it is raised (a user would have seen a traceback). Only the SIGTERM
+    handler main() installs is left out: it belongs to a process of its own, not to pytest's. Tests that
+    prove the installed command itself still run it in a process of its own."""
+    import x402bench.cli as entry
+
+    monkeypatch.setattr(entry, "_exit_on_sigterm", lambda: None)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        capfd.readouterr()
+        code: int | str | None = 0
+        with monkeypatch.context() as argv:
+            argv.setattr(sys, "argv", ["x402bench", *args])
+            try:
+                entry.main()
+            except SystemExit as exc:
+                code = exc.code
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(list(args), code if isinstance(code, int) else (0 if code is None else 1),
+                                           out, err)
+
+    return run
