@@ -172,3 +172,59 @@ def test_the_sim_runs_one_cpu_server_per_process() -> None:
             rps[cores, n] = build_sim_summary(result)["metrics"]["throughput_rps"]
     assert rps[None, 1] == pytest.approx(500, rel=0.05) and rps[None, 2] == pytest.approx(1000, rel=0.05)
     assert rps[2, 2] > 1.8 * rps[2, 1]
+
+
+def _channel(cid: str, charged: int, pending: bool) -> Any:
+    from x402.mechanisms.evm.batch_settlement.server.storage import Channel, PendingRequest
+    from x402.mechanisms.evm.batch_settlement.types import ChannelConfig
+
+    config = ChannelConfig.from_dict({"payer": "0x" + "11" * 20, "payerAuthorizer": "0x" + "11" * 20,
+                                      "receiver": "0x" + "22" * 20, "receiverAuthorizer": "0x" + "33" * 20,
+                                      "token": "0x" + "44" * 20, "withdrawDelay": 900, "salt": "0x" + "00" * 32})
+    return Channel(channel_id=cid, channel_config=config, charged_cumulative_amount=str(charged),
+                   pending_request=PendingRequest("p", str(charged), 2**62) if pending else None)
+
+
+#: Run by each of two processes: 300 read-modify-write increments of one channel's charged amount.
+_INCREMENTS = """
+import sys
+from services.resource.channel_storage import SqliteChannelStorage
+store = SqliteChannelStorage(sys.argv[1], shared=True)
+def bump(current):
+    following = current.copy()
+    following.charged_cumulative_amount = str(int(current.charged_cumulative_amount) + 1)
+    return following
+for _ in range(300):
+    assert store.update_channel(sys.argv[2], bump).status == "updated"
+store.close()
+"""
+
+
+def test_shared_storage_updates_are_atomic_across_processes_and_a_dead_one_holds_no_reservation(tmp_path: Any) -> None:
+    """Two processes incrementing one channel 300 times each end at 600 (no lost update); a reservation made by a
+    process that is gone is not seen (it would hold the channel busy for its TTL), one by a live process is."""
+    import os
+    import subprocess
+    import sys
+
+    from services.chain import REPO_ROOT
+    from services.resource.channel_storage import SqliteChannelStorage
+
+    path, cid = tmp_path / "channels.sqlite", "0x" + "ab" * 32
+    store = SqliteChannelStorage(path, shared=True)
+    store.update_channel(cid, lambda _: _channel(cid, 0, pending=False))
+    workers = [subprocess.Popen([sys.executable, "-c", _INCREMENTS, str(path), cid], cwd=REPO_ROOT) for _ in range(2)]
+    assert [w.wait(timeout=60) for w in workers] == [0, 0]
+    assert store.get(cid).charged_cumulative_amount == "600"
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    reserved = SqliteChannelStorage(path, shared=True)
+    reserved._pid = gone.pid  # as if that process had made the reservation
+    reserved.update_channel(cid, lambda current: _channel(cid, 600, pending=True))
+    assert store.get(cid).pending_request is None and store.get(cid).charged_cumulative_amount == "600"
+    reserved._pid = os.getppid()  # a live process (our parent)
+    reserved.update_channel(cid, lambda current: _channel(cid, 600, pending=True))
+    assert store.get(cid).pending_request is not None
+    store.close()
+    reserved.close()
