@@ -33,8 +33,10 @@ req/s, where the CPU went (seconds per process over the run), and the gas per pa
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +96,20 @@ def spent_whole(scenario: Scenario, per_channel: int) -> Scenario:
                                   "run": {"duration_s": max(scenario.run.duration_s, 900.0)}})
 
 
+def machine_busy_s() -> float | None:
+    """CPU seconds every process of the machine has used since boot (/proc/stat), to tell a shared machine."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def point(label: str, scenario: Scenario, options: LoadOptions) -> dict[str, Any]:
+    busy0, wall0 = machine_busy_s(), time.monotonic()
     result = run_load(scenario, options)
+    busy1, wall = machine_busy_s(), time.monotonic() - wall0
     summary = result.summary
     metrics = summary["metrics"]
     paid = summary["reconciliation"].get("paid_responses") or 0
@@ -106,6 +120,8 @@ def point(label: str, scenario: Scenario, options: LoadOptions) -> dict[str, Any
         "cpu": ((metrics.get("cpu") or {}).get("ms_per_paid_request") or {}),
         "cpu_s": ((metrics.get("cpu") or {}).get("seconds") or {}),
         "procs": scenario.service_processes,
+        # the machine's busy cores over the whole point (world start and stop included), ours and others'
+        "machine_cores_busy": (busy1 - busy0) / wall if busy0 is not None and busy1 is not None else None,
     }
     # every services process ("services", "services.2", ...): CPU per paid request is their sum
     row["svc_cpu"] = sum(v for k, v in row["cpu"].items() if (k == "services" or k.startswith("services.")) and v) or None
@@ -198,7 +214,8 @@ def main() -> None:
     print("\nCPU seconds per process over each run (where the cores went):")
     for r in rows:
         spent = ", ".join(f"{role} {sec:.1f}" for role, sec in sorted(r["cpu_s"].items()) if sec)
-        print(f"  {r['label']:<30} {spent}")
+        print(f"  {r['label']:<30} {spent}; the machine's busy cores over the point: "
+              f"{fmt(r['machine_cores_busy'], '.2f')} (every process, this run's and any other's)")
     for r in rows:
         parts = r.get("parts")
         if not parts:
