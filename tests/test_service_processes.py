@@ -202,7 +202,8 @@ store.close()
 
 def test_shared_storage_updates_are_atomic_across_processes_and_a_dead_one_holds_no_reservation(tmp_path: Any) -> None:
     """Two processes incrementing one channel 300 times each end at 600 (no lost update); a reservation made by a
-    process that is gone is not seen (it would hold the channel busy for its TTL), one by a live process is."""
+    process that is gone is not seen (it would hold the channel busy for its TTL), one by a live process is, and an
+    update by another process that carries it over (a claim) leaves it the maker's."""
     import os
     import subprocess
     import sys
@@ -226,5 +227,12 @@ def test_shared_storage_updates_are_atomic_across_processes_and_a_dead_one_holds
     reserved._pid = os.getppid()  # a live process (our parent)
     reserved.update_channel(cid, lambda current: _channel(cid, 600, pending=True))
     assert store.get(cid).pending_request is not None
+
+    def claimed(current: Any) -> Any:
+        following = current.copy()
+        following.total_claimed = "600"
+        return following
+    store.update_channel(cid, claimed)  # carries the other's reservation over: it stays that process's
+    assert store._db.execute("SELECT pending_pid FROM channels").fetchone() == (os.getppid(),)
     store.close()
     reserved.close()

@@ -229,7 +229,8 @@ class SqliteChannelStorage:
     def _update_shared(self, key: str, update: ChannelUpdate) -> ChannelUpdateResult:
         """Read, apply, write and commit in one transaction: no other process changes the record in between."""
         with self._write():
-            current = self._read(key)
+            row = self._db.execute("SELECT record, pending_pid FROM channels WHERE id = ?", (key,)).fetchone()
+            current = self._decode(row) if row else None
             snapshot = current.copy() if current else None
             following = update(snapshot)
             if following is snapshot:
@@ -242,7 +243,11 @@ class SqliteChannelStorage:
             if current is not None and int(following.total_claimed) < int(current.total_claimed):
                 following = following.copy()  # a snapshot read before another process's claim landed
                 following.total_claimed = current.total_claimed
-            pid = self._pid if following.pending_request is not None else None
+            # the reservation's maker: this process for a new one, the same as before for one carried over (a claim
+            # updating a channel another process has reserved must not make the reservation this process's)
+            pending, before = following.pending_request, current.pending_request if current else None
+            kept = pending is not None and before is not None and pending.pending_id == before.pending_id
+            pid = (row[1] if kept and row else self._pid) if pending is not None else None
             self._db.execute("INSERT INTO channels (id, record, pending_pid) VALUES (?, ?, ?) ON CONFLICT(id) DO UPDATE "
                              "SET record = excluded.record, pending_pid = excluded.pending_pid",
                              (key, json.dumps(following.to_dict(), separators=(",", ":")), pid))
