@@ -29,7 +29,7 @@ from loadtest.paying import (
     BATCH_SETTLEMENT, BROKE_REASONS, AgentWallet, Manners, facilitator_requirement, pay, pay_channel, settle_direct,
 )
 from services.payer.payload import Quote
-from x402bench.behaviour import Pacer, RouteChooser, request_rng
+from x402bench.behaviour import Pacer, RouteChooser, agents_of_user, request_rng
 from x402bench.results.records import RequestRecord, write_csv
 from x402bench.scenario import load_scenario
 
@@ -83,7 +83,7 @@ class PayingAgent(FastHttpUser):
         users = max(1, self.environment.parsed_options.num_users if self.environment.parsed_options else SCENARIO.run.users)
         index = next(_local_users) * WORKERS + _worker_index(self.environment)
         agents = WORLD["agents"]
-        mine = range(index % users, len(agents), users) if index < len(agents) else range(0)
+        mine = agents_of_user(index, users, len(agents))
         self.wallets = [
             AgentWallet(i, agents[i]["private_key"], WORLD["network"], SCENARIO.agents.cache_requirements,
                         SCENARIO.spend_cap_atomic())

@@ -27,7 +27,7 @@ import numpy as np
 from sim.dists import _Blocked, choice, exponential, integers, stream, uniform
 from sim.engine import Clock
 from sim.world import Req, World
-from x402bench.behaviour import Pacer, RouteChooser, kind_of, request_rng, route_weights
+from x402bench.behaviour import Pacer, RouteChooser, agents_of_user, kind_of, request_rng, route_weights
 from x402bench.scenario import Scenario
 
 
@@ -228,10 +228,9 @@ class LocustDriver:
         self.route_index = {name: i for i, name in enumerate(world.routes)}
         n = world.agents
         self.sent = [0] * n  # payments each agent has started: the key of its next route draw
-        users = min(scenario.run.users, n)
         spawn = scenario.run.spawn_rate
-        self.users = [_User(range(u, n, users), u / spawn, Pacer.for_user(scenario, u, len(range(u, n, users))))
-                      for u in range(users)]
+        mine = [agents_of_user(u, scenario.run.users, n) for u in range(min(scenario.run.users, n))]
+        self.users = [_User(m, u / spawn, Pacer.for_user(scenario, u, len(m))) for u, m in enumerate(mine)]
 
     def start(self) -> None:
         for user in self.users:

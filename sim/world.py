@@ -58,7 +58,6 @@ class World:
         a = scenario.agents
         self.routes = [s.name for s in scenario.services]
         self.prices = [scenario.price_atomic(s) for s in scenario.services]
-        self.weights = [scenario.mix_weights()[n] for n in self.routes]
         self.agents = agents
         self.cap = scenario.spend_cap_atomic()  # the one spend cap live agents use too
         self.spent = [0] * agents

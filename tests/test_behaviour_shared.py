@@ -24,7 +24,7 @@ import pytest
 from sim.agents import LocustDriver
 from sim.store import ERRORS
 from sim.world import _worth_retrying as sim_worth_retrying
-from x402bench.behaviour import Pacer, RouteChooser, answer_worth_retrying, request_rng
+from x402bench.behaviour import Pacer, RouteChooser, agents_of_user, answer_worth_retrying, request_rng
 from x402bench.scenario import Scenario, validate_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,7 +135,7 @@ def live_draws(s: Scenario, index: int, elapsed: list[float]) -> list[tuple[int,
     """User `index`'s (agent, route, wait) for answers in at `elapsed`: PayingAgent.on_start, then
     pay_once and wait_time in turn, with the world stubbed as the sim's is (CAP payments per agent)."""
     users, agents = s.run.users, s.agents.count
-    mine = range(index % users, agents, users) if index < agents else range(0)
+    mine = agents_of_user(index, users, agents)
     pacer = Pacer.for_user(s, index, len(mine))
     routes = RouteChooser.for_routes(s, [v.name for v in s.services])
     turn = itertools.cycle(range(len(mine)))
@@ -181,7 +181,7 @@ def test_the_comparison_sees_a_different_seed() -> None:
 
 def test_the_live_side_is_built_as_mirrored() -> None:
     source = (ROOT / "loadtest" / "locustfile.py").read_text()
-    for call in ("range(index % users, len(agents), users) if index < len(agents) else range(0)",
+    for call in ("agents_of_user(index, users, len(agents))",
                  "Pacer.for_user(SCENARIO, index, len(self.wallets))",
                  "self.pacer.wait(time.monotonic() - self.started)",
                  "RouteChooser.for_routes(SCENARIO, list(PRICES))",

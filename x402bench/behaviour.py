@@ -54,6 +54,12 @@ def agent_rng(seed: int, agent: int) -> random.Random:
     return random.Random(seed * 1_000_003 + agent)
 
 
+def agents_of_user(index: int, users: int, agents: int) -> range:
+    """The agents one Locust user speaks for: every agent index congruent to the user's modulo the user count,
+    none for a user beyond the agents. Live users and the sim's locust driver split the population by it."""
+    return range(index % users, agents, users) if index < agents else range(0)
+
+
 def request_rng(seed: int, agent: int, sent: int) -> random.Random:
     """The stream of an agent's `sent`-th payment (its route, its client_disconnect draw): keyed by the
     agent and its count, not by the user or the moment, so which route a payment takes does not depend
