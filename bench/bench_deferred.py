@@ -36,6 +36,7 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -106,9 +107,75 @@ def machine_busy_s() -> float | None:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+class MachineSampler:
+    """Every second, the machine's busy CPU seconds (/proc/stat) and every process's (/proc/PID/stat), so a point
+    can say, for the WINDOW_S in which its own processes used most CPU (the load), how many cores were busy and
+    which processes used them: on a shared machine others' processes take cores the benchmark's would have had."""
+
+    WINDOW_S = 15
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float, dict[int, float]]] = []
+        self.names: dict[int, str] = {}
+        self.parents: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "MachineSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        ticks = os.sysconf("SC_CLK_TCK")
+        while not self._stop.is_set():
+            procs: dict[int, float] = {}
+            for entry in Path("/proc").glob("[0-9]*"):
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    pid = int(entry.name)
+                    procs[pid] = (int(fields[11]) + int(fields[12])) / ticks
+                    self.parents[pid] = int(fields[1])
+                    if pid not in self.names:
+                        cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").split()
+                        self.names[pid] = " ".join(a.rsplit("/", 1)[-1] for a in cmd[:4])[:60]
+                except (OSError, IndexError, ValueError):
+                    continue
+            self.samples.append((time.monotonic(), machine_busy_s() or 0.0, procs))
+            self._stop.wait(1.0)
+
+    def ours(self, pid: int) -> bool:
+        """Whether the process descends from this benchmark (the world's processes, Locust)."""
+        me, seen = os.getpid(), 0
+        while pid > 1 and seen < 64:
+            if pid == me:
+                return True
+            pid, seen = self.parents.get(pid, 0), seen + 1
+        return False
+
+    def busiest(self) -> tuple[float | None, list[tuple[str, float]]]:
+        """(busy cores, [(process, cores)] of its top users) over the load's WINDOW_S (OTHER: not this benchmark's)."""
+        n = self.WINDOW_S
+        if len(self.samples) <= n:
+            return None, []
+        def ours_used(i: int) -> float:  # the load window: where this benchmark's own processes used most CPU
+            (_, _, a), (_, _, b) = self.samples[i], self.samples[i + n]
+            return sum(sec - a[pid] for pid, sec in b.items() if pid in a and self.ours(pid))
+        best = max(range(len(self.samples) - n), key=ours_used)
+        (t0, b0, p0), (t1, b1, p1) = self.samples[best], self.samples[best + n]
+        users = sorted(((f"{'' if self.ours(pid) else 'OTHER '}{self.names.get(pid, str(pid))} [{pid}]",
+                         (sec - p0.get(pid, sec)) / (t1 - t0))
+                        for pid, sec in p1.items() if pid in p0), key=lambda u: -u[1])
+        return (b1 - b0) / (t1 - t0), [u for u in users[:8] if u[1] >= 0.02]
+
+
 def point(label: str, scenario: Scenario, options: LoadOptions) -> dict[str, Any]:
     busy0, wall0 = machine_busy_s(), time.monotonic()
-    result = run_load(scenario, options)
+    with MachineSampler() as sampler:
+        result = run_load(scenario, options)
     busy1, wall = machine_busy_s(), time.monotonic() - wall0
     summary = result.summary
     metrics = summary["metrics"]
@@ -122,6 +189,7 @@ def point(label: str, scenario: Scenario, options: LoadOptions) -> dict[str, Any
         "procs": scenario.service_processes,
         # the machine's busy cores over the whole point (world start and stop included), ours and others'
         "machine_cores_busy": (busy1 - busy0) / wall if busy0 is not None and busy1 is not None else None,
+        "busiest": sampler.busiest(),
     }
     # every services process ("services", "services.2", ...): CPU per paid request is their sum
     row["svc_cpu"] = sum(v for k, v in row["cpu"].items() if (k == "services" or k.startswith("services.")) and v) or None
@@ -216,6 +284,9 @@ def main() -> None:
         spent = ", ".join(f"{role} {sec:.1f}" for role, sec in sorted(r["cpu_s"].items()) if sec)
         print(f"  {r['label']:<30} {spent}; the machine's busy cores over the point: "
               f"{fmt(r['machine_cores_busy'], '.2f')} (every process, this run's and any other's)")
+        cores, users = r["busiest"]
+        print(f"  {'':<30} {MachineSampler.WINDOW_S} s of its load: {fmt(cores, '.2f')} cores busy; "
+              + ", ".join(f"{name} {c:.2f}" for name, c in users))
     for r in rows:
         parts = r.get("parts")
         if not parts:
