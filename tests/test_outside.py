@@ -1,7 +1,9 @@
 """Bring your own stack: a world in parts, load attached to a running world, a node x402bench did not
 start, facilitator-only load, and outside URLs that cannot be used (exit 2 at once, naming the URL).
 
-Every outside part is a separate process started the way a user would start it."""
+Every outside part is a separate process started the way a user would start it. `x402bench load` itself
+runs through its own entry point in this process (conftest's x402bench_here: the same code and exit code,
+without importing the command again each time); the dead-URL test's attached run is the command itself."""
 
 from __future__ import annotations
 
@@ -50,13 +52,13 @@ def test_up_only_chain_writes_the_world_file_contract(tmp_path: Path) -> None:
             assert int(rpc.call("eth_getBalance", payee, "latest"), 16) == 0  # payees sign nothing
 
 
-def test_up_chain_and_facilitator_then_load_attached_through_our_services(tmp_path: Path) -> None:
+def test_up_chain_and_facilitator_then_load_attached_through_our_services(tmp_path: Path, x402bench_here) -> None:  # noqa: ANN001
     world_json = tmp_path / "world.json"
     with running_up(world_json, "scenarios/smoke.yaml", "--only", "chain,facilitator") as world:
         assert set(world["pids"]) == {"anvil", "facilitator"} and not world["service_urls"]
         supported = httpx.get(world["facilitator_url"] + "/supported").json()
         assert {"x402Version": 2, "scheme": "exact", "network": world["network"]} in supported["kinds"]
-        done = x402bench("load", "scenarios/smoke.yaml", "--world", str(world_json), *SHORT, "--out", str(tmp_path))
+        done = x402bench_here("load", "scenarios/smoke.yaml", "--world", str(world_json), *SHORT, "--out", str(tmp_path))
         assert done.returncode == 0, done.stdout + done.stderr
     summary = only_summary(tmp_path)
     assert summary["meta"]["attached"] is True and summary["meta"]["world_file"] == str(world_json)
@@ -65,23 +67,24 @@ def test_up_chain_and_facilitator_then_load_attached_through_our_services(tmp_pa
     assert_exact(summary)
 
 
-def test_load_on_a_node_x402bench_did_not_start(tmp_path: Path) -> None:
+def test_load_on_a_node_x402bench_did_not_start(tmp_path: Path, x402bench_here) -> None:  # noqa: ANN001
     with Anvil(log_path=tmp_path / "users-node.log") as node:  # the user's node, its own process
-        done = x402bench("load", "scenarios/smoke.yaml", "--rpc-url", node.url, *SHORT, "--out", str(tmp_path))
+        done = x402bench_here("load", "scenarios/smoke.yaml", "--rpc-url", node.url, *SHORT, "--out", str(tmp_path))
         assert done.returncode == 0, done.stdout + done.stderr
         summary = only_summary(tmp_path)
         assert summary["meta"]["world"]["rpc_url"] == node.url
         assert summary["meta"]["parts"]["outside"] == {"rpc_url": True}
         assert_exact(summary)
         node.set_balance(DEV_ADDRESS, 0)  # a node without a funded deployer: said clearly, exit 2
-        refused = x402bench("load", "scenarios/smoke.yaml", "--rpc-url", node.url, *SHORT, "--out", str(tmp_path / "b"))
+        refused = x402bench_here("load", "scenarios/smoke.yaml", "--rpc-url", node.url, *SHORT,
+                                 "--out", str(tmp_path / "b"))
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert f"node {node.url}" in refused.stderr and DEV_ADDRESS in refused.stderr and "no ETH" in refused.stderr
     assert "Traceback" not in refused.stderr and not list((tmp_path / "b").glob("*/*"))  # no half-made run folder
 
 
-def test_facilitator_only_load_against_our_facilitator(tmp_path: Path) -> None:
-    done = x402bench("load", "scenarios/smoke.yaml", "--target", "facilitator", *SHORT, "--out", str(tmp_path))
+def test_facilitator_only_load_against_our_facilitator(tmp_path: Path, x402bench_here) -> None:  # noqa: ANN001
+    done = x402bench_here("load", "scenarios/smoke.yaml", "--target", "facilitator", *SHORT, "--out", str(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr
     summary = only_summary(tmp_path)
     assert summary["meta"]["target"] == "facilitator" and summary["meta"]["parts"]["started"] == ["chain", "facilitator"]
@@ -93,7 +96,7 @@ def test_facilitator_only_load_against_our_facilitator(tmp_path: Path) -> None:
     assert rows and all(float(r["verify_s"]) > 0 and float(r["settle_s"]) > 0 for r in rows if r["status"] == "200")
 
 
-def test_dead_or_wrong_urls_exit_2_at_once_naming_the_url(tmp_path: Path) -> None:
+def test_dead_or_wrong_urls_exit_2_at_once_naming_the_url(tmp_path: Path, x402bench_here) -> None:  # noqa: ANN001
     dead = f"http://127.0.0.1:{free_port()}"
     world_json = tmp_path / "world.json"
     with running_up(world_json, "scenarios/smoke.yaml", "--agents", "3") as world:
@@ -108,7 +111,9 @@ def test_dead_or_wrong_urls_exit_2_at_once_naming_the_url(tmp_path: Path) -> Non
         }
         for flags, expected in cases.items():
             started = time.monotonic()
-            done = x402bench("load", "scenarios/smoke.yaml", *flags, *SHORT, "--out", str(tmp_path / "runs"))
+            # the command's code in this process (conftest's x402bench_here: the same refusal, exit code and
+            # stderr, without importing the command six times); the attached run below is the command itself
+            done = x402bench_here("load", "scenarios/smoke.yaml", *flags, *SHORT, "--out", str(tmp_path / "runs"))
             assert done.returncode == 2, (flags, done.stdout, done.stderr)
             assert expected in done.stderr, (flags, done.stderr)
             assert "Traceback" not in done.stderr + done.stdout
@@ -139,13 +144,13 @@ def start_part(kind: str, world_json: Path, logdir: Path, *extra: str):  # noqa:
     return running(kind, [*program, "--world", str(world_json), "--port", str(port), *extra], port, logdir)
 
 
-def test_the_official_sdk_facilitator_behind_our_services(tmp_path: Path) -> None:
+def test_the_official_sdk_facilitator_behind_our_services(tmp_path: Path, x402bench_here) -> None:  # noqa: ANN001
     """my facilitator: x402bench's chain, services and agents; the SDK's own facilitator app settles."""
     world_json = tmp_path / "world.json"
     with running_up(world_json, "scenarios/smoke.yaml", "--only", "chain") as world:
         with start_part("sdk-facilitator", world_json, tmp_path) as facilitator_url:
-            done = x402bench("load", "scenarios/smoke.yaml", "--world", str(world_json), "--facilitator-url",
-                             facilitator_url, *SHORT, "--out", str(tmp_path))
+            done = x402bench_here("load", "scenarios/smoke.yaml", "--world", str(world_json), "--facilitator-url",
+                                  facilitator_url, *SHORT, "--out", str(tmp_path))
         assert done.returncode == 0, done.stdout + done.stderr
         (settlements,) = tmp_path.glob("*/*/settlements.csv")
         tx_hash = next(csv.DictReader(settlements.open()))["tx_hash"]
@@ -158,13 +163,14 @@ def test_the_official_sdk_facilitator_behind_our_services(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("kind", ["sdk-service", "ts-service"])
-def test_a_service_written_with_an_official_sdk_as_service_url(tmp_path: Path, kind: str) -> None:
+def test_a_service_written_with_an_official_sdk_as_service_url(tmp_path: Path, kind: str,
+                                                            x402bench_here) -> None:  # noqa: ANN001
     """my service: x402bench's chain and facilitator; the agents pay a service written with the SDK."""
     world_json = tmp_path / "world.json"
     with running_up(world_json, "scenarios/smoke.yaml", "--only", "chain,facilitator"):
         with start_part(kind, world_json, tmp_path, "--path", "/weather", "--price", "1500") as service:
-            done = x402bench("load", "scenarios/smoke.yaml", "--world", str(world_json), "--service-url",
-                             service + "/weather", *SHORT, "--out", str(tmp_path))
+            done = x402bench_here("load", "scenarios/smoke.yaml", "--world", str(world_json), "--service-url",
+                                  service + "/weather", *SHORT, "--out", str(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr
     summary = only_summary(tmp_path)
     assert summary["meta"]["parts"] == {"started": [], "outside": {"world": True, "service_urls": True}}
@@ -174,12 +180,12 @@ def test_a_service_written_with_an_official_sdk_as_service_url(tmp_path: Path, k
     assert rec["expected_payee_delta"] == 1500 * rec["paid_responses"]  # the price came from the 402
 
 
-def test_facilitator_only_load_against_the_official_sdk_facilitator(tmp_path: Path) -> None:
+def test_facilitator_only_load_against_the_official_sdk_facilitator(tmp_path: Path, x402bench_here) -> None:  # noqa: ANN001
     world_json = tmp_path / "world.json"
     with running_up(world_json, "scenarios/smoke.yaml", "--only", "chain"):
         with start_part("sdk-facilitator", world_json, tmp_path) as facilitator_url:
-            done = x402bench("load", "scenarios/smoke.yaml", "--world", str(world_json), "--target", "facilitator",
-                             "--facilitator-url", facilitator_url, *SHORT, "--out", str(tmp_path))
+            done = x402bench_here("load", "scenarios/smoke.yaml", "--world", str(world_json), "--target", "facilitator",
+                                  "--facilitator-url", facilitator_url, *SHORT, "--out", str(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr
     summary = only_summary(tmp_path)
     assert summary["meta"]["target"] == "facilitator" and summary["meta"]["parts"]["started"] == []
