@@ -1,5 +1,9 @@
 """Load mode end to end: a short Locust run through a real world, the run folder it leaves,
-the reconciliation it reports, an SLO gate, and Locust's own master/worker mode."""
+the reconciliation it reports, an SLO gate, and Locust's own master/worker mode.
+
+The smoke run and the SIGTERM test run the installed command in a process of its own; the SLO gate and
+master/worker runs go through its entry point in this process (conftest's x402bench_here: the same code,
+exit code and output, without importing the command again)."""
 
 from __future__ import annotations
 
@@ -78,18 +82,18 @@ def test_load_run_reconciles_exactly(smoke_run) -> None:
     assert len({r.nonce for r in paid}) == len(paid)
 
 
-def test_impossible_slo_exits_1_naming_the_check(tmp_path: Path) -> None:
+def test_impossible_slo_exits_1_naming_the_check(tmp_path: Path, x402bench_here) -> None:  # noqa: ANN001
     scenario = tmp_path / "impossible.yaml"
     text = SMOKE.read_text().replace("min_throughput_rps: 1", "min_throughput_rps: 100000")
     scenario.write_text(text.replace("name: smoke", "name: impossible"))
-    done = x402bench("load", str(scenario), "--duration", "3", "--users", "2", "--out", str(tmp_path / "r"))
+    done = x402bench_here("load", str(scenario), "--duration", "3", "--users", "2", "--out", str(tmp_path / "r"))
     assert done.returncode == 1, done.stdout + done.stderr
     assert "min_throughput_rps" in done.stdout
 
 
-def test_master_and_two_workers_count_both_workers(tmp_path: Path) -> None:
-    done = x402bench("load", str(SMOKE), "--duration", "6", "--users", "4", "--processes", "2",
-                     "--out", str(tmp_path), timeout=400)
+def test_master_and_two_workers_count_both_workers(tmp_path: Path, x402bench_here) -> None:  # noqa: ANN001
+    done = x402bench_here("load", str(SMOKE), "--duration", "6", "--users", "4", "--processes", "2",
+                          "--out", str(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr
     run_dir = run_dir_of(done.stdout)
     parts = sorted((run_dir / "world" / "parts").glob("requests-*.csv"))
