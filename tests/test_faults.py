@@ -3,7 +3,7 @@ real HTTP, each fault applied the way the scenario's timeline says (crashes by S
 faults through the loopback proxies, reorgs and drained keys on the node itself).
 
 The strategies rotate over the kinds so each of ours meets several faults here; kinds of one strategy
-share a run (one world), struck one after another in slots as long as the old one-kind
+share a run (one world; sync has two, see RUNS), struck one after another in slots as long as the old one-kind
 runs (the fault at 3 s of its slot, the next one 7 s later), as `scenarios/faults.yaml` strikes every kind
 in one run. Each kind is still its own test, judged on its own row of the per-fault table (a loss during
 or after its window, up to the next fault, is charged to it) and on evidence only it can leave: its own
