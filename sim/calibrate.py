@@ -19,7 +19,7 @@ What each figure is taken from (steady window, paid requests, settled payments):
   queueing the model adds itself, so they keep their defaults (the model would otherwise count the
   queue twice). The round trip (network.rtt_s) too.
 - strategy submit_s      <- ours: the signer lock's eth_sendRawTransaction round trip less the event loop's
-                            lag (meta.facilitator.timing, services/facilitator/loop_probe.py): the model
+                            lag, medians (meta.facilitator.timing, services/facilitator/loop_probe.py): the model
                             places the loop's wait for the answer itself (sim/facilitator.py _locked)
 - machine_cores          <- meta.machine.cpus: the live world shared one host's cores
 - chain.node_cpu_s       <- metrics.cpu.ms_per_paid_request.anvil (the node's share of that host)
@@ -119,7 +119,9 @@ def _submit_s(summary: dict[str, Any]) -> float | None:
     rpc, lag = timing.get("lane_rpc_s") or {}, timing.get("loop_lag_s") or {}
     if not rpc.get("count"):
         return None
-    return max(0.0001, float(rpc["mean"]) - float(lag.get("mean") or 0.0))
+    # medians: both have a long tail of the process waiting for a core, which the model places itself; their
+    # means on a saturated host are the tail's (measured: lag mean 3.9 ms above the round trip's 3.2 ms)
+    return max(0.0001, float(rpc["p50"]) - float(lag.get("p50") or 0.0))
 
 
 def _sdk_cpu(summary: dict[str, Any], fac_cpu: float | None) -> tuple[float, float, float] | None:

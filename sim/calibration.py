@@ -226,6 +226,11 @@ class Calibration(_Strict):
                     "_step): a loop serves what is ready at each poll, so a step whose answer came waits for a round "
                     "of the loop, not behind every request still unread; measured as the signer lock's hand-over "
                     "time on saturated live runs (/metrics timing).")
+    wakeup_s: float = Field(
+        0.00075, ge=0, le=0.1,
+        description="On a shared host (machine_cores), how long a process woken while every core is taken waits for "
+                    "one: half the kernel's scheduling slice (EEVDF: 0.75 ms x (1 + log2 cores), 1.5 ms on 2 cores). "
+                    "Only our facilitator's signer-lock steps take it (sim/facilitator.py _step), where it adds up.")
     machine_cores: int | None = Field(
         None, ge=1, description="Cores the node, facilitator, services and load generator share (a live run on one "
                                 "host); null: each has its own, as in a deployment.",

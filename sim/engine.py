@@ -206,6 +206,13 @@ class Machine:
         self._used: list[float] = []  # CPU-seconds placed per slot, from slot `_base` on
         self._base = 0
 
+    def busy_at(self, t: float) -> float:
+        """The share of the cores already taken in the slot holding t (0..1)."""
+        k = int(t / self.slot_s) - self._base
+        if k < 0 or k >= len(self._used):
+            return 0.0
+        return min(1.0, self._used[k] / (self.cores * self.slot_s))
+
     def run(self, start: float, cpu: float) -> float:
         """Place `cpu` seconds of one thread's work from `start`; return when it is done."""
         if cpu <= 0:

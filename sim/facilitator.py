@@ -54,6 +54,12 @@ VALID_BEFORE_BUFFER_S = 6.0
 #: each waits for the loop's ready queue, with the lock held (services/facilitator/signers.py SignerLane.send).
 SEND_CPU_SHARE = 0.15
 RESUME_CPU_SHARE = 0.05
+#: ... and the part run when the receipt watcher sees the tx's block: every receipt of a block is handled in one
+#: burst of the loop (futures resolved, ledger rows written), which a lock step arriving then waits behind.
+RECEIPT_CPU_SHARE = 0.25
+#: Of the node's CPU per payment, the part spent answering eth_sendRawTransaction (recovering the signer,
+#: validating, pooling the tx): inside the send's round trip, so on a busy host the round trip stretches with it.
+NODE_SEND_SHARE = 0.5
 
 
 class Facilitator:
@@ -144,8 +150,10 @@ class Facilitator:
             settle_cpu = timing.settle_cpu_s.mean
             self.send_cpu = settle_cpu * SEND_CPU_SHARE
             self.resume_cpu = settle_cpu * RESUME_CPU_SHARE
-            self.pre_lock_cpu = 1.0 - SEND_CPU_SHARE - RESUME_CPU_SHARE
+            self.receipt_cpu = settle_cpu * RECEIPT_CPU_SHARE
+            self.pre_lock_cpu = 1.0 - SEND_CPU_SHARE - RESUME_CPU_SHARE - RECEIPT_CPU_SHARE
             self.loop_round = cal.loop_round_s
+            self.wakeup = cal.wakeup_s
         if self.batched:
             worst = gas.batch_fixed + self.batch_size * (gas.batch_per_item + gas.batch_new_recipient_extra)
             if worst > scenario.chain.gas_limit:
@@ -254,7 +262,7 @@ class Facilitator:
         if self.faulty:
             self._claimed(r)
         if self.node is not None:  # the node's share of this payment's work, on the host's cores
-            self.node.enter(t, self.node_cpu)
+            self.node.enter(t, self.node_cpu * (1.0 - NODE_SEND_SHARE) if self.loop_lock else self.node_cpu)
         if self.threads is None:
             self._settle_at(r, t)
         else:
@@ -378,6 +386,9 @@ class Facilitator:
         now = self.clock.now
         signed = self._step(now, self.send_cpu)
         submit = self.submit() if self.submit_busy else 0.0
+        if self.node is not None:  # the node's part of the round trip, on the host's cores (the rest is the wire)
+            work = self.node_cpu * NODE_SEND_SHARE
+            submit = max(0.0, submit - work) + (self.node.enter(signed, work) + work - signed)
         if self.rpc_faults:  # the lock is held for the whole call, stall or latency included
             reply, failed = self.plan.rpc(signed, submit)  # type: ignore[union-attr]
         else:
@@ -411,8 +422,14 @@ class Facilitator:
         station holds every request that has arrived, and under overload most of those would still be unread
         in the kernel's socket buffers live, which a resumed step does not wait behind (measured: 150 and 600
         closed-loop users on a saturated facilitator gave the same loop lag, 7-9 ms mean, while the lock's
-        queue grew fourfold). Beyond the round, the step runs ahead of that backlog, which it delays by its CPU."""
+        queue grew fourfold). Beyond the round, the step runs ahead of that backlog, which it delays by its CPU.
+        On a shared host a woken step first waits for a core when every core is taken (`wakeup_s`, with the
+        probability that all are busy in the machine's slot): the kernel's wake-up latency, small per step but
+        paid three times per lock cycle."""
         station = self.cpu
+        machine = station.machine
+        if machine is not None and self.wakeup:  # woken by its answer: a core must be free for it first
+            now += self.wakeup * machine.busy_at(now - machine.slot_s) ** machine.cores  # the last slot placed whole
         ahead = (station._next if station.servers == 1 else station._free[0]) - now
         if ahead <= self.loop_round:
             return station.enter(now, cpu) + cpu
@@ -492,8 +509,15 @@ class Facilitator:
             seen = phase + math.ceil((ready - phase) / self.poll_s - 1e-9) * self.poll_s
         self._settled(tx, seen)
 
+    def _receipt_burst(self, tx: Tx) -> None:
+        """The loop handles the receipt (now): its CPU, in line with everything else the loop has ready."""
+        cpu = self.receipt_cpu * len(tx.requests)
+        self.cpu.enter(self.clock.now, cpu)
+
     def _settled(self, tx: Tx, seen: float) -> None:
         """The facilitator saw the receipt at `seen`: record the settlement, answer if it waits for it."""
+        if self.loop_lock and self.receipt_cpu and self.up:
+            self.clock.at(max(0.0, seen - self.clock.now), self._receipt_burst, tx)
         block_time = tx.block_time
         t_included = block_time if self.receipt_at_block else seen
         cols = self.world.settlements

@@ -6,14 +6,19 @@ Two figures tell it apart from outside:
   RPC answer has arrived waits about that long before it runs again: the ready queue of a busy loop.
 - `lanes`: per send, how long it waited for its key's nonce lock (`wait_s`), how long it held it (`hold_s`:
   signing, the eth_sendRawTransaction round trip including the node's own processing, and the loop's delay
-  in resuming the sender), and the round trip alone (`rpc_s`). With one key, a lock held h seconds caps
-  the facilitator at 1/h txs per second, whatever its CPU.
-Both cost a few microseconds per sample, so they are always on (`/metrics`, section `timing`).
+  in resuming the sender), the round trip alone (`rpc_s`), and for a send that was queued when the lock was
+  released, how long the lock then stayed free before it ran (`handoff_s`: the loop's delay in waking it).
+  With one key, a lock held h seconds and handed over in d caps the facilitator at 1/(h + d) txs per second,
+  whatever its CPU.
+Both cost a few microseconds per sample, so they are always on (`/metrics`, section `timing`). Both read
+time.perf_counter(): uvloop's loop.time() is cached once per loop iteration at millisecond resolution, which
+would round every figure here to whole milliseconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -34,13 +39,15 @@ class Percentiles(TypedDict):
 
 class TimingMetrics(TypedDict):
     """`/metrics` `timing`: `loop_lag_s` (how late the loop ran a due wake-up), and per send over every key
-    `lane_wait_s` (waiting for the nonce lock), `lane_hold_s` (holding it) and `lane_rpc_s` (the send's
-    round trip). Seconds; a section with no samples has count 0 and zeros."""
+    `lane_wait_s` (waiting for the nonce lock), `lane_hold_s` (holding it), `lane_rpc_s` (the send's
+    round trip) and `lane_handoff_s` (free between a release and a queued sender's start). Seconds; a section
+    with no samples has count 0 and zeros."""
 
     loop_lag_s: Percentiles
     lane_wait_s: Percentiles
     lane_hold_s: Percentiles
     lane_rpc_s: Percentiles
+    lane_handoff_s: Percentiles
 
 
 @dataclass
@@ -69,6 +76,7 @@ class LaneTimers:
     wait: Timer = field(default_factory=Timer)
     hold: Timer = field(default_factory=Timer)
     rpc: Timer = field(default_factory=Timer)
+    handoff: Timer = field(default_factory=Timer)
 
 
 class LoopLag:
@@ -91,14 +99,14 @@ class LoopLag:
             self._task = None
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            due = loop.time() + PERIOD_S
+        while True:  # perf_counter, not loop.time(): uvloop's clock is cached per iteration, in milliseconds
+            due = time.perf_counter() + PERIOD_S
             await asyncio.sleep(PERIOD_S)
-            self.lag.add(max(0.0, loop.time() - due))
+            self.lag.add(max(0.0, time.perf_counter() - due))
 
 
 def timing_metrics(lag: LoopLag, lanes: LaneTimers) -> dict[str, Any]:
     out = TimingMetrics(loop_lag_s=lag.lag.summary(), lane_wait_s=lanes.wait.summary(),
-                        lane_hold_s=lanes.hold.summary(), lane_rpc_s=lanes.rpc.summary())
+                        lane_hold_s=lanes.hold.summary(), lane_rpc_s=lanes.rpc.summary(),
+                        lane_handoff_s=lanes.handoff.summary())
     return dict(out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from dataclasses import dataclass
 
 from coincurve import PrivateKey
@@ -41,6 +42,7 @@ class SignerLane:
         self._lock = asyncio.Lock()
         self.in_flight = 0
         self.timers = timers or LaneTimers()
+        self._released = 0.0
 
     @property
     def address(self) -> str:
@@ -61,11 +63,13 @@ class SignerLane:
 
     async def send(self, to: str, data: str, on_hash=None, gas: int | None = None) -> SentTx:
         """Sign and broadcast; `on_hash(tx_hash)` runs before the send so a watcher cannot miss the block."""
-        clock = asyncio.get_running_loop().time
+        clock = time.perf_counter  # not loop.time(): uvloop's is cached per iteration, in whole milliseconds
         asked = clock()
         async with self._lock:
             held = clock()
             self.timers.wait.add(held - asked)
+            if asked < self._released:  # it was queued when the lock was let go
+                self.timers.handoff.add(held - self._released)
             try:
                 if self._next_nonce is None:
                     await self._sync_nonce()
@@ -86,7 +90,8 @@ class SignerLane:
                     self._next_nonce = nonce + 1
                     return SentTx(tx_hash, nonce, self.address)
             finally:
-                self.timers.hold.add(clock() - held)
+                self._released = clock()
+                self.timers.hold.add(self._released - held)
         raise AssertionError("unreachable")
 
 
