@@ -311,7 +311,8 @@ def main() -> None:
                     print(f"batch-settlement ({per_channel[0]:,}/channel, {r['procs']} services processes) / exact "
                           f"pipelined paid req/s = {r['rps'] / pipelined['rps']:.2f}x (target >= 3x on 2 cores)")
         measured = whole[0]["gas"] if whole else first_bs["gas"]
-        print(f"batch-settlement gas per payment at {per_channel[0]:,}/channel (spent whole) = {fmt(measured, ',.0f')} "
+        how = "spent whole" if whole else "as run, deposits topped up (--no-spent-whole)"
+        print(f"batch-settlement gas per payment at {per_channel[0]:,}/channel ({how}) = {fmt(measured, ',.0f')} "
               f"(target <= 1,000)")
         parts = first_bs.get("parts") or {}
         deposit = parts.get("deposit")
