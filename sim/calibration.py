@@ -80,6 +80,16 @@ class Dist(_Strict):
         return cls(median=seconds)
 
     @classmethod
+    def exponential(cls, mean: float, points: int = 21) -> "Dist":
+        """An exponential distribution of this mean, as evenly spaced quantiles (the top one at the 99.5%
+        point, all scaled so the piecewise-linear mean is exactly `mean`)."""
+        if mean <= 0:
+            return cls.const(0.0)
+        qs = [-math.log(1.0 - min(i / (points - 1), 0.995)) for i in range(points)]
+        area = sum((a + b) / 2 for a, b in zip(qs, qs[1:])) / (points - 1)
+        return cls(median=mean * math.log(2.0), quantiles=[mean * q / area for q in qs])
+
+    @classmethod
     def from_ms(cls, median_ms: float, p99_ms: float | None = None) -> "Dist":
         return cls(median=median_ms / 1000, p99=None if p99_ms is None else p99_ms / 1000)
 
