@@ -478,3 +478,33 @@ def test_open_arrival_kinds_offer_the_scenario_rate(kind: str, expected: float) 
         "kind": kind, "rate_per_agent_s": 0.2, "burst_size": 5, "ramp_s": 20}}, run={"duration_s": 60}))
     started = run_sim(s).meta["sim"]["started_requests"]
     assert started == pytest.approx(expected, rel=0.05)
+
+
+def test_one_signer_key_queues_payments_at_its_lock_after_acceptance() -> None:
+    """Our engines hold the signer lock across two loop steps and the send's round trip, so one key sends at
+    most 1 / (steps + round trip) txs per second: closed-loop payers then wait at the lock (after acceptance,
+    inside settlement latency), not at /verify; a second key doubles the rate (each has its own lock)."""
+    def run(keys: int, verify_ms: float = 0.1, settle_ms: float = 0.2) -> dict:
+        s = validate_scenario(world(chain={"mining": "interval", "block_time_s": 0.2},
+                                    facilitator={"strategy": "pipelined", "signer_keys": keys},
+                                    agents={"count": 100, "funding_usdc": 1000, "arrivals": {"kind": "closed"}},
+                                    run={"duration_s": 10, "warmup_s": 2, "users": 100, "spawn_rate": 1000}))
+        base = instant_calibration()
+        ms = Dist.from_ms
+        timing = base.strategy("pipelined").model_copy(update={
+            "verify_cpu_s": ms(verify_ms), "settle_cpu_s": ms(settle_ms), "submit_s": ms(4.0)})
+        cal = base.model_copy(update={"strategies": {**base.strategies, "pipelined": timing}})
+        return build_sim_summary(run_sim(s, cal, SimOptions(driver="locust")))["metrics"]
+
+    one, two = run(1), run(2)
+    cycle = 0.004 + 0.2e-3 * (0.15 + 0.05)  # the round trip and the lock's own steps (no wait: the CPU is idle)
+    assert one["throughput_rps"] == pytest.approx(1 / cycle, rel=0.03)
+    assert two["throughput_rps"] == pytest.approx(2 / cycle, rel=0.05)
+    phases = one["phase_s"]
+    assert phases["settle"] > 50 * phases["verify"]  # the queue is after acceptance
+    assert one["settlement_latency_s"]["p50"] > 0.3  # ~100 payments ahead at the lock, 4 ms each
+    # A busy loop (2.8 ms of CPU per payment, ~60% busy) makes each lock step wait its
+    # turn: the key sends fewer txs than its round trip allows, though the CPU alone could carry them.
+    busy = run(1, verify_ms=1.2, settle_ms=1.6)
+    alone = 1 / (0.004 + 1.6e-3 * 0.2)
+    assert busy["throughput_rps"] < 0.96 * alone and busy["throughput_rps"] < 1 / 2.8e-3

@@ -95,6 +95,11 @@ def test_facilitator_metrics_count_what_it_did(world: World) -> None:
         assert probe["rpc_calls"]["eth_sendRawTransaction"] >= 1 and probe["rpc_calls"]["eth_getTransactionReceipt"] >= 1
     else:
         assert "sdk_threads" not in metrics and metrics["rpc_calls"] > 0
+        timing = metrics["timing"]  # what calibration's submit_s and the lock model read
+        sends = timing["lane_hold_s"]["count"]
+        assert sends >= 1 and timing["lane_rpc_s"]["count"] == timing["lane_wait_s"]["count"] == sends
+        assert 0 < timing["lane_rpc_s"]["mean"] <= timing["lane_hold_s"]["mean"] < 5  # the round trip is inside the hold
+        assert timing["loop_lag_s"]["count"] > 0 and 0 <= timing["loop_lag_s"]["p50"] < 1
 
 
 def test_world_processes_are_its_own_children(world: World) -> None:
