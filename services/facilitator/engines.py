@@ -34,6 +34,7 @@ from services.facilitator.checks import Authorization, Rejection, check_chain, c
 from services.facilitator.config import FacilitatorConfig
 from services.facilitator.evm import (
     SEL_AUTHORIZATION_STATE,
+    TOPIC_AUTHORIZATION_USED,
     AsyncRpc,
     ReceiptWatcher,
     authorizations_used,
@@ -41,6 +42,7 @@ from services.facilitator.evm import (
     batch_settle_data,
     call_data,
     transfer_with_authorization_data,
+    word,
 )
 from services.facilitator.guard import SettlementGuard
 from services.facilitator.ledger import Claim, Ledger
@@ -265,19 +267,30 @@ class OwnEngine(Engine):
         lane = self.pool.pick()
         lane.in_flight += 1
         pending: list[asyncio.Future[dict[str, Any]]] = []
+        hashes: list[str] = []
         try:
-            sent = await lane.send(
-                self.config.token.address, data, on_hash=lambda h: pending.append(self.watcher.expect(h))
-            )
+            sent = await lane.send(self.config.token.address, data,
+                                   on_hash=self._writing_ahead(claims, lane, hashes, pending))
         except Exception as exc:
             lane.in_flight -= 1
             log.warning("send failed for %s: %s", claim.nonce, exc)
-            self.ledger.release(claim, reasons.TRANSACTION_FAILED)
+            self.ledger.release(claim, reasons.TRANSACTION_FAILED, refused_tx=hashes[-1] if hashes else "")
             return self._failure(Rejection(reasons.TRANSACTION_FAILED, str(exc), claim.payer))
         self.watcher.sent()
         self.ledger.submitted([claim.id], sent.signer, sent.nonce, sent.tx_hash)
         self.guard.sent(sent, claims, lane, self.config.token.address, data, None)
         return await self._answer(claims, sent.tx_hash, self._track(claims, sent.tx_hash, pending[-1], lane))
+
+    def _writing_ahead(self, claims: list[Claim], lane: SignerLane, hashes: list[str],
+                       pending: "list[asyncio.Future[dict[str, Any]]]") -> Any:
+        """The lane's on_hash: before each broadcast, the tx's hash goes into the ledger (a process killed while
+        the node takes the tx leaves its successor a hash to look up, not a claim to send again) and the
+        watcher starts waiting for its receipt."""
+        def on_hash(tx_hash: str) -> None:
+            self.ledger.sending([c.id for c in claims], lane.address, tx_hash)
+            hashes.append(tx_hash)
+            pending.append(self.watcher.expect(tx_hash))
+        return on_hash
 
     def _track(self, claims: list[Claim], tx_hash: str, receipt: "asyncio.Future[dict[str, Any]]",
                lane: SignerLane) -> "asyncio.Task[dict[str, Any]]":
@@ -306,6 +319,11 @@ class OwnEngine(Engine):
         self.guard.mined(receipt)
         tx_hash = receipt["transactionHash"]  # the guard may have sent it again under another hash
         ok = int(receipt["status"], 16) == 1
+        if not ok:
+            (own,) = await self._own_settlements(claims)
+            if own is not None:  # an earlier tx of ours used the authorization: that one is the settlement
+                self._finish_from(claims, own)
+                return self._settled_answer(claims[0], own["transactionHash"])
         self.ledger.finished(
             claims,
             ok=ok,
@@ -324,9 +342,14 @@ class OwnEngine(Engine):
         """Close what a crashed predecessor left open: never resend what may have landed.
 
         A claim whose tx has a receipt is settled if the token consumed its authorization in
-        that tx (a batch may have skipped it), and failed otherwise; a claim never sent goes
-        out again while its authorization is still valid.
+        that tx (a batch may have skipped it, or an earlier tx of ours used it), and failed
+        otherwise; a tx still in the node's pool is followed. Any other claim (no tx named, or
+        one the node does not know) is judged by the chain before anything is sent: a
+        predecessor killed between the node taking its tx and the ledger hearing of it leaves
+        an authorization already used by a tx of ours, and that claim is settled by that tx.
+        Only a claim whose authorization is still unused goes out again, while still valid.
         """
+        unknown: list[Claim] = []
         for claim, state, tx_hash in self.ledger.open_claims():
             if tx_hash:
                 receipt = await self.watcher.lookup(tx_hash)
@@ -337,6 +360,15 @@ class OwnEngine(Engine):
                     # still in the node's pool: follow it; sending the authorization again would race it
                     asyncio.create_task(self._follow_pending(claim, tx_hash, self.watcher.expect(tx_hash)))
                     continue
+            unknown.append(claim)
+        for claim, used in zip(unknown, await self._authorizations_used(unknown)):
+            if used:
+                (own,) = await self._own_settlements([claim], strict=True)
+                if own is not None:
+                    self._finish_from([claim], own)
+                else:
+                    self.ledger.finished([claim], ok=False, error=reasons.NONCE_ALREADY_USED)
+                continue
             if claim.valid_before <= time.time():
                 self.ledger.finished([claim], ok=False, error=reasons.VALID_BEFORE_EXPIRED)
                 continue
@@ -349,11 +381,30 @@ class OwnEngine(Engine):
             log.warning("recovered tx %s still has no receipt; reconciliation will read the chain", tx_hash)
 
     async def _close_from_receipt(self, claim: Claim, tx_hash: str, receipt: dict[str, Any]) -> None:
-        """Settled if the token consumed this claim's authorization in that tx, failed (with why) otherwise."""
+        """Settled if the token consumed this claim's authorization in that tx (or an earlier tx of ours did),
+        failed (with why) otherwise."""
         ok = (claim.payer.lower(), claim.nonce.lower()) in authorizations_used(receipt, self.config.token.address)
         error = None if ok else (await self._why_failed([claim]))[0]
+        if error == reasons.NONCE_ALREADY_USED:
+            (own,) = await self._own_settlements([claim])
+            if own is not None:
+                self._finish_from([claim], own)
+                return
         self.ledger.finished([claim], ok=ok, tx_hash=tx_hash, block_number=int(receipt["blockNumber"], 16),
                              gas_used=int(receipt["gasUsed"], 16), included_at=time.time(), error=error)
+
+    async def _authorizations_used(self, claims: list[Claim]) -> list[bool]:
+        """Whether the token has marked each claim's authorization used (one batched read; an RPC error raises)."""
+        if not claims:
+            return []
+        token = self.config.token.address
+        results = await self.rpc.batch([
+            ("eth_call", [{"to": token, "data": call_data(SEL_AUTHORIZATION_STATE, c.payer, c.nonce)}, "latest"])
+            for c in claims])
+        for result in results:
+            if not isinstance(result, str):
+                raise result
+        return [int(r, 16) == 1 for r in results]
 
     async def _why_failed(self, claims: list[Claim]) -> list[str]:
         """A claim whose nonce is now used was beaten to the chain; anything else failed in the transfer."""
@@ -365,6 +416,47 @@ class OwnEngine(Engine):
             for c in claims])
         return [reasons.NONCE_ALREADY_USED if isinstance(r, str) and int(r, 16) == 1 else reasons.TRANSACTION_FAILED
                 for r in results]
+
+    async def _own_settlements(self, claims: list[Claim], strict: bool = False) -> list[dict[str, Any] | None]:
+        """Per claim whose authorization is used: the receipt of the tx that used it if that tx was ours (sent by
+        one of our signer keys, this process or an earlier one), else None (someone else beat us to it).
+
+        How a claim whose own earlier tx landed unrecorded (its process killed mid-send), or whose retry
+        raced a tx still in flight, is closed as what it is: settled, by that earlier tx. An unreadable chain
+        raises when `strict` (recovery: better not to start than to close a paid claim as failed), else counts
+        as no tx of ours (the claim fails with nonce_already_used, as it did before this check)."""
+        ours = {a.lower() for a in self.signer_addresses}
+        token = self.config.token.address
+        found: list[dict[str, Any] | None] = []
+        for claim in claims:
+            own = None
+            try:
+                logs = await self.rpc.call("eth_getLogs", {
+                    "address": token, "fromBlock": "0x0", "toBlock": "latest",
+                    "topics": [TOPIC_AUTHORIZATION_USED, "0x" + word(claim.payer), "0x" + word(claim.nonce)]})
+                for entry in logs or []:
+                    if entry.get("removed"):
+                        continue
+                    receipt = await self.rpc.call("eth_getTransactionReceipt", entry["transactionHash"])
+                    if (receipt is not None and int(receipt["status"], 16) == 1
+                            and str(receipt.get("from", "")).lower() in ours):
+                        own = receipt
+                        break
+            except Exception as exc:  # noqa: BLE001 - unreadable now: judged as before (nonce used by someone)
+                if strict:
+                    raise
+                log.warning("could not read who used the authorization of %s: %s", claim.nonce, exc)
+            found.append(own)
+        return found
+
+    def _finish_from(self, claims: list[Claim], receipt: dict[str, Any]) -> None:
+        """Close claims as settled by the tx of this receipt (their authorizations used in it)."""
+        log.warning("claim(s) %s settled by an earlier tx of ours, %s", [c.id for c in claims],
+                    receipt["transactionHash"])
+        self.ledger.finished(claims, ok=True, tx_hash=receipt["transactionHash"],
+                             block_number=int(receipt["blockNumber"], 16), gas_used=int(receipt["gasUsed"], 16),
+                             effective_gas_price=int(receipt.get("effectiveGasPrice", "0x0"), 16),
+                             included_at=time.time())
 
 
 class PipelinedEngine(OwnEngine):
@@ -418,14 +510,15 @@ class BatchedEngine(OwnEngine):
         lane = self.pool.pick()
         lane.in_flight += 1
         pending: list[asyncio.Future[dict[str, Any]]] = []
+        hashes: list[str] = []
         try:
             try:
-                sent = await lane.send(self.settler, data, on_hash=lambda h: pending.append(self.watcher.expect(h)),
+                sent = await lane.send(self.settler, data, on_hash=self._writing_ahead(claims, lane, hashes, pending),
                                        gas=batch_gas_limit(len(claims)))
             except Exception as exc:
                 log.warning("batch of %d: send failed: %s", len(claims), exc)
                 for claim in claims:
-                    self.ledger.release(claim, reasons.TRANSACTION_FAILED)
+                    self.ledger.release(claim, reasons.TRANSACTION_FAILED, refused_tx=hashes[-1] if hashes else "")
                 self._answer_all(batch, reasons.TRANSACTION_FAILED, "", str(exc))
                 return {}
             self.batches += 1
@@ -459,6 +552,13 @@ class BatchedEngine(OwnEngine):
                 if not future.done():
                     future.set_result(self._settled_answer(claim, tx_hash))
         for (claim, future), reason in zip(failed, await self._why_failed([c for c, _ in failed])):
+            if reason == reasons.NONCE_ALREADY_USED:
+                (own,) = await self._own_settlements([claim])
+                if own is not None:  # an earlier batch of ours used it (sent by a process killed before recording)
+                    self._finish_from([claim], own)
+                    if not future.done():
+                        future.set_result(self._settled_answer(claim, own["transactionHash"]))
+                    continue
             self.ledger.finished([claim], ok=False, error=reason, **figures)
             if not future.done():
                 future.set_result(self._unsettled_answer(claim.payer, reason, tx_hash))

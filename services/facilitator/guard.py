@@ -145,9 +145,15 @@ class SettlementGuard:
         lane = tracked.lane
         lane.forget_nonce()  # the chain's nonce for this key moved back: read it again
         replacement: list[asyncio.Future[dict[str, Any]]] = []
+        write_ahead = getattr(self.engine.ledger, "sending", None)  # the payments ledger's; channel rows have none
+
+        def on_hash(h: str) -> None:
+            if write_ahead is not None:  # killed mid-send, the successor looks this hash up (see Ledger.sending)
+                write_ahead([c.id for c in tracked.claims], lane.address, h)
+            replacement.append(self.engine.watcher.expect(h))
+
         try:
-            sent = await lane.send(tracked.to, tracked.data, gas=tracked.gas,
-                                   on_hash=lambda h: replacement.append(self.engine.watcher.expect(h)))
+            sent = await lane.send(tracked.to, tracked.data, gas=tracked.gas, on_hash=on_hash)
         except Exception as exc:  # noqa: BLE001 - e.g. the key cannot pay for gas yet: try again next tick
             log.warning("settlement tx %s %s; sending it again failed (%s), will retry", tx_hash, why, exc)
             return

@@ -5,7 +5,8 @@ exactly which authorizations it promised to settle, and because the UNIQUE key o
 (token, payer, nonce) is what makes "the same authorization never settles twice" hold
 even when twenty copies race each other: only one INSERT can win.
 
-States: accepted (claimed, no tx yet) -> submitted (tx broadcast) -> settled | failed.
+States: accepted (claimed, no tx yet) -> submitted (tx hash written just before its broadcast, then again with
+its nonce once the node took it) -> settled | failed.
 Rejected payments never enter the ledger; they are counted by reason in `rejections`.
 """
 
@@ -132,17 +133,36 @@ class Ledger:
             ).fetchone()
         return row is not None
 
-    def release(self, claim: Claim, reason: str) -> None:
-        """Forget a claim that was rejected before any tx was sent (it was never really accepted)."""
+    def release(self, claim: Claim, reason: str, refused_tx: str = "") -> None:
+        """Forget a claim that was rejected before any tx was sent (it was never really accepted).
+
+        `refused_tx`: the hash `sending` recorded for a tx the node then refused; a row naming any other tx
+        (one that may be on the chain) is kept."""
         with self._lock:
-            self._db.execute("DELETE FROM payments WHERE id = ? AND (state = 'accepted' OR (state = 'submitted' "
-                             "AND COALESCE(tx_hash, '') = ''))", (claim.id,))  # no tx ever named: never sent
-            self._unreserve(claim.payer, claim.amount)
+            cursor = self._db.execute(
+                "DELETE FROM payments WHERE id = ? AND (state = 'accepted' OR (state = 'submitted' "
+                "AND COALESCE(tx_hash, '') IN ('', ?)))",  # no tx named, or only the refused one
+                (claim.id, refused_tx.lower()))
+            if cursor.rowcount:  # a kept row stays reserved until it closes
+                self._unreserve(claim.payer, claim.amount)
             self._count_rejection(reason)
 
     def reject(self, reason: str) -> None:
         with self._lock:
             self._count_rejection(reason)
+
+    def sending(self, ids: list[int], signer: str, tx_hash: str) -> None:
+        """Write ahead, before the broadcast: the hash of the signed tx about to carry these claims.
+
+        A process killed after the node took the tx but before `submitted` leaves this hash, so its
+        successor looks the tx up instead of sending the authorization again (a second tx that can only
+        revert, and would close a paid claim as failed). tx_nonce stays unknown until `submitted`."""
+        with self._lock:
+            self._db.executemany(
+                "UPDATE payments SET state = 'submitted', submitted_at = ?, signer = ?, tx_hash = ?, batch_size = ? "
+                "WHERE id = ? AND state IN (?, ?)",
+                [(time.time(), signer, tx_hash.lower(), len(ids), i, *OPEN_STATES) for i in ids],
+            )
 
     def submitted(self, ids: list[int], signer: str, tx_nonce: int, tx_hash: str) -> None:
         with self._lock:
