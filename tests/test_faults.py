@@ -3,7 +3,7 @@ real HTTP, each fault applied the way the scenario's timeline says (crashes by S
 faults through the loopback proxies, reorgs and drained keys on the node itself).
 
 The strategies rotate over the kinds so each of ours meets several faults here; kinds of one strategy
-share a run (one world; sync has two, see RUNS), struck one after another in slots as long as the old one-kind
+share a run (one world), struck one after another in slots as long as the old one-kind
 runs (the fault at 3 s of its slot, the next one 7 s later), as `scenarios/faults.yaml` strikes every kind
 in one run. Each kind is still its own test, judged on its own row of the per-fault table (a loss during
 or after its window, up to the next fault, is charged to it) and on evidence only it can leave: its own
@@ -45,11 +45,10 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
 #: run -> the kinds it strikes, in order; the kinds of one run share a strategy. One kind per run that
 #: can make the guard re-send (tx_dropped, reorg, signer_out_of_gas), so `resends` is that kind's evidence
 #: alone. The facilitator crash strikes first in its run (the facilitator's counters are read at the end,
-#: from the process that came back), in a world without the RPC fault proxy, as its own run always had:
-#: its partner, client_disconnect, needs no proxy either.
+#: from the process that came back), with the RPC fault proxy in the path (tests/test_crash_recovery.py
+#: pins down the crash mid-send that the proxy's slower answers made likely).
 RUNS: dict[str, tuple[str, ...]] = {
-    "sync-crash": ("facilitator_crash", "client_disconnect"),
-    "sync-rpc": ("rpc_latency", "tx_dropped"),
+    "sync": ("facilitator_crash", "rpc_latency", "tx_dropped", "client_disconnect"),
     "pipelined": ("service_crash", "rpc_errors", "reorg"),
     "batched": ("chain_stall", "signer_out_of_gas", "facilitator_5xx_after_settle"),
 }
