@@ -393,14 +393,18 @@ class OwnEngine(Engine):
         self.ledger.finished([claim], ok=ok, tx_hash=tx_hash, block_number=int(receipt["blockNumber"], 16),
                              gas_used=int(receipt["gasUsed"], 16), included_at=time.time(), error=error)
 
-    async def _authorizations_used(self, claims: list[Claim]) -> list[bool]:
-        """Whether the token has marked each claim's authorization used (one batched read; an RPC error raises)."""
+    async def _authorization_states(self, claims: list[Claim]) -> list[Any]:
+        """The token's authorizationState of each claim, in one batched read: a hex word, or the call's error."""
         if not claims:
             return []
         token = self.config.token.address
-        results = await self.rpc.batch([
+        return await self.rpc.batch([
             ("eth_call", [{"to": token, "data": call_data(SEL_AUTHORIZATION_STATE, c.payer, c.nonce)}, "latest"])
             for c in claims])
+
+    async def _authorizations_used(self, claims: list[Claim]) -> list[bool]:
+        """Whether the token has marked each claim's authorization used (an RPC error raises)."""
+        results = await self._authorization_states(claims)
         for result in results:
             if not isinstance(result, str):
                 raise result
@@ -408,14 +412,8 @@ class OwnEngine(Engine):
 
     async def _why_failed(self, claims: list[Claim]) -> list[str]:
         """A claim whose nonce is now used was beaten to the chain; anything else failed in the transfer."""
-        if not claims:
-            return []
-        token = self.config.token.address
-        results = await self.rpc.batch([
-            ("eth_call", [{"to": token, "data": call_data(SEL_AUTHORIZATION_STATE, c.payer, c.nonce)}, "latest"])
-            for c in claims])
         return [reasons.NONCE_ALREADY_USED if isinstance(r, str) and int(r, 16) == 1 else reasons.TRANSACTION_FAILED
-                for r in results]
+                for r in await self._authorization_states(claims)]
 
     async def _own_settlements(self, claims: list[Claim], strict: bool = False) -> list[dict[str, Any] | None]:
         """Per claim whose authorization is used: the receipt of the tx that used it if that tx was ours (sent by

@@ -16,6 +16,8 @@ import json
 import aiohttp
 from eth_utils import keccak
 
+from services.background import stop_tasks
+
 
 def selector(signature: str) -> str:
     return keccak(text=signature)[:4].hex()
@@ -191,12 +193,7 @@ class ReceiptWatcher:
             self._kick.set()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await stop_tasks(self._task)
 
     def expect(self, tx_hash: str) -> "asyncio.Future[dict[str, Any]]":
         """A future for the receipt; register before or right after sending: blocks are scanned in order."""

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from services.background import stop_tasks
 from services.facilitator.evm import SEL_AUTHORIZATION_STATE, AsyncRpc, ReceiptWatcher, RpcError, call_data
 from services.facilitator.ledger import Claim
 from services.facilitator.signers import SentTx, SignerLane
@@ -77,12 +78,7 @@ class SettlementGuard:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await stop_tasks(self._task)
 
     def sent(self, tx: SentTx, claims: list[Claim], lane: SignerLane, to: str, data: str, gas: int | None) -> None:
         self.txs[tx.tx_hash.lower()] = Tracked(claims, lane, to, data, gas, time.monotonic())

@@ -24,6 +24,8 @@ from typing import Any, TypedDict
 
 from hdrh.histogram import HdrHistogram
 
+from services.background import stop_tasks
+
 #: How often the probe asks to wake. Short enough to sample a 60 s run thousands of times, long enough
 #: that the probe's own CPU (one wake-up) is noise next to a payment's.
 PERIOD_S = 0.01
@@ -90,13 +92,8 @@ class LoopLag:
         self._task = asyncio.create_task(self._run(), name="loop-lag-probe")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_tasks(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:  # perf_counter, not loop.time(): uvloop's clock is cached per iteration, in milliseconds

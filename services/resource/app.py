@@ -57,6 +57,7 @@ from x402.http.facilitator_client import _attach_extension_responses, _parse_fac
 from x402.http.middleware.fastapi import PaymentMiddlewareASGI
 from x402.mechanisms.evm.exact import ExactEvmServerScheme
 
+from services.background import stop_tasks
 from services.process import write_private
 from services.resource.channel_storage import make_storage
 from services.resource.channels import ChannelKeeper, MemoryBook, ProcessLocks, SharedBook
@@ -437,12 +438,7 @@ class VoucherCounts:
         return {name: sum(int(book.get(name, 0)) for book in books.values()) for name in self.counts}
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await stop_tasks(self._task)
         try:
             self.write()
         except Exception:  # noqa: BLE001 - counts only; a shutdown must end

@@ -206,13 +206,10 @@ class SqliteChannelStorage:
             return self._update_shared(key, update)
         with self._lock:  # one lock for all channels: updates are microseconds, and the update callback is pure
             current = self._channels.get(key)
-            snapshot = current.copy() if current else None
-            following = update(snapshot)
-            if following is snapshot:
-                return ChannelUpdateResult(channel=current.copy() if current else None, status="unchanged")
+            following, unchanged = _applied(update, current)
+            if unchanged is not None:
+                return unchanged
             if following is None:
-                if current is None:
-                    return ChannelUpdateResult(channel=None, status="unchanged")
                 self._db.execute("DELETE FROM channels WHERE id = ?", (key,))
                 del self._channels[key]
                 self._written.pop(key, None)
@@ -231,13 +228,10 @@ class SqliteChannelStorage:
         with self._write():
             row = self._db.execute("SELECT record, pending_pid FROM channels WHERE id = ?", (key,)).fetchone()
             current = self._decode(row) if row else None
-            snapshot = current.copy() if current else None
-            following = update(snapshot)
-            if following is snapshot:
-                return ChannelUpdateResult(channel=current.copy() if current else None, status="unchanged")
+            following, unchanged = _applied(update, current)
+            if unchanged is not None:
+                return unchanged
             if following is None:
-                if current is None:
-                    return ChannelUpdateResult(channel=None, status="unchanged")
                 self._db.execute("DELETE FROM channels WHERE id = ?", (key,))
                 return ChannelUpdateResult(channel=None, status="deleted")
             if current is not None and int(following.total_claimed) < int(current.total_claimed):
@@ -276,6 +270,19 @@ class SqliteChannelStorage:
             self._db.execute("INSERT INTO books (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
                              "value = excluded.value", (key, json.dumps(value, separators=(",", ":"))))
             return value
+
+
+def _applied(update: ChannelUpdate, current: Channel | None) -> tuple[Channel | None, ChannelUpdateResult | None]:
+    """The SDK's update callback on a copy of `current`, with the in-memory storage's semantics: (record, None) to
+    write the new record, (None, None) to delete the current one, (_, result) when nothing changes (the callback
+    returned its argument, or deleted what was not there)."""
+    snapshot = current.copy() if current else None
+    following = update(snapshot)
+    if following is snapshot:
+        return None, ChannelUpdateResult(channel=current.copy() if current else None, status="unchanged")
+    if following is None and current is None:
+        return None, ChannelUpdateResult(channel=None, status="unchanged")
+    return following, None
 
 
 def _durable_part(channel: Channel) -> dict[str, Any]:

@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
+from services.background import stop_tasks
+
 log = logging.getLogger("x402bench.resource.channels")
 
 NOTHING_TO_SETTLE = "invalid_batch_settlement_evm_nothing_to_settle"
@@ -167,13 +169,7 @@ class ChannelKeeper:
 
     async def stop(self) -> None:
         """Stop the timers, then claim and settle what is held (at most `flush_s`)."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await stop_tasks(*self._tasks)
         self._tasks = []
         try:
             await asyncio.wait_for(self.claim_and_settle(), self.flush_s)
