@@ -1,19 +1,32 @@
 """The `x402bench` command line. Each command group lives in its own module under
-x402bench/commands/ and registers itself on `app`; this file only wires them and
-turns known user errors into clean exit codes (2 = bad input, 1 = SLO failed)."""
+x402bench/commands/ and registers itself on `app`; this file only wires them and turns
+errors into the documented exit codes (x402bench/errors.py): 0 every SLO passed, 1 an SLO
+failed, 2 bad input or usage, 3 anything else (traceback to a log file, one line on stderr)."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
+from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from x402bench import errors
 from x402bench.scenario import ScenarioError
 
+HELP = (
+    "x402bench: benchmark x402 micropayments on a local chain, live (Locust) or simulated (SimPy).\n\n"
+    "Exit codes: 0 every SLO passed; 1 an SLO failed (or a validation, a probe, a sweep point); 2 bad input or "
+    "usage (a bad scenario, a missing file, an --out that is a file); 3 anything else, an internal error: its "
+    "traceback goes to x402bench-error.log in the run folder (when the run had one), else to a file of its own "
+    "in the temp dir, and stderr gets one line naming the error and that file."
+)
+
 app = typer.Typer(
-    help="x402bench: benchmark x402 micropayments on a local chain, live (Locust) or simulated (SimPy).",
+    help=HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -23,6 +36,23 @@ err = Console(stderr=True, soft_wrap=True)  # an error message is one line, what
 #: Modules under x402bench.commands that define commands on `app` when imported.
 COMMAND_MODULES = ("scenario_cmds", "world_cmds", "load_cmds", "report_cmds", "sim_cmds", "probe_cmds")
 
+def _checked(callback: Any) -> Any:
+    """The command with its path options checked first (errors.path_problems): bad ones exit 2 before any work."""
+    if getattr(callback, "_x402bench_checked", False):
+        return callback
+
+    @functools.wraps(callback)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        problems = errors.path_problems(kwargs)
+        if problems:
+            for problem in problems:
+                err.print(f"[red]error:[/red] {escape(problem)}", highlight=False)
+            raise typer.Exit(errors.BAD_INPUT)
+        return callback(*args, **kwargs)
+
+    run._x402bench_checked = True  # type: ignore[attr-defined]
+    return run
+
 
 def _register() -> None:
     for name in COMMAND_MODULES:
@@ -31,6 +61,8 @@ def _register() -> None:
         except ModuleNotFoundError as exc:
             if exc.name != f"x402bench.commands.{name}":
                 raise
+    for info in app.registered_commands:
+        info.callback = _checked(info.callback)
 
 
 def _exit_on_sigterm() -> None:
@@ -51,4 +83,12 @@ def main() -> None:
         app()
     except ScenarioError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
-        sys.exit(2)
+        sys.exit(errors.BAD_INPUT)
+    except Exception as exc:  # noqa: BLE001 - anything else is an internal error: exit 3, traceback to a file
+        try:
+            log = str(errors.write_crash_log(exc))
+        except Exception as log_exc:  # noqa: BLE001
+            log = f"none (writing it failed: {errors.one_line(log_exc)})"
+        err.print(f"[red]internal error:[/red] {escape(errors.one_line(exc))}; traceback in {escape(log)}",
+                  highlight=False)
+        sys.exit(errors.INTERNAL_ERROR)

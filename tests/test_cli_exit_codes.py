@@ -1,0 +1,97 @@
+"""The CLI's exit codes (issue 12): 0 every SLO passed, 1 an SLO failed, 2 bad input or usage, 3 anything
+else, with the traceback in a log file and one line on stderr. Sim runs only (no Anvil), through the entry
+point in this process (conftest's x402bench_here)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+SMOKE = Path("scenarios/smoke.yaml")
+
+
+def _scenario(tmp_path: Path, **slo: float) -> Path:
+    data = yaml.safe_load(SMOKE.read_text())
+    data["slo"].update(slo)
+    path = tmp_path / "smoke.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One short sim run of smoke (its SLOs pass), shared by the tests that only read it."""
+    from sim.run import SimOptions, simulate
+    from x402bench.scenario import load_scenario
+
+    root = tmp_path_factory.mktemp("runs")
+    run_dir, summary, _ = simulate(load_scenario(SMOKE), None, SimOptions(duration_s=3), root, "a")
+    assert summary["slo"]["passed"]
+    return run_dir
+
+
+def test_exit_0_when_every_slo_passes(tmp_path: Path, x402bench_here) -> None:  # noqa: ANN001
+    done = x402bench_here("sim", str(SMOKE), "--duration", "3", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_exit_1_when_an_slo_fails(tmp_path: Path, x402bench_here) -> None:  # noqa: ANN001
+    done = x402bench_here("sim", str(_scenario(tmp_path, min_throughput_rps=1e9)), "--duration", "3",
+                          "--out", str(tmp_path / "out"))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "SLO failed" in done.stdout and "Traceback" not in done.stderr
+
+
+def test_exit_2_for_a_bad_scenario_field(tmp_path: Path, x402bench_here) -> None:  # noqa: ANN001
+    path = tmp_path / "bad.yaml"
+    path.write_text(SMOKE.read_text().replace("work_ms: 5", "wrok_ms: 5"))
+    done = x402bench_here("sim", str(path), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and "wrok_ms" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command", [["sim", str(SMOKE)], ["sweep", str(SMOKE), "--grid", "agents=2"],
+                                     ["capacity", "scenarios/x402-ecosystem-2025.yaml"]])
+def test_exit_2_before_any_work_when_out_is_an_existing_file(tmp_path: Path, command: list[str],
+                                                             x402bench_here) -> None:  # noqa: ANN001
+    afile = tmp_path / "afile"
+    afile.write_text("mine\n")
+    for out in (afile, afile / "below"):
+        done = x402bench_here(*command, "--out", str(out))
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert str(afile) in done.stderr and "not a folder" in done.stderr and "Traceback" not in done.stderr
+        assert done.stdout == ""  # nothing ran: no result, no progress
+    assert afile.read_text() == "mine\n"
+
+
+def test_exit_2_when_a_file_option_is_a_folder(tmp_path: Path, x402bench_here) -> None:  # noqa: ANN001
+    done = x402bench_here("calibrate", str(SMOKE), "--defaults", "--out", str(tmp_path))
+    assert done.returncode == 2 and "is a folder" in done.stderr
+
+
+def test_exit_3_for_an_internal_error_traceback_in_a_log_not_on_screen(
+        tmp_path: Path, smoke_run: Path, monkeypatch: pytest.MonkeyPatch, x402bench_here) -> None:  # noqa: ANN001
+    """A real bug, no mock: a run folder whose summary.json holds an integer no float can hold makes
+    `compare` overflow computing B/A. With no run folder being written, the log goes to the temp dir."""
+    broken = tmp_path / "smoke" / "b"
+    shutil.copytree(smoke_run, broken)
+    summary = json.loads((broken / "summary.json").read_text())
+    summary["metrics"]["requests"] = 10 ** 400
+    (broken / "summary.json").write_text(json.dumps(summary))
+    logs = tmp_path / "tmp"
+    logs.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(logs))  # where the temp dir is, nothing else
+
+    done = x402bench_here("compare", str(smoke_run), str(broken))
+
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
+    (log,) = logs.glob("x402bench-error-*.log")
+    assert done.stderr.strip().count("\n") == 0, done.stderr  # one line
+    assert "OverflowError" in done.stderr and str(log) in done.stderr
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "OverflowError" in text and "compare" in text
