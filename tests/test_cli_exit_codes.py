@@ -95,3 +95,33 @@ def test_exit_3_for_an_internal_error_traceback_in_a_log_not_on_screen(
     assert "OverflowError" in done.stderr and str(log) in done.stderr
     text = log.read_text()
     assert "Traceback (most recent call last)" in text and "OverflowError" in text and "compare" in text
+
+
+def test_exit_3_log_goes_to_the_run_folder_when_the_run_had_one(tmp_path: Path, x402bench_here) -> None:  # noqa: ANN001
+    """No mock: a folder where the run's summary.json goes makes writing the run folder fail midway."""
+    run_dir = tmp_path / "smoke" / "r1"
+    (run_dir / "summary.json").mkdir(parents=True)
+    done = x402bench_here("sim", str(SMOKE), "--duration", "3", "--out", str(tmp_path), "--run-id", "r1")
+    assert done.returncode == 3, done.stdout + done.stderr
+    log = run_dir / "x402bench-error.log"
+    assert "IsADirectoryError" in done.stderr and str(log) in done.stderr and "Traceback" not in done.stderr
+    assert "IsADirectoryError" in log.read_text() and "write_run" in log.read_text()
+
+
+def test_h_is_help_on_every_command(x402bench_here) -> None:  # noqa: ANN001
+    import x402bench.cli as entry
+
+    entry._register()
+    names = [info.name or info.callback.__name__.replace("_", "-") for info in entry.app.registered_commands]
+    assert {"sim", "sweep", "compare", "check", "load", "calibrate", "validate", "schema"} <= set(names)
+    for command in [[], *([name] for name in names)]:
+        short, long = x402bench_here(*command, "-h"), x402bench_here(*command, "--help")
+        assert short.returncode == long.returncode == 0 and "Usage" in short.stdout, (command, short.stderr)
+        assert short.stdout == long.stdout
+
+
+def test_version(x402bench_here) -> None:  # noqa: ANN001
+    from importlib import metadata
+
+    done = x402bench_here("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"x402bench {metadata.version('x402bench')}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import importlib
 import sys
-from typing import Any
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -30,11 +30,35 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 err = Console(stderr=True, soft_wrap=True)  # an error message is one line, whatever the width
 
 #: Modules under x402bench.commands that define commands on `app` when imported.
 COMMAND_MODULES = ("scenario_cmds", "world_cmds", "load_cmds", "report_cmds", "sim_cmds", "probe_cmds")
+
+def version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("x402bench")
+    except metadata.PackageNotFoundError:
+        import x402bench
+
+        return getattr(x402bench, "__version__", "unknown")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"x402bench {version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(show_version: Optional[bool] = typer.Option(None, "--version", callback=_show_version, is_eager=True,
+                                                       help="Print the version and exit.")) -> None:
+    pass
+
 
 def _checked(callback: Any) -> Any:
     """The command with its path options checked first (errors.path_problems): bad ones exit 2 before any work."""
