@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, ValidationError, field_validator, model_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema as cs
 
 from x402bench.registry import SCHEMES, STRATEGIES, schema_help
 
@@ -125,6 +127,31 @@ def _coerce_duration(value: Any) -> Any:
     return value
 
 
+class _OrBareMedian:
+    """JSON Schema only: a Duration field also takes a bare number, its median (what _coerce_duration
+    accepts), so the schema offers `{median, p99}` or a number >= 0."""
+
+    def __get_pydantic_json_schema__(self, schema: cs.CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"anyOf": [handler(schema), {"type": "number", "minimum": 0,
+                                            "description": "A constant duration: the median, no p99."}]}
+
+
+#: A Duration field as a scenario may write it: a mapping, or a bare number read as its median.
+DurationOrMedian = Annotated[Duration, _OrBareMedian()]
+
+
+#: The string prices the JSON Schema offers: "$0.001", "0.001 USDC" (or "0.001USDC", any case, "$" allowed),
+#: or whole atomic units as a string ("1000"); positive; at most 6 decimals of a dollar (the services check
+#: every price at 6 decimals; trailing zeros do not count). parse_price reads a few more spellings that the
+#: schema does not advertise (an exponent, a sign, `_` digit groups, repeated "$", spaces around), and
+#: refuses a price finer than token.decimals when those are under 6, which the schema cannot see.
+PRICE_PATTERN = (r"^(?=.*[1-9])(?:"
+                 r"\$(?:[0-9]+(?:\.[0-9]{0,6}0*)?|\.[0-9]{1,6}0*)"
+                 r"|\$?(?:[0-9]+(?:\.[0-9]{0,6}0*)?|\.[0-9]{1,6}0*) ?[Uu][Ss][Dd][Cc]"
+                 r"|[0-9]+(?:\.0*)?"
+                 r")$")
+
+
 def parse_price(price: str | int, decimals: int) -> int:
     """Turn "$0.001", "0.001 USDC" or an atomic integer into atomic token units."""
     if isinstance(price, bool):
@@ -179,8 +206,11 @@ class Service(_Strict):
     path: str = Field(pattern=r"^/[A-Za-z0-9_/.-]*$")
     method: Literal["GET", "POST"] = "GET"
     scheme: Literal[tuple(SCHEMES)] = Field("exact", description=schema_help("scheme"))  # type: ignore[valid-type]
-    price: str | int = Field(description="Atomic units (1000) or dollars ('$0.001').")
-    work_ms: Annotated[Duration, Field(default_factory=lambda: Duration(median=0))]
+    price: str | int = Field(description="Atomic units (1000) or dollars ('$0.001').", json_schema_extra={"anyOf": [
+        {"type": "integer", "minimum": 1, "description": "Atomic token units."},
+        {"type": "string", "pattern": PRICE_PATTERN, "description": "'$0.001', '0.001 USDC' or atomic units '1000'."},
+    ]})
+    work_ms: Annotated[DurationOrMedian, Field(default_factory=lambda: Duration(median=0))]
     response_bytes: int = Field(256, ge=0, le=10_000_000)
     workers: int | None = Field(None, ge=1, description="Concurrent requests the handler serves; the rest queue.")
     description: str = ""
@@ -210,10 +240,14 @@ class Agents(_Strict):
     funding_usdc: float = Field(20.0, ge=0, description="USDC minted to each agent at start.")
     budget_usdc: float | None = Field(None, gt=0, description="Most an agent will spend; stops paying after.")
     arrivals: Arrivals = Field(default_factory=Arrivals)
-    mix: dict[str, float] = Field(default_factory=dict, description="Service name -> weight; empty = uniform.")
+    mix: dict[str, float] = Field(
+        default_factory=dict, description="Service name -> weight; empty = uniform.",
+        # what _weights_positive refuses: a negative weight, and weights that are all zero
+        json_schema_extra={"additionalProperties": {"type": "number", "minimum": 0},
+                           "not": {"minProperties": 1, "additionalProperties": {"const": 0}}})
     cache_requirements: bool = Field(True, description="Reuse the 402 requirements and pay on the first request.")
-    sign_ms: Annotated[Duration, Field(default_factory=lambda: Duration(median=0.4))]
-    rtt_ms: Annotated[Duration, Field(default_factory=lambda: Duration(median=0.3))]
+    sign_ms: Annotated[DurationOrMedian, Field(default_factory=lambda: Duration(median=0.4))]
+    rtt_ms: Annotated[DurationOrMedian, Field(default_factory=lambda: Duration(median=0.3))]
     retry: "Retry" = Field(default_factory=lambda: Retry())
 
     _coerce_sign = field_validator("sign_ms", "rtt_ms", mode="before")(
@@ -387,7 +421,11 @@ class Scenario(_Strict):
         None, description="Terms of the batch-settlement routes (defaults when absent); only with such a route.")
     external_service_url: str | list[str] | None = Field(
         None, description="Pay the priced route(s) already running at this URL (or these URLs) instead of starting "
-        "services; price, payee and asset come from each one's 402 answer (`load --service-url` overrides it).")
+        "services; price, payee and asset come from each one's 402 answer (`load --service-url` overrides it).",
+        json_schema_extra={"anyOf": [  # what _service_urls_are_http refuses: a URL not starting http(s)://
+            {"type": "string", "pattern": "^https?://"},
+            {"type": "array", "items": {"type": "string", "pattern": "^https?://"}},
+            {"type": "null"}]})
     service_processes: int = Field(
         1, ge=1, le=64,
         description="How many processes serve the priced services, all on one address (SO_REUSEPORT: the kernel "
@@ -563,7 +601,12 @@ def load_scenario(path: str | Path) -> Scenario:
 
 
 def json_schema() -> str:
-    """The JSON Schema of scenario files, for editors' autocompletion."""
+    """The JSON Schema of scenario files, for editors' autocompletion and outside validators.
+
+    It takes what the models take, shorthands included (a bare number for a Duration, one URL or a list),
+    and refuses what their per-field validators refuse (the price format, http(s) URLs, mix weights);
+    tests/test_schema.py holds the two to each other case by case. Cross-field rules (a p99 below the
+    median, mix names, a price finer than token.decimals, ...) are the models' alone."""
     schema = Scenario.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "x402bench scenario"
