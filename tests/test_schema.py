@@ -166,3 +166,13 @@ def test_the_price_pattern_is_narrower_than_the_parser_never_wider() -> None:
         assert parse_price(price, 6) > 0
     for price in ["$abc", "$0", "0", "$0.0000001", "1.5", "-1", "$-1", "abc", "USDC", "$ USDC", "1 EUR"]:
         assert not re.search(PRICE_PATTERN, price), price
+
+
+@pytest.mark.parametrize("price", ["Infinity", "$Infinity", "NaN", "sNaN", True, False])
+def test_prices_that_are_no_amount_of_money_are_refused_as_bad_input(price: object) -> None:
+    """Not a traceback: a ScenarioError naming the price, as any bad field gets (the CLI's exit 2); the schema
+    refuses them too."""
+    data = _with("services.0.price", price)
+    with pytest.raises(ScenarioError, match="price"):
+        validate_scenario(data)
+    assert not _schema_accepts(data)

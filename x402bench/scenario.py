@@ -166,6 +166,8 @@ def parse_price(price: str | int, decimals: int) -> int:
             value = Decimal(text)
         except InvalidOperation:
             raise ValueError(f"price {price!r} is neither atomic units nor a dollar amount like '$0.001'") from None
+        if not value.is_finite():  # Decimal takes "Infinity" and "NaN", which no amount of money is
+            raise ValueError(f"price {price!r} is not a finite amount")
         if dollars:
             scaled = value * (Decimal(10) ** decimals)
             if scaled != scaled.to_integral_value():
@@ -216,6 +218,13 @@ class Service(_Strict):
     description: str = ""
 
     _coerce_work = field_validator("work_ms", mode="before")(classmethod(lambda cls, v: _coerce_duration(v)))
+
+    @field_validator("price", mode="before")
+    @classmethod
+    def _price_is_not_a_bool(cls, value: object) -> object:
+        if isinstance(value, bool):  # pydantic would read `true` as 1 atomic unit before parse_price saw it
+            raise ValueError("price must be a number of atomic units or a string like '$0.001', not true/false")
+        return value
 
     @field_validator("price")
     @classmethod
