@@ -125,3 +125,52 @@ def test_version(x402bench_here) -> None:  # noqa: ANN001
 
     done = x402bench_here("--version")
     assert done.returncode == 0 and done.stdout.strip() == f"x402bench {metadata.version('x402bench')}"
+
+
+def test_piped_sweep_table_keeps_every_digit(tmp_path: Path, x402bench_here) -> None:  # noqa: ANN001
+    """Rich cuts cells to fit 80 columns when stdout is no terminal; a piped table is printed whole."""
+    import csv
+
+    from x402bench.commands.sim_cmds import _cell
+
+    done = x402bench_here("sweep", str(SMOKE), "--grid", "agents=2,4", "--grid", "duration_s=2",
+                          "--grid", "block_time_s=0.2", "--grid", "gas_price_gwei=0.0123456", "--jobs", "1",
+                          "--out", str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "…" not in done.stdout
+    (table,) = tmp_path.glob("smoke/sweep-*/sweep.csv")
+    rows = list(csv.DictReader(table.open()))
+    assert len(rows) == 2
+    lines = done.stdout.splitlines()
+    for row in rows:
+        cells = [_cell(float(row[k])) for k in ("agents", "offered_rps", "throughput_rps", "request_p95_s",
+                                                 "settlement_p95_s", "gas_per_payment", "cost_per_payment_usd")]
+        assert any(all(f" {cell} " in line for cell in cells) for line in lines), (cells, done.stdout)
+    for header in ("gas_price_gwei", "settle p95 s", "$/pay", "errors"):
+        assert header in done.stdout
+
+
+def test_piped_compare_keeps_run_ids_and_digits(tmp_path: Path, smoke_run: Path) -> None:
+    """The one process of its own here: its stdout is a pipe, as in `x402bench compare A B | less`."""
+    import os
+    import subprocess
+    import sys
+
+    from x402bench.results.report import fmt
+
+    other = tmp_path / "smoke" / "a-much-longer-run-id-than-any-eighty-column-table-leaves-room-for"
+    shutil.copytree(smoke_run, other)
+    summary = json.loads((other / "summary.json").read_text())
+    summary["run_id"] = other.name
+    summary["metrics"]["throughput_rps"] = 123.456789
+    (other / "summary.json").write_text(json.dumps(summary))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "FORCE_COLOR", "TTY_COMPATIBLE")}
+    done = subprocess.run([sys.executable, "-m", "x402bench", "compare", str(smoke_run), str(other)],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "…" not in done.stdout and other.name in done.stdout
+    a = json.loads((smoke_run / "summary.json").read_text())["metrics"]
+    assert fmt(a["throughput_rps"]) in done.stdout and "123.5" in done.stdout
+    for key in ("requests", "paid", "gas_per_payment", "cost_per_payment_usd"):
+        assert fmt(a[key]) in done.stdout, (key, done.stdout)
+    assert max(map(len, done.stdout.splitlines())) > 80  # printed whole, not fitted to 80 columns

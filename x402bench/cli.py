@@ -37,6 +37,10 @@ err = Console(stderr=True, soft_wrap=True)  # an error message is one line, what
 #: Modules under x402bench.commands that define commands on `app` when imported.
 COMMAND_MODULES = ("scenario_cmds", "world_cmds", "load_cmds", "report_cmds", "sim_cmds", "probe_cmds")
 
+#: The width of every console whose output is not a terminal: no table cell cut, no line wrapped.
+PIPED_WIDTH = 100_000
+
+
 def version() -> str:
     from importlib import metadata
 
@@ -89,6 +93,22 @@ def _register() -> None:
         info.callback = _checked(info.callback)
 
 
+def _full_width_when_piped() -> None:
+    """Rich wraps and cuts to 80 columns when its output is no terminal (a pipe, a file): there, every
+    console of the CLI gets a width nothing reaches, so tables keep every digit and lines stay whole."""
+    for name, module in list(sys.modules.items()):
+        if not (name == __name__ or name.startswith("x402bench.commands.")):
+            continue
+        for console in vars(module).values():
+            if isinstance(console, Console):
+                try:
+                    tty = console.file.isatty()
+                except (AttributeError, ValueError, OSError):
+                    tty = False
+                if not tty:
+                    console.width = PIPED_WIDTH
+
+
 def _exit_on_sigterm() -> None:
     """SIGTERM unwinds like Ctrl-C: every `finally` runs, so a world's processes (started in sessions of
     their own, out of reach of the signal) are stopped by their PIDs rather than orphaned."""
@@ -103,6 +123,7 @@ def _exit_on_sigterm() -> None:
 def main() -> None:
     _register()
     _exit_on_sigterm()
+    _full_width_when_piped()
     try:
         app()
     except ScenarioError as exc:
