@@ -107,6 +107,21 @@ class Station:
             start = end - service  # callers add `service` to get the end: hand back the stretch as a late start
         return start
 
+    def enter_within(self, t: float, service: float, longest_wait: float) -> float:
+        """Like `enter`, but a job that would wait longer than `longest_wait` runs after that wait, ahead of the
+        queue, which it delays by its service; returns when it ends (not when it starts)."""
+        ahead = (self._next if self.servers == 1 else self._free[0]) - t
+        if ahead <= longest_wait:
+            return self.enter(t, service) + service
+        self.busy_s += service
+        self.jobs += 1
+        if self.servers == 1:
+            self._next += service
+        else:
+            heapq.heapreplace(self._free, self._free[0] + service)
+        start = t + longest_wait
+        return self.machine.run(start, service) if self.machine is not None else start + service
+
     def free_at(self, t: float) -> float:
         """Single server: when a job arriving at t would start (to size a job by its start time)."""
         return self._next if self._next > t else t

@@ -29,7 +29,6 @@ tx, a failed one with its reason, an open one once it closes (its `waiters`).
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import math
 from typing import Callable
@@ -430,17 +429,7 @@ class Facilitator:
         machine = station.machine
         if machine is not None and self.wakeup:  # woken by its answer: a core must be free for it first
             now += self.wakeup * machine.busy_at(now - machine.slot_s) ** machine.cores  # the last slot placed whole
-        ahead = (station._next if station.servers == 1 else station._free[0]) - now
-        if ahead <= self.loop_round:
-            return station.enter(now, cpu) + cpu
-        station.busy_s += cpu
-        station.jobs += 1
-        if station.servers == 1:
-            station._next += cpu
-        else:
-            heapq.heapreplace(station._free, station._free[0] + cpu)
-        start = now + self.loop_round
-        return station.machine.run(start, cpu) if station.machine is not None else start + cpu
+        return station.enter_within(now, cpu, self.loop_round)
 
     def _unlock(self, arg: tuple[int, Pool]) -> None:
         lane, pool = arg

@@ -41,20 +41,9 @@ COMMAND_MODULES = ("scenario_cmds", "world_cmds", "load_cmds", "report_cmds", "s
 PIPED_WIDTH = 100_000
 
 
-def version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("x402bench")
-    except metadata.PackageNotFoundError:
-        import x402bench
-
-        return getattr(x402bench, "__version__", "unknown")
-
-
 def _show_version(value: bool) -> None:
     if value:
-        print(f"x402bench {version()}")
+        print(f"x402bench {errors.version()}")
         raise typer.Exit(0)
 
 

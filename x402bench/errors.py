@@ -24,6 +24,16 @@ OUTPUT_DIRS = ("out_dir", "live_out", "workdir")
 OUTPUT_FILES = ("out_file", "json_out", "json_path")
 
 
+def version() -> str:
+    """The installed package's version ("unknown" when run from a checkout that was never installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("x402bench")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _nearest_existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -80,13 +90,7 @@ def _run_dir(tb: TracebackType | None) -> Path | None:
 def write_crash_log(exc: BaseException, argv: list[str] | None = None) -> Path:
     """Write the traceback of `exc` to x402bench-error.log in the run folder the failing code was
     writing (when it had one), else to a file of its own in the temp dir; return its path."""
-    from importlib import metadata
-
-    try:
-        version = metadata.version("x402bench")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    text = (f"x402bench {version} internal error at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
+    text = (f"x402bench {version()} internal error at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
             f"command: {' '.join(argv if argv is not None else sys.argv)}\n"
             f"python: {sys.version.split()[0]} ({sys.executable})\n\n"
             + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
