@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, Validat
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema as cs
 
+from x402bench.durations import DURATION_PATTERN, parse_duration
 from x402bench.registry import SCHEMES, STRATEGIES, schema_help
 
 
@@ -274,12 +275,27 @@ class Agents(_Strict):
         return mix
 
 
+class _OrDurationText:
+    """JSON Schema only: a run time also takes a duration string ('90s', '2m', '1h30m', '500ms'), what
+    x402bench.durations.parse_duration reads, as `-t/--run-time` does on the command line."""
+
+    def __get_pydantic_json_schema__(self, schema: cs.CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {"anyOf": [handler(schema), {"type": "string", "pattern": DURATION_PATTERN,
+                                            "description": "A duration: 90s, 2m, 1h30m, 500ms."}]}
+
+
+def _seconds(value: Any) -> Any:
+    return parse_duration(value) if isinstance(value, (str, bool)) else value  # a bool is no run time
+
+
 class Run(_Strict):
-    duration_s: float = Field(30.0, gt=0, le=86_400)
-    warmup_s: float = Field(0.0, ge=0, description="Excluded from the steady window.")
+    duration_s: Annotated[float, _OrDurationText()] = Field(30.0, gt=0, le=86_400, description="Seconds, or '2m'.")
+    warmup_s: Annotated[float, _OrDurationText()] = Field(0.0, ge=0, description="Excluded from the steady window.")
     users: int = Field(10, ge=1, le=100_000, description="Locust users; each drives one or more agents.")
     spawn_rate: float = Field(10.0, gt=0)
     max_requests: int | None = Field(None, ge=1, description="Hard cap on paid requests for the whole run.")
+
+    _durations = field_validator("duration_s", "warmup_s", mode="before")(classmethod(lambda cls, v: _seconds(v)))
 
 
 class Slo(_Strict):
