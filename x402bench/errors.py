@@ -21,7 +21,7 @@ LOG_NAME = "x402bench-error.log"
 #: Command parameters (by their Python name, the same in every command) naming a folder the command writes
 #: into, and a file it writes. Checked before the command runs.
 OUTPUT_DIRS = ("out_dir", "live_out", "workdir")
-OUTPUT_FILES = ("out_file", "json_out", "json_path")
+OUTPUT_FILES = ("out_file", "json_out", "json_path", "junit_path", "html_path")
 
 
 def version() -> str:

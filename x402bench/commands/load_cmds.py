@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -12,7 +11,9 @@ from rich.live import Live
 from rich.table import Table
 
 from x402bench.cli import app
-from x402bench.scenario import load_scenario
+from x402bench.commands.run_output import console, finish, json_option, junit_option, slo_option, with_slo
+from x402bench.durations import duration_option
+from x402bench.scenario import ScenarioError, load_scenario
 
 out = Console()
 
@@ -24,7 +25,8 @@ def _progress_text(p: dict[str, Any]) -> str:
             f"p95 {p['p95']:6.3f} s  errors [red]{p['errors']}[/red]  users {p['users']}  workers {p['workers']}")
 
 
-def print_result(summary: dict[str, Any], run_dir: Path) -> None:
+def print_result(summary: dict[str, Any], run_dir: Path, out: Console = out) -> None:
+    """The run's figures, faults and SLO checks as a table, on `out` (stderr when stdout carries JSON)."""
     m, rec, slo = summary["metrics"], summary["reconciliation"], summary["slo"]
     table = Table(title=f"{summary['scenario']['name']} ({summary['mode']})", show_header=False)
     table.add_row("paid throughput", f"{m['throughput_rps']:.2f} req/s")
@@ -67,12 +69,28 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec) if isinstance(value, (int, float)) else str(value)
 
 
+def whole_seconds(duration: Optional[float]) -> Optional[float]:
+    """A live run's traffic lasts whole seconds (Locust's --run-time): a fraction would be recorded as run
+    but not run, so it is refused."""
+    if duration is not None and duration != int(duration):
+        raise ScenarioError(f"--run-time {duration:g}s: a live run lasts whole seconds (Locust's -t); "
+                            f"give e.g. {max(1, round(duration))}s")
+    return duration
+
+
+def run_time_option(default: Optional[float], what: str, examples: str = "90s, 2m, 1h30m or bare seconds") -> Any:
+    """-t/--run-time as Locust spells it, with the older --duration as the same option."""
+    return typer.Option(default, "--run-time", "-t", "--duration", parser=duration_option, metavar="DURATION",
+                        help=f"{what}: {examples} (--duration is the same option).")
+
+
 @app.command()
 def load(
     scenario: Path,
-    users: Optional[int] = typer.Option(None, help="Locust users (concurrent paying loops)."),
-    spawn_rate: Optional[float] = typer.Option(None, help="Users started per second."),
-    duration: Optional[float] = typer.Option(None, help="Seconds of traffic."),
+    users: Optional[int] = typer.Option(None, "--users", "-u", min=1,
+                                        help="Locust users (concurrent paying loops)."),
+    spawn_rate: Optional[float] = typer.Option(None, "--spawn-rate", "-r", help="Users started per second."),
+    duration: Optional[float] = run_time_option(None, "Traffic time (whole seconds)"),
     out_dir: Path = typer.Option(Path("results"), "--out", help="Root of the run folders."),
     web: bool = typer.Option(False, help="Show Locust's web UI (on 127.0.0.1) instead of running headless."),
     processes: int = typer.Option(1, help="Locust worker processes on this machine (master/worker mode)."),
@@ -87,29 +105,37 @@ def load(
                                           "instead of starting Anvil."),
     target: str = typer.Option("service", "--target", help="service: pay priced routes; facilitator: sign and "
                                "call POST /verify then /settle directly."),
+    slo: Optional[list[str]] = slo_option(),
+    as_json: bool = json_option(),
+    junit_path: Optional[Path] = junit_option(),
 ) -> None:
     """Bring the world up (or attach to one), drive paying agents through it with Locust, write the run folder."""
     from loadtest.runner import LoadOptions, run_load
 
-    s = load_scenario(scenario)
-    options = LoadOptions(users=users, spawn_rate=spawn_rate, duration_s=duration, processes=processes, web=web,
-                          out_root=out_dir, max_requests=max_requests, target=target, world_file=world,
-                          service_urls=tuple(service_url or ()), facilitator_url=facilitator_url, rpc_url=rpc_url)
-    with Live(f"bringing up {s.name}…", console=out, refresh_per_second=4, transient=False) as live:
+    s = with_slo(load_scenario(scenario), slo)
+    options = LoadOptions(users=users, spawn_rate=spawn_rate, duration_s=whole_seconds(duration),
+                          processes=processes, web=web, out_root=out_dir, max_requests=max_requests, target=target,
+                          world_file=world, service_urls=tuple(service_url or ()), facilitator_url=facilitator_url,
+                          rpc_url=rpc_url)
+    shown = console(as_json)
+    with Live(f"bringing up {s.name}…", console=shown, refresh_per_second=4, transient=False) as live:
         result = run_load(s, options, on_progress=lambda p: live.update(_progress_text(p)))
-    print_result(result.summary, result.run_dir)
-    if not result.passed:
-        failed = [c["name"] for c in result.summary["slo"]["checks"] if not c["passed"]]
-        out.print(f"[red]SLO failed:[/red] {', '.join(failed)}")
-        sys.exit(1)
+    print_result(result.summary, result.run_dir, shown)
+    finish(result.summary, result.run_dir, as_json, junit_path)
 
 
 @app.command()
 def demo(
     scenario: Path = typer.Argument(Path("scenarios/smoke.yaml")),
-    duration: float = typer.Option(60.0, help="Seconds of traffic."),
+    duration: float = run_time_option(60.0, "Traffic time (whole seconds)"),
+    users: Optional[int] = typer.Option(None, "--users", "-u", min=1, help="Locust users (default: the scenario's)."),
+    spawn_rate: Optional[float] = typer.Option(None, "--spawn-rate", "-r", help="Users started per second."),
+    out_dir: Path = typer.Option(Path("results"), "--out", help="Root of the run folders."),
+    slo: Optional[list[str]] = slo_option(),
+    as_json: bool = json_option(),
+    junit_path: Optional[Path] = junit_option(),
 ) -> None:
     """The main job on the default scenario: a one-minute load run, then the report's path."""
-    load(scenario, users=None, spawn_rate=None, duration=duration, out_dir=Path("results"), web=False,
+    load(scenario, users=users, spawn_rate=spawn_rate, duration=duration, out_dir=out_dir, web=False,
          processes=1, max_requests=None, world=None, service_url=None, facilitator_url=None, rpc_url=None,
-         target="service")
+         target="service", slo=slo, as_json=as_json, junit_path=junit_path)

@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from x402bench.cli import app
+from x402bench.commands.load_cmds import run_time_option, whole_seconds
+from x402bench.commands.run_output import console, finish, json_option, junit_option, slo_option, with_slo
 from x402bench.scenario import load_scenario
 
 out = Console()
@@ -29,7 +31,7 @@ def _live_run(scenario: Path, duration: float, users: int | None, out_root: Path
 
     s = load_scenario(scenario)
     with out.status(f"live run of {s.name} for {duration:.0f} s…"):
-        result = run_load(s, LoadOptions(duration_s=duration, users=users, out_root=out_root))
+        result = run_load(s, LoadOptions(duration_s=whole_seconds(duration), users=users, out_root=out_root))
     out.print(f"live run: {result.run_dir}", highlight=False, soft_wrap=True)
     return result.run_dir
 
@@ -107,7 +109,12 @@ def _driver(value: str) -> str:
 def sim(
     scenario: Path,
     agents: Optional[int] = typer.Option(None, help="Number of agents (overrides agents.count)."),
-    duration: Optional[float] = typer.Option(None, help="Simulated seconds of arrivals (overrides run.duration_s)."),
+    duration: Optional[float] = run_time_option(None, "Simulated time of arrivals (overrides run.duration_s)",
+                                                "90s, 2m, 1h30m, 500ms or bare seconds"),
+    users: Optional[int] = typer.Option(None, "--users", "-u", min=1, help="Locust users of --driver locust "
+                                        "(overrides run.users; the open driver has none)."),
+    spawn_rate: Optional[float] = typer.Option(None, "--spawn-rate", "-r", help="Users started per second, "
+                                               "with --driver locust (overrides run.spawn_rate)."),
     seed: Optional[int] = typer.Option(None, help="Random seed (overrides the scenario's)."),
     out_dir: Path = typer.Option(Path("results"), "--out", help="Root of the run folders."),
     calibration: Optional[Path] = typer.Option(None, help="Calibration JSON from `x402bench calibrate`."),
@@ -121,6 +128,9 @@ def sim(
                                 "with no failed one kept, no requests.csv rows); parquet (every request written to "
                                 "requests.parquet as the run goes, requests.csv with the paid ones; needs pyarrow)."),
     records_cap: int = typer.Option(100_000, min=0, help="Failed requests kept as records with --records capped."),
+    slo: Optional[list[str]] = slo_option(),
+    as_json: bool = json_option(),
+    junit_path: Optional[Path] = junit_option(),
 ) -> None:
     """Simulate the scenario with SimPy and write the same run folder as `load` (mode "sim")."""
     from sim.run import SimOptions, effective_scenario, offered_load, overload_warning, simulate
@@ -128,7 +138,14 @@ def sim(
 
     if records not in ("all", "capped", "none", "parquet"):
         raise _fail(f"--records must be all, capped, none or parquet, not {records!r}")
-    s = load_scenario(scenario)
+    s = with_slo(load_scenario(scenario), slo)
+    users_run = {k: v for k, v in (("users", users), ("spawn_rate", spawn_rate)) if v is not None}
+    if users_run and driver != "locust":
+        raise _fail(f"{', '.join('--' + k.replace('_', '-') for k in users_run)}: only the locust driver has "
+                    "users (add --driver locust); the open driver's agents arrive on their own clocks")
+    if users_run:
+        s = s.with_overrides(run=users_run)
+    shown = console(as_json)
     cal = _calibration(calibration)
     options = SimOptions(agents=agents, duration_s=duration, seed=seed, driver=_driver(driver),  # type: ignore[arg-type]
                          refund_at_end=refund_at_end, records=records, records_cap=records_cap)  # type: ignore[arg-type]
@@ -143,19 +160,16 @@ def sim(
             run_dir, summary, result = simulate(s, cal, options, out_dir, run_id, progress=progress)
     except ValueError as exc:
         raise _fail(f"{scenario}: {exc}") from None
-    print_result(summary, run_dir)
+    print_result(summary, run_dir, shown)
     p = result.perf
     kept = result.meta.get("records") or {}
-    out.print(f"simulated {result.meta['sim']['simulated_s']:.0f} s, {p['requests']:,} requests "
+    shown.print(f"simulated {result.meta['sim']['simulated_s']:.0f} s, {p['requests']:,} requests "
               f"({p['paid']:,} paid) in {p['wall_s']:.2f} s wall ({p['requests_per_wall_s']:,.0f} requests/wall-s); "
               f"agents broke: {result.meta['agents_broke']}; records kept: {kept.get('kept', 0):,} of "
               f"{kept.get('total', 0):,}", highlight=False)
     if warning:
         err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
-    if not summary["slo"]["passed"]:
-        failed = [c["name"] for c in summary["slo"]["checks"] if not c["passed"]]
-        out.print(f"[red]SLO failed:[/red] {', '.join(failed)}")
-        sys.exit(1)
+    finish(summary, run_dir, as_json, junit_path)
 
 
 @app.command()
@@ -258,8 +272,9 @@ def calibrate(
     out_file: Optional[Path] = typer.Option(None, "--out",
                                             help="Calibration JSON to write (default: next to the run)."),
     defaults: bool = typer.Option(False, "--defaults", help="Write the documented defaults instead (a template)."),
-    duration: float = typer.Option(20.0, help="Seconds of the live run made when no --from-run is given."),
-    users: Optional[int] = typer.Option(None, help="Locust users of that live run (default: the scenario's)."),
+    duration: float = run_time_option(20.0, "The live run made when no --from-run is given"),
+    users: Optional[int] = typer.Option(None, "--users", "-u", min=1,
+                                        help="Locust users of that live run (default: the scenario's)."),
     live_out: Path = typer.Option(Path("results"), help="Where that live run's folder goes."),
 ) -> None:
     """Measure a calibration file (timings, CPU, gas) from a live run, for `sim --calibration`."""
@@ -294,9 +309,10 @@ def validate(
     scenario: Path,
     live_run: Optional[Path] = typer.Option(None, help="A live run folder of this scenario (from `x402bench load`)."),
     calibration: Optional[Path] = typer.Option(None, help="Calibration JSON (default: measured from the live run)."),
-    duration: Optional[float] = typer.Option(
-        None, help="Seconds of the live run made when no --live-run is given (default: the scenario's run.duration_s)."),
-    users: Optional[int] = typer.Option(None, help="Locust users of that live run (default: the scenario's)."),
+    duration: Optional[float] = run_time_option(
+        None, "The live run made when no --live-run is given (default: the scenario's run.duration_s)"),
+    users: Optional[int] = typer.Option(None, "--users", "-u", min=1,
+                                        help="Locust users of that live run (default: the scenario's)."),
     replicates: int = typer.Option(5, min=1, help="Sim seeds averaged against the live figures."),
     live_out: Path = typer.Option(Path("results"), help="Where that live run's folder goes."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows as JSON here."),

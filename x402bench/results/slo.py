@@ -8,7 +8,10 @@ saying so: an SLO must never pass because nothing was measured.
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+from pydantic import ValidationError
 
 from x402bench.results.money import LOSS_KEYS
 from x402bench.scenario import Slo
@@ -78,3 +81,44 @@ def evaluate_slo(slo: Slo, metrics: dict[str, Any], reconciliation: dict[str, An
 def failures(slo_result: dict[str, Any]) -> list[str]:
     """One line per failed check, naming the check, the measured value and the bound (for CLI output)."""
     return [f"{c['name']}: {c['message']}" for c in slo_result.get("checks", []) if not c["passed"]]
+
+
+#: What `--slo NAME=none` sets: the bound is removed, its check not made.
+UNSET = ("none", "off", "null")
+
+
+def slo_names() -> list[str]:
+    """The SLO bounds a scenario (and `--slo`) may set, in the checks' order."""
+    return list(Slo.model_fields)
+
+
+def override_slo(slo: Slo, specs: list[str] | tuple[str, ...]) -> Slo:
+    """`slo` with `--slo NAME=VALUE` overrides applied (later ones win), validated by the Slo model itself,
+    so a bound the scenario file could not hold cannot come in from the command line either.
+    Raises ValueError naming the bad spec and every SLO name: the CLI turns it into exit 2."""
+    names = slo_names()
+    listed = f"the SLOs are {', '.join(names)}"
+    updates: dict[str, float | None] = {}
+    for spec in specs:
+        name, sep, text = spec.partition("=")
+        name, text = name.strip(), text.strip()
+        if not sep or not name or not text:
+            raise ValueError(f"--slo {spec!r}: expected NAME=VALUE (e.g. max_p95_settlement_s=2); {listed}")
+        if name not in names:
+            raise ValueError(f"--slo {spec!r}: unknown SLO {name!r}; {listed}")
+        if text.lower() in UNSET:
+            updates[name] = None
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"--slo {spec!r}: {text!r} is not a number (or 'none' to drop the bound)") from None
+        if not math.isfinite(value):
+            raise ValueError(f"--slo {spec!r}: the bound must be a finite number")
+        updates[name] = value
+    try:
+        return Slo.model_validate({**slo.model_dump(), **updates})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}={updates.get(str(e['loc'][0]))!r}: {e['msg']}"
+                             for e in exc.errors())
+        raise ValueError(f"--slo: {problems}; {listed}") from None
