@@ -14,7 +14,6 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from loadtest.faults import FaultDriver, check_faults
 from loadtest.reconcile import (books_from_chain, chain_settlements, exact_chain_view, read_chain, read_channels,
                                reconcile, settlement_records)
 from services.chain import REPO_ROOT, Rpc, free_port
+from services.paths import child_env, python_module
 from services.escrow import ESCROW_ADDRESS
 from services.facilitator.ledger import read_payments
 from services.process import write_private
@@ -90,7 +90,7 @@ def effective_scenario(scenario: Scenario, options: LoadOptions) -> Scenario:
 
 def locust_command(scenario: Scenario, options: LoadOptions, web_port: int | None) -> list[str]:
     r = scenario.run
-    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "-u", str(r.users), "-r", str(r.spawn_rate),
+    cmd = [*python_module("locust"), "-f", str(LOCUSTFILE), "-u", str(r.users), "-r", str(r.spawn_rate),
            "-t", f"{max(1, round(r.duration_s))}s", "--stop-timeout", "30", "--loglevel", "WARNING", "--only-summary"]
     if options.processes > 1:
         cmd += ["--processes", str(options.processes)]
@@ -110,7 +110,7 @@ def run_locust(scenario: Scenario, options: LoadOptions, world: World, run_dir: 
     write_private(work / "world.json", world.info.to_json())
     (work / "scenario.json").write_text(scenario.model_dump_json())
     env = {
-        **os.environ,
+        **child_env(),
         "X402BENCH_SCENARIO": str(work / "scenario.json"),
         "X402BENCH_WORLD": str(work / "world.json"),
         "X402BENCH_PARTS": str(parts),
@@ -119,7 +119,6 @@ def run_locust(scenario: Scenario, options: LoadOptions, world: World, run_dir: 
         "X402BENCH_MAX_REQUESTS": str(scenario.run.max_requests or 0),
         "X402BENCH_TARGET": options.target,
         "X402BENCH_STARTED": str(work / "started"),
-        "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     }
     web_port = free_port() if options.web else None
     if web_port and on_progress:
@@ -127,7 +126,7 @@ def run_locust(scenario: Scenario, options: LoadOptions, world: World, run_dir: 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     log = open(work / "locust.log", "ab")
     process = subprocess.Popen(locust_command(scenario, options, web_port), env=env, stdout=log,
-                               stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True)
+                               stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + scenario.run.duration_s + 120 + (3600 if options.web else 0)
     try:
         while process.poll() is None:

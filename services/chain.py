@@ -2,14 +2,13 @@
 
 The npm package `@foundry-rs/anvil` ships the native binary next to a Node
 wrapper; we start the native binary so that the PID we hold (and stop) is
-Anvil's own and no orphan survives a test.
+Anvil's own and no orphan survives a test. Which binary: services/paths.py
+($X402BENCH_ANVIL, the checkout's node_modules, then PATH).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import platform
 import signal
 import socket
 import subprocess
@@ -19,7 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from services.paths import IMPORT_ROOT, AnvilNotFound, anvil_binary  # noqa: F401 - re-exported
+
+#: The folder holding the packages: the checkout, or site-packages for an installed wheel (see services/paths.py).
+REPO_ROOT = IMPORT_ROOT
 
 #: Anvil's well-known first dev account: funded at genesis, used as deployer and minter.
 DEV_PRIVATE_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
@@ -47,19 +49,6 @@ def terminate(process: "subprocess.Popen[bytes] | None", grace_s: float = 10.0) 
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=5)
-
-
-def anvil_binary() -> Path:
-    """The native Anvil binary installed by `npm ci` (see package.json)."""
-    override = os.environ.get("X402BENCH_ANVIL")
-    if override:
-        return Path(override)
-    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}[platform.machine().lower()]
-    system = {"linux": "linux", "darwin": "darwin"}[platform.system().lower()]
-    path = REPO_ROOT / "node_modules" / "@foundry-rs" / f"anvil-{system}-{arch}" / "bin" / "anvil"
-    if not path.exists():
-        raise ChainError(f"Anvil is not installed at {path}; run `make setup` (it runs `npm ci`)")
-    return path
 
 
 class Rpc:
@@ -141,6 +130,7 @@ class Anvil:
     def start(self, timeout_s: float = 20.0) -> "Anvil":
         if self.process is not None:
             raise ChainError("Anvil is already running")
+        anvil_binary()  # a missing Anvil is said before any log file is opened or port taken
         last_error = ""
         for _ in range(3):  # a free port can be taken between probing and binding; retry on that race
             self.port = free_port()

@@ -16,13 +16,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from services.chain import REPO_ROOT, free_port, terminate
+from services.chain import free_port, terminate
+from services.paths import child_env, python_module
 
 #: How long a stopping child may take to exit after SIGTERM (its shutdown flush included) before SIGKILL.
 STOP_GRACE_S = 10.0
@@ -62,7 +62,7 @@ class ServiceProcess:
         return self.process.pid if self.process else None
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", self.module, str(self.config_path), "--port", str(self.port)]
+        return python_module(self.module, str(self.config_path), "--port", str(self.port))
 
     def ready(self) -> bool:
         with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
@@ -80,8 +80,8 @@ class ServiceProcess:
             raise RuntimeError(f"{self.name} is already running (pid {self.process.pid})")
         self.port = port or self.port or free_port()
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+        env = {**child_env(), "PYTHONUNBUFFERED": "1"}  # in our cwd: relative paths mean what they meant to us
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True, env=env)
         if log is not subprocess.DEVNULL:
             log.close()

@@ -15,7 +15,6 @@ process with gevent's own loop. Every failure raises FaultControlError naming th
 from __future__ import annotations
 
 import json
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 from services.chain import terminate
 from services.process import ServiceProcess
 from services.faults.api import ALL, FaultChange, FaultState
+from services.paths import python_module
 
 MODULES = {"rpc": "services.faults.rpc_proxy", "http": "services.faults.http_proxy"}
 
@@ -92,8 +92,8 @@ class FaultProxyProcess(ServiceProcess):
         return FaultControl(self.url)
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", MODULES[self.kind], "--upstream", self.upstream, "--port", str(self.port),
-                "--seed", str(self.seed), "--max-hold-s", str(self.max_hold_s)]
+        return python_module(MODULES[self.kind], "--upstream", self.upstream, "--port", str(self.port),
+                             "--seed", str(self.seed), "--max-hold-s", str(self.max_hold_s))
 
     def ready(self) -> bool:
         """GET /_faults answers: the proxy's own liveness (it asks nothing upstream)."""
