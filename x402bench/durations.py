@@ -46,7 +46,3 @@ def parse_duration(value: str | float | int) -> float:
         raise ValueError(f"{value!r} is not a duration: it must be a finite number of seconds >= 0")
     return seconds
 
-
-def duration_option(value: str | float | int | None) -> float | None:
-    """typer's `parser=` for a duration option: None stays None (the option was not given)."""
-    return None if value is None else parse_duration(value)

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from x402bench.cli import app
 from x402bench.commands.run_output import console, finish, json_option, junit_option, slo_option, with_slo
-from x402bench.durations import duration_option
+from x402bench.durations import parse_duration
 from x402bench.scenario import ScenarioError, load_scenario
 
 out = Console()
@@ -67,6 +67,14 @@ def fault_table(rows: list[dict[str, Any]]) -> Table:
 
 def _fmt(value: Any, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec) if isinstance(value, (int, float)) else str(value)
+
+
+def duration_option(value: str | float | None) -> float | None:
+    """typer's `parser=` for a duration option: None stays None (not given); a bad one is a usage error (exit 2)."""
+    try:
+        return None if value is None else parse_duration(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def whole_seconds(duration: Optional[float]) -> Optional[float]:

@@ -1,11 +1,13 @@
-"""Two runs side by side (load vs load, load vs sim, before vs after a change), with B/A ratios."""
+"""Runs side by side (load vs load, load vs sim, before vs after a change): the first run is the baseline,
+every later run gets its ratio to it, and `--fail-if` gates turn a ratio past a bound into a failed CI step."""
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from x402bench.results.rundir import load_summary
 
@@ -38,13 +40,45 @@ KEY_METRICS: tuple[tuple[str, str], ...] = (
     ("SLO passed", "slo.passed"),
 )
 
+#: Rows that are yes/no, not figures: shown, never gated.
+VERDICTS = frozenset({"reconciliation.exact", "channels.reconciliation.exact", "slo.passed"})
+
+
+def metric_key(path: str) -> str:
+    """The name a gate uses: the dotted path without its `metrics.` prefix (`settlement_latency_s.p95`)."""
+    return path.removeprefix("metrics.")
+
+
+#: Gate name -> dotted path, for every figure of the table.
+GATE_METRICS: dict[str, str] = {metric_key(path): path for _, path in KEY_METRICS if path not in VERDICTS}
+
 
 @dataclass(frozen=True)
 class CompareRow:
     metric: str
-    a: Any
-    b: Any
-    ratio: float | None  # b / a; None when either side is missing, not a number, or a is zero
+    path: str
+    values: tuple[Any, ...]  # one per run, the baseline first
+    ratios: tuple[float | None, ...]  # one per later run: value / baseline; None when not two finite numbers, a != 0
+
+    @property
+    def a(self) -> Any:
+        return self.values[0]
+
+    @property
+    def b(self) -> Any:
+        return self.values[1]
+
+    @property
+    def ratio(self) -> float | None:
+        return self.ratios[0]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    run_dirs: tuple[Path, ...]
+    labels: tuple[str, ...]
+    summaries: tuple[dict[str, Any], ...]
+    rows: tuple[CompareRow, ...]
 
 
 def dig(data: Any, dotted: str) -> Any:
@@ -55,17 +89,23 @@ def dig(data: Any, dotted: str) -> Any:
     return data
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def ratio(a: Any, b: Any) -> float | None:
-    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
-    if not numbers or a == 0 or not math.isfinite(a) or not math.isfinite(b):
+    if not (_number(a) and _number(b)) or a == 0:
         return None
     return b / a
 
 
-def compare_summaries(a: dict[str, Any], b: dict[str, Any]) -> list[CompareRow]:
-    """Rows for the key metrics of two summaries."""
-    return [CompareRow(label, dig(a, path), dig(b, path), ratio(dig(a, path), dig(b, path)))
-            for label, path in KEY_METRICS]
+def compare_summaries(*summaries: dict[str, Any]) -> list[CompareRow]:
+    """Rows for the key metrics of two or more summaries, ratios against the first."""
+    rows = []
+    for label, path in KEY_METRICS:
+        values = tuple(dig(s, path) for s in summaries)
+        rows.append(CompareRow(label, path, values, tuple(ratio(values[0], v) for v in values[1:])))
+    return rows
 
 
 def describe(summary: dict[str, Any]) -> str:
@@ -77,3 +117,83 @@ def compare_runs(run_a: Path | str, run_b: Path | str) -> tuple[str, str, list[C
     """Labels of both runs and their rows; raises RunDirError for a bad folder."""
     a, b = load_summary(run_a), load_summary(run_b)
     return describe(a), describe(b), compare_summaries(a, b)
+
+
+def compare_many(run_dirs: Sequence[Path | str]) -> Comparison:
+    """Every run against the first; raises RunDirError for a bad folder, ValueError for fewer than two."""
+    if len(run_dirs) < 2:
+        raise ValueError(f"compare needs two or more run folders (the first is the baseline), got {len(run_dirs)}")
+    summaries = tuple(load_summary(d) for d in run_dirs)
+    return Comparison(tuple(Path(d) for d in run_dirs), tuple(describe(s) for s in summaries), summaries,
+                      tuple(compare_summaries(*summaries)))
+
+
+# ---- regression gates ---------------------------------------------------------------------------------------
+
+_GATE = re.compile(r"^\s*(?P<metric>[A-Za-z0-9_.]+)\s*(?P<op>[<>])\s*(?P<bound>[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*$")
+
+
+@dataclass(frozen=True)
+class Gate:
+    """`METRIC>RATIO`: a later run fails when its value over the baseline's is above RATIO (for figures where
+    more is worse: latency, gas); `METRIC<RATIO`: when below it (more is better: throughput)."""
+
+    text: str
+    key: str
+    path: str
+    op: str
+    bound: float
+
+    def crossed(self, value: float) -> bool:
+        return value > self.bound if self.op == ">" else value < self.bound
+
+
+def parse_gate(text: str) -> Gate:
+    """A `--fail-if` expression; ValueError naming the problem and every metric a gate may use."""
+    names = f"metrics: {', '.join(GATE_METRICS)}"
+    match = _GATE.match(text)
+    if match is None:
+        raise ValueError(f"--fail-if {text!r}: expected METRIC>RATIO or METRIC<RATIO (e.g. "
+                         f"'settlement_latency_s.p95>1.2', 'throughput_rps<0.9'); {names}")
+    key = metric_key(match["metric"])
+    if key not in GATE_METRICS:
+        raise ValueError(f"--fail-if {text!r}: unknown metric {match['metric']!r}; {names}")
+    return Gate(text.strip(), key, GATE_METRICS[key], match["op"], float(match["bound"]))
+
+
+def gate_ratio(baseline: Any, value: Any) -> float | None:
+    """value / baseline for a gate: 0 against 0 is no change (1.0), anything above a baseline of 0 is
+    infinitely worse or better; None when either run lacks the figure (a gate cannot judge it)."""
+    if not (_number(baseline) and _number(value)):
+        return None
+    if baseline == 0:
+        return 1.0 if value == 0 else math.copysign(math.inf, value)
+    return value / baseline
+
+
+@dataclass(frozen=True)
+class Breach:
+    gate: Gate
+    run: int  # index into Comparison.run_dirs (>= 1)
+    label: str
+    ratio: float | None
+
+    @property
+    def message(self) -> str:
+        if self.ratio is None:
+            return (f"{self.gate.text}: cannot judge {self.label}: {self.gate.key} is missing in it or in the "
+                    "baseline (a gate never passes on no data)")
+        return (f"{self.gate.text}: {self.label} has {self.gate.key} at {self.ratio:.6g}x the baseline's "
+                f"({self.gate.op} {self.gate.bound:g})")
+
+
+def judge(comparison: Comparison, gates: Sequence[Gate]) -> list[Breach]:
+    """Every (gate, later run) that crosses its bound or cannot be judged."""
+    breaches = []
+    for gate in gates:
+        baseline = dig(comparison.summaries[0], gate.path)
+        for i in range(1, len(comparison.summaries)):
+            r = gate_ratio(baseline, dig(comparison.summaries[i], gate.path))
+            if r is None or gate.crossed(r):
+                breaches.append(Breach(gate, i, comparison.labels[i], r))
+    return breaches
