@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, TypedDict
 
 from x402bench.results.records import SettlementRecord
 from x402bench.scenario import Economics
@@ -87,6 +87,22 @@ def gas_cost_usd(gas: float, economics: Economics) -> float:
 def cost_per_payment_usd(gas_per_payment: float, economics: Economics, txs_per_payment: float = 1.0) -> float:
     """Execution gas cost plus this payment's share of the per-tx L1 data fee."""
     return gas_cost_usd(gas_per_payment, economics) + economics.l1_fee_usd_per_tx * txs_per_payment
+
+
+class CostSplit(TypedDict):
+    """summary.json `metrics.cost_breakdown_usd`: what one payment's settlement cost is made of."""
+
+    execution_gas_usd: float   # gas per payment x gas price x ETH/USD (the L2 execution)
+    l1_fee_usd: float          # this payment's share of the per-tx L1 data fee (l1_fee_usd_per_tx x txs per payment)
+    total_usd: float           # their sum: metrics.cost_per_payment_usd
+
+
+def cost_split_usd(gas_per_payment: float, economics: Economics, txs_per_payment: float = 1.0) -> CostSplit:
+    """cost_per_payment_usd in its two parts: on an L2 the L1 data fee is often most of it, and batching
+    shares it (and the tx's base gas) while the per-authorization gas stays."""
+    gas = gas_cost_usd(gas_per_payment, economics)
+    l1 = economics.l1_fee_usd_per_tx * txs_per_payment
+    return {"execution_gas_usd": gas, "l1_fee_usd": l1, "total_usd": gas + l1}
 
 
 def atomic_to_usd(amount: float, decimals: int) -> float:

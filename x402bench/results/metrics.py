@@ -259,9 +259,10 @@ def compute_metrics(scenario: Scenario, requests: Sequence[RequestRecord],
     gas = econ.gas_stats(settlements)
     decimals = scenario.token.decimals
     mean_price = econ.atomic_to_usd(mean_amount, decimals) if mean_amount is not None else None
-    cost = None
+    cost = split = None
     if gas.gas_per_payment is not None:
         cost = econ.cost_per_payment_usd(gas.gas_per_payment, scenario.economics, gas.txs_per_payment or 0.0)
+        split = econ.cost_split_usd(gas.gas_per_payment, scenario.economics, gas.txs_per_payment or 0.0)
 
     return {
         "window": {"start_s": start, "end_s": end, "duration_s": length},
@@ -279,6 +280,7 @@ def compute_metrics(scenario: Scenario, requests: Sequence[RequestRecord],
         },
         "mean_price_usd": mean_price,
         "cost_per_payment_usd": cost,
+        "cost_breakdown_usd": split,
         "cost_fraction_of_price": cost / mean_price if cost is not None and mean_price else None,
         "break_even_price_usd": {
             f"{f:g}": (econ.break_even_price_usd(cost, f) if cost is not None else None)

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from x402bench.results.metrics import PHASES
-from x402bench.results.plots import CHANNEL_PLOTS, PLOTS
+from x402bench.results.plots import CAPTIONS, CHANNEL_PLOTS, PLOTS
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1000px;color:#222;padding:0 1em}
@@ -26,7 +26,8 @@ table{border-collapse:collapse;margin:.5em 0}td,th{padding:.25em .8em;border-bot
 td.num{text-align:right;font-variant-numeric:tabular-nums}th{background:#f6f6f6}
 .pass{background:#e3f6e3;color:#155a15}.fail{background:#fbe2e2;color:#8a1414}.muted{color:#888}
 .badge{display:inline-block;padding:.2em .7em;border-radius:.3em;font-weight:600}
-.bar{display:inline-block;height:.8em;background:#3b7dd8;vertical-align:middle}
+.bar{display:inline-block;height:.8em;background:#3b7dd8;vertical-align:middle}.bar.l1{background:#f4a261}
+.warn{background:#fff3cd;color:#6b4e00;border:1px solid #e0c060;padding:.5em .8em;border-radius:.3em;font-weight:600}
 pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}figure{margin:1em 0}img{max-width:100%}
 """
 
@@ -66,7 +67,7 @@ def _table(rows: Iterable[tuple[Any, ...]], header: tuple[str, ...] | None = Non
 
 def _metrics_rows(m: Mapping[str, Any]) -> list[tuple[Any, ...]]:
     rows: list[tuple[Any, ...]] = [
-        ("paid throughput (steady window, req/s)", m.get("throughput_rps")),
+        ("paid throughput (mean over the steady window, req/s)", m.get("throughput_rps")),
         ("requests / paid (whole run)", f"{fmt(m.get('requests'))} / {fmt(m.get('paid'))}"),
         ("requests / paid (answered in the steady window)",
          f"{fmt(m.get('steady_requests'))} / {fmt(m.get('steady_paid'))}"),
@@ -80,6 +81,8 @@ def _metrics_rows(m: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         ("gas per payment (amortised)", m.get("gas_per_payment")),
         ("mean batch size", (m.get("gas") or {}).get("mean_batch_size")),
         ("cost per payment (USD)", m.get("cost_per_payment_usd")),
+        ("cost per payment: execution gas (USD)", (m.get("cost_breakdown_usd") or {}).get("execution_gas_usd")),
+        ("cost per payment: L1 data fee share (USD)", (m.get("cost_breakdown_usd") or {}).get("l1_fee_usd")),
         ("mean price paid (USD)", m.get("mean_price_usd")),
         ("cost as a fraction of price", m.get("cost_fraction_of_price")),
     ]
@@ -104,9 +107,67 @@ def _notes_html(summary: Mapping[str, Any]) -> list[str]:
         out.append(f'<p class="muted">records: {fmt(rec["kept"])} of {fmt(rec["total"])} requests kept '
                    f'(mode {esc(rec.get("mode"))}: every paid one, failed ones counted past the cap); the metrics '
                    f"count every request, the plots and requests.csv show the kept ones{where}</p>")
+    steady = summary.get("steadiness") or {}
+    if steady.get("steady") is False:
+        out.append(f'<p class="warn" id="steadiness-warning">&#9888; {esc(steady.get("message"))}</p>')
     out.append('<p class="muted">windowed figures (throughput, latency, phases, error rate) all count the '
                "requests answered in the steady window, whenever they started</p>")
     return out
+
+
+def _steadiness_html(steady: Mapping[str, Any]) -> list[str]:
+    """The steadiness check (x402bench.results.timeseries): its verdict, the fitted line and how it was made."""
+    if not steady:
+        return []
+    verdict = {True: ("pass", "steady"), False: ("fail", "not steady"), None: ("muted", "not judged")}[
+        steady.get("steady")]
+    return ["<h2>Steadiness</h2>",
+            f'<p>throughput <span class="badge {verdict[0]}">{verdict[1]}</span> {esc(steady.get("message"))}</p>',
+            _table([("drift (fitted end - start, / mean)",
+                     "n/a" if steady.get("drift") is None else f"{steady['drift']:+.1%}"),
+                    ("limit", f"±{steady.get('limit', 0):.0%}"),
+                    ("fitted throughput at the window's start / end (req/s)",
+                     f"{fmt(steady.get('start_rps'))} / {fmt(steady.get('end_rps'))}"),
+                    ("mean of the bins (req/s)", steady.get("mean_rps")),
+                    ("bins fitted", f"{fmt(steady.get('bins'))} of {fmt(steady.get('bin_s'))} s"),
+                    ("method", steady.get("method"))], ("figure", "value"))]
+
+
+def _routes_html(routes: Mapping[str, Any]) -> list[str]:
+    """Per route: the run's figures split by service (x402bench.results.routes)."""
+    if not routes:
+        return []
+    rows = [(name, r.get("requests"), r.get("paid"), r.get("errors"), r.get("throughput_rps"), r.get("error_rate"),
+             r.get("request_p50_s"), r.get("request_p95_s")) for name, r in routes.items()]
+    note = ([] if all(r.get("complete", True) for r in routes.values()) else
+            ['<p class="muted">not every request record was kept: per-route errors count the kept records only '
+             "(the totals above count every request)</p>"])
+    return ["<h2>Routes</h2>",
+            '<p class="muted">counts: whole run; throughput, error rate and latency: answered in the steady '
+            "window</p>", *note,
+            _table(rows, ("route", "requests", "paid", "errors", "paid req/s", "error rate", "latency p50 (s)",
+                          "latency p95 (s)"), ["fail" if r.get("errors") else "" for r in routes.values()])]
+
+
+def _cost_html(m: Mapping[str, Any]) -> list[str]:
+    """Cost per payment in its parts (execution gas, the L1 fee share), each with its share of the whole."""
+    split = m.get("cost_breakdown_usd") or {}
+    total = split.get("total_usd")
+    if not total:
+        return []
+    rows = []
+    for key, label, cls in (("execution_gas_usd", "execution gas", "bar"), ("l1_fee_usd", "L1 data fee share",
+                                                                               "bar l1")):
+        value = split.get(key) or 0.0
+        width = int(300 * value / total)
+        rows.append(f"<tr><td>{esc(label)}</td><td class=\"num\">{esc(fmt(value))}</td>"
+                    f"<td class=\"num\">{value / total:.0%}</td>"
+                    f'<td><span class="{cls}" style="width:{width}px"></span></td></tr>')
+    rows.append(f"<tr><td>total</td><td class=\"num\">{esc(fmt(total))}</td><td class=\"num\">100%</td><td></td></tr>")
+    return ["<h2>Cost per payment</h2>",
+            '<p class="muted">gas per payment at the scenario\'s gas price and ETH/USD, plus each payment\'s share '
+            "of the per-transaction L1 fee</p>",
+            "<table><tr><th>part</th><th>USD</th><th>share</th><th></th></tr>" + "".join(rows) + "</table>"]
 
 
 def _phase_html(phases: Mapping[str, Any]) -> str:
@@ -135,8 +196,9 @@ def _cpu_html(cpu: Mapping[str, Any] | None) -> str:
 def _img(name: str, data: bytes) -> str:
     b64 = base64.b64encode(data).decode("ascii")
     title = PLOTS.get(name) or CHANNEL_PLOTS.get(name, name)
+    caption = CAPTIONS.get(name)
     return (f'<figure><img alt="{esc(title)}" src="data:image/png;base64,{b64}">'
-            f"<figcaption>{esc(title)}</figcaption></figure>")
+            + (f'<figcaption class="muted">{esc(caption)}</figcaption>' if caption else "") + "</figure>")
 
 
 def _plot(plots: Mapping[str, bytes | Path], name: str) -> list[str]:
@@ -295,6 +357,9 @@ def render_report(summary: Mapping[str, Any], plots: Mapping[str, bytes | Path],
         f"reconciliation <span class=\"badge {'pass' if rec.get('exact') else 'fail'}\">"
         f"{'exact' if rec.get('exact') else ('not exact' if rec else 'n/a')}</span></p>",
         "<h2>Key metrics</h2>", *_notes_html(summary), _table(_metrics_rows(m)),
+        *_steadiness_html(summary.get("steadiness") or {}),
+        *_routes_html(summary.get("routes") or {}),
+        *_cost_html(m),
         "<h2>SLO checks</h2>",
         _table([(c.get("name"), c.get("measured"), c.get("op"), c.get("bound"), "pass" if c.get("passed") else "FAIL",
                  c.get("message", "")) for c in slo.get("checks", [])],
@@ -317,10 +382,13 @@ def render_report(summary: Mapping[str, Any], plots: Mapping[str, bytes | Path],
         "<h2>CPU</h2>", _cpu_html(m.get("cpu")),
         "<h2>Plots</h2>",
     ]
+    omitted = getattr(plots, "omitted", {})
     for file_name in PLOTS:
         if file_name in plots:
             data = plots[file_name]
             parts.append(_img(file_name, data if isinstance(data, bytes) else Path(data).read_bytes()))
+        elif file_name in omitted:
+            parts.append(f'<p class="muted">{esc(PLOTS[file_name])}: not drawn, {esc(omitted[file_name])}</p>')
     parts += [
         "<h2>Versions</h2>", _table(sorted((summary.get("versions") or {}).items()), ("package", "version")),
         "<h2>Scenario</h2>",

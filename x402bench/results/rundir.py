@@ -58,7 +58,7 @@ def _render(run_dir: Path, summary: dict[str, Any], requests: Sequence[RequestRe
     decimals = int(((summary.get("scenario") or {}).get("config") or {}).get("token", {}).get("decimals", 6))
     comparison = (((summary.get("channels") or {}).get("economics") or {}).get("comparison")) or []
     plots = render_plots(run_dir, requests, settlements, _window(summary), faults, channels, channel_txs, decimals,
-                         comparison)
+                         comparison, summary=summary)
     report = run_dir / REPORT
     report.write_text(render_report(summary, plots, channels), encoding="utf-8")
     return report

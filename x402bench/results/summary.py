@@ -12,13 +12,16 @@ import json
 import math
 import platform
 from importlib import metadata
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Sequence, TypedDict
 
-from x402bench.results.channels import channels_section, settlement_latencies
+from x402bench.results.channels import ChannelsSection, channels_section, settlement_latencies
 from x402bench.results.metrics import RequestTally, compute_metrics, steady_window
 from x402bench.results.money import LOSS_KEYS, MoneyEvent, fault_table
 from x402bench.results.records import ChannelRecord, ChannelTxRecord, RequestRecord, SettlementRecord
+from x402bench.results.routes import RouteFigures, route_table
 from x402bench.results.slo import evaluate_slo
+from x402bench.results.timeseries import (Steadiness, TimeSeries, paid_per_bin, rebin_seconds, scenario_bin,
+                                          steadiness, time_series)
 from x402bench.scenario import Scenario
 
 SCHEMA_VERSION = 1
@@ -26,6 +29,34 @@ SCHEMA_VERSION = 1
 PACKAGES = ("x402bench", "x402", "web3", "eth-account", "locust", "simpy", "pydantic", "matplotlib")
 #: meta keys consumed into fixed places; every other meta key is kept under summary["meta"].
 _CONSUMED = {"run_id", "started_at", "seed", "cpu", "versions", "duration_s"}
+
+
+class Summary(TypedDict):
+    """Every top-level key of summary.json, the one place they are listed. Sections with a shape of
+    their own are typed where they are computed; keys are only ever added, never renamed (the CLI,
+    SLO checks, compare and validate read them by name)."""
+
+    schema_version: int
+    scenario: dict[str, Any]            # {name, config: the scenario as validated, defaults filled in}
+    seed: int
+    versions: dict[str, str]            # python and the PACKAGES that are installed
+    mode: str                           # "load" | "sim"
+    run_id: str | None
+    started_at: str | None              # ISO-8601 UTC; null for a sim
+    #: Every figure of the run by one window rule (x402bench.results.metrics; its module docstring defines
+    #: each). `cost_breakdown_usd` (economics.CostSplit) splits `cost_per_payment_usd` into gas and L1 fee.
+    metrics: dict[str, Any]
+    reconciliation: dict[str, Any]      # client records, ledger and chain compared; {} when not reconciled
+    channels: ChannelsSection | None    # batch-settlement books; null without channels
+    faults: list[dict[str, Any]]        # one row per fault window (money.fault_table)
+    slo: dict[str, Any]                 # {passed, checks: [...]} (slo.evaluate_slo)
+    meta: dict[str, Any]                # what the runner knew: world, records kept, sim details
+    #: Per-bin throughput and latency over the whole run (timeseries.TimeSeries).
+    timeseries: TimeSeries
+    #: Whether throughput held across the steady window (timeseries.Steadiness; `steadiness.steady`).
+    steadiness: Steadiness
+    #: Per route (the scenario's service name): counts, throughput, latency (routes.RouteFigures).
+    routes: dict[str, RouteFigures]
 
 
 def versions(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -96,6 +127,11 @@ def build_summary(scenario: Scenario, requests: Sequence[RequestRecord], settlem
         start, _ = steady_window(scenario, requests, meta)
         voucher_latency, _ = settlement_latencies(requests, channels, start)
     metrics = compute_metrics(scenario, requests, settlements, meta, voucher_latency, tally)
+    series, steady = _over_time(scenario, requests, (metrics["window"]["start_s"], metrics["window"]["end_s"]),
+                                tally)
+    kept = meta.get("records") or {}
+    complete = tally is None and not (kept.get("kept") is not None and kept.get("total") is not None
+                                      and kept["kept"] < kept["total"])
     rec = dict(reconciliation or {})
     if rec:
         rec["exact"] = exact_reconciliation(rec)
@@ -121,8 +157,29 @@ def build_summary(scenario: Scenario, requests: Sequence[RequestRecord], settlem
         "slo": evaluate_slo(scenario.slo, metrics, rec or None,
                             section["reconciliation"] if section else None),
         "meta": {k: v for k, v in meta.items() if k not in _CONSUMED},
+        "timeseries": series,
+        "steadiness": steady,
+        "routes": route_table(requests, (metrics["window"]["start_s"], metrics["window"]["end_s"]),
+                              [s.name for s in scenario.services], complete),
     }
     return clean(summary)
+
+
+def _over_time(scenario: Scenario, requests: Sequence[RequestRecord], window: tuple[float, float],
+               tally: RequestTally | None) -> tuple[TimeSeries, Steadiness]:
+    """The time series and the steadiness check on the same bins: from the records, or from the tally's
+    per-second counts (bins then of whole seconds) when not every record was kept."""
+    start, end = window
+    last = max([r.t_end for r in requests if r.paid and math.isfinite(r.t_end)], default=end)
+    width = scenario_bin(scenario.model_dump(mode="json"), max(end, last))
+    if tally is None:
+        until = max(end, last)
+        counts = paid_per_bin([r.t_end for r in requests if r.paid], width, until)
+    else:
+        until = max(end, float(tally.paid_per_s.size))
+        counts, width = rebin_seconds(tally.paid_per_s, width, until)
+    faults = [f.window for f in scenario.faults]
+    return time_series(requests, width, until, counts), steadiness(counts, width, (start, end), faults)
 
 
 def summary_json(summary: dict[str, Any]) -> str:

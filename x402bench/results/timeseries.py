@@ -1,0 +1,174 @@
+"""Figures over time: paid throughput and request latency per time bin, and the steadiness check.
+
+Why bins are whole multiples of the block time: with 2 s blocks and 1 s bins, every other bin holds
+a block's answers and the next holds none, so the bars read twice the real rate and half of them
+are empty. A bin of k blocks holds k blocks' answers whatever its phase. Bins are also at least
+1 s (a 0.2 s block chain bins by whole seconds' worth of blocks) and there are at most MAX_BINS
+in a run, so an hour-long sim draws a readable number of bars instead of 3,600.
+
+Steadiness: a run's mean throughput is only "the" throughput when the rate held across the steady
+window. The check fits a least-squares line to the paid throughput per bin over the steady window
+(complete bins only; bins that overlap a fault window are left out, a fault's dip is the fault
+table's business, not drift) and reports `drift`, the line's change from the window's start to its
+end as a fraction of the mean per-bin rate. |drift| > DRIFT_LIMIT means the run is not steady (the
+automine smoke run slowed from ~140 to ~75 paid/s over 20 s: drift about -0.5). A fitted slope uses
+every bin, so one odd bin at either end moves it less than comparing first and last thirds would.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence, TypedDict
+
+import numpy as np
+
+from x402bench.results.metrics import in_window
+from x402bench.results.records import RequestRecord
+from x402bench.results.stats import percentile
+
+#: Most bins a run is cut into (plots and steadiness alike).
+MAX_BINS = 100
+#: |drift| above this fraction of the mean: the run is not steady.
+DRIFT_LIMIT = 0.20
+#: Fewest complete bins the steadiness fit needs; fewer gives steady = None ("cannot tell").
+MIN_BINS = 4
+#: Fewest paid answers in a bin for its latency percentiles to be drawn (fewer: a gap, not a guess).
+MIN_LATENCY_SAMPLES = 5
+
+
+class Steadiness(TypedDict):
+    """summary.json `steadiness`: did the paid throughput hold across the steady window?"""
+
+    steady: bool | None        # |drift| <= limit; None when there are fewer than MIN_BINS usable bins
+    drift: float | None        # (end_rps - start_rps) / mean_rps of the fitted line; negative = slowing
+    limit: float               # DRIFT_LIMIT
+    method: str                # how drift was computed, in words
+    bin_s: float               # width of the bins fitted (TimeSeries.bin_s)
+    bins: int                  # complete bins inside the window that were fitted
+    start_rps: float | None    # the fitted line at the window's start
+    end_rps: float | None      # the fitted line at the window's end
+    mean_rps: float | None     # mean paid throughput of the fitted bins
+    message: str               # one line for the report and the console
+
+
+class TimeSeries(TypedDict):
+    """summary.json `timeseries`: per-bin figures of the whole run (warm-up included), bin i covering
+    [i*bin_s, (i+1)*bin_s) of run time by each request's answer time (the metrics' window rule)."""
+
+    bin_s: float                         # a whole multiple of the block time, at least 1 s
+    t_s: list[float]                     # each bin's start
+    throughput_rps: list[float]          # paid 200s answered in the bin / bin_s
+    request_p50_s: list[float | None]    # request latency of the bin's paid answers (None: < MIN_LATENCY_SAMPLES,
+    request_p95_s: list[float | None]    # or records not kept)
+    request_p99_s: list[float | None]
+
+
+def bin_width(duration_s: float, block_time_s: float | None) -> float:
+    """The bin: a whole number of blocks (1 s when blocks have no fixed interval), at least 1 s, and
+    wide enough that `duration_s` makes at most MAX_BINS bins."""
+    base = float(block_time_s) if block_time_s and block_time_s > 0 else 1.0
+    if base < 1.0:
+        base *= math.ceil(round(1.0 / base, 9))
+    blocks = max(1, math.ceil(round(max(duration_s, 0.0) / MAX_BINS / base, 9)))
+    return round(base * blocks, 9)
+
+
+def scenario_bin(config: Mapping[str, Any], duration_s: float) -> float:
+    """bin_width from a scenario's config (summary["scenario"]["config"] or Scenario.model_dump())."""
+    chain = config.get("chain") or {}
+    block = chain.get("block_time_s") if chain.get("mining") == "interval" else None
+    return bin_width(duration_s, block)
+
+
+def _bin_index(t: np.ndarray, width: float) -> np.ndarray:
+    return np.floor(np.round(t / width, 9)).astype(np.int64)
+
+
+def paid_per_bin(t_end: Sequence[float] | np.ndarray, width: float, until_s: float) -> np.ndarray:
+    """Paid answers per bin from time 0 up to the bin holding `until_s` (answers after it are left out)."""
+    t = np.asarray(t_end, dtype=np.float64)
+    t = t[np.isfinite(t) & (t >= 0) & (t <= until_s)]
+    n = int(_bin_index(np.array([until_s]), width)[0]) + 1 if until_s >= 0 else 0
+    counts = np.bincount(_bin_index(t, width), minlength=n) if t.size else np.zeros(n, dtype=np.int64)
+    return counts[:max(n, 0)]
+
+
+def rebin_seconds(per_s: np.ndarray, width: float, until_s: float) -> tuple[np.ndarray, float]:
+    """Per-second counts (RequestTally.paid_per_s) into bins of whole seconds: `width` rounded up to a
+    whole number of seconds (exact when the bin already is one). Returns (counts, the width used)."""
+    secs = max(1, math.ceil(round(width, 9)))
+    n = int(math.floor(until_s / secs)) + 1
+    padded = np.zeros(n * secs, dtype=np.int64)
+    k = min(per_s.size, padded.size)
+    padded[:k] = per_s[:k]
+    return padded.reshape(n, secs).sum(axis=1), float(secs)
+
+
+def steadiness(counts: np.ndarray, width: float, window: tuple[float, float],
+               faults: Sequence[tuple[float, float]] = ()) -> Steadiness:
+    """The check of the module docstring on paid answers per bin (`counts[i]` for [i*width, (i+1)*width))."""
+    start, end = window
+    method = (f"least-squares line through the paid throughput per {width:g} s bin over the steady window "
+              "(complete bins, fault windows left out); drift = (line at end - line at start) / mean")
+    xs, ys = [], []
+    for i, c in enumerate(counts.tolist()):
+        lo, hi = i * width, (i + 1) * width
+        if lo < start - 1e-9 or hi > end + 1e-9:
+            continue
+        if any(lo < f_end and f_start < hi for f_start, f_end in faults):
+            continue
+        xs.append(lo + width / 2)
+        ys.append(c / width)
+    out: Steadiness = {"steady": None, "drift": None, "limit": DRIFT_LIMIT, "method": method, "bin_s": width,
+                       "bins": len(xs), "start_rps": None, "end_rps": None, "mean_rps": None, "message": ""}
+    if len(xs) < MIN_BINS:
+        out["message"] = (f"steadiness not judged: the steady window holds {len(xs)} complete {width:g} s bin(s), "
+                          f"fewer than {MIN_BINS}")
+        return out
+    x, y = np.array(xs), np.array(ys)
+    mean_rps = float(y.mean())
+    slope, intercept = np.polyfit(x, y, 1)
+    first, last = float(intercept + slope * start), float(intercept + slope * end)
+    out.update(start_rps=first, end_rps=last, mean_rps=mean_rps)
+    if mean_rps <= 0:
+        out["message"] = "steadiness not judged: no paid request answered in the steady window"
+        return out
+    drift = (last - first) / mean_rps
+    steady = abs(drift) <= DRIFT_LIMIT
+    out.update(steady=steady, drift=drift)
+    direction = "fell" if drift < 0 else "rose"
+    out["message"] = (f"throughput steady: drift {drift:+.0%} across the window (limit ±{DRIFT_LIMIT:.0%})" if steady
+                      else f"throughput NOT steady: it {direction} from {first:.3g} to {last:.3g} paid/s across the "
+                           f"steady window (drift {drift:+.0%}, limit ±{DRIFT_LIMIT:.0%}); the mean "
+                           f"{mean_rps:.3g}/s is an average over a changing rate, not a steady figure")
+    return out
+
+
+def latency_per_bin(requests: Sequence[RequestRecord], width: float, n: int) -> dict[str, list[float | None]]:
+    """p50/p95/p99 request latency of the paid answers in each of `n` bins (None where too few)."""
+    buckets: list[list[float]] = [[] for _ in range(n)]
+    for r in requests:
+        if r.paid and math.isfinite(r.t_end) and r.t_end >= 0:
+            i = int(_bin_index(np.array([r.t_end]), width)[0])
+            if i < n:
+                buckets[i].append(r.latency_s)
+    out: dict[str, list[float | None]] = {}
+    for q in (50, 95, 99):
+        out[f"request_p{q}_s"] = [percentile(b, q) if len(b) >= MIN_LATENCY_SAMPLES else None for b in buckets]
+    return out
+
+
+def time_series(requests: Sequence[RequestRecord], width: float, until_s: float,
+                counts: np.ndarray | None = None) -> TimeSeries:
+    """The `timeseries` section: `counts` (paid per bin) when a tally gave them, else from the records."""
+    if counts is None:
+        counts = paid_per_bin([r.t_end for r in requests if r.paid], width, until_s)
+    n = int(counts.size)
+    return {"bin_s": width, "t_s": [round(i * width, 9) for i in range(n)],
+            "throughput_rps": [c / width for c in counts.tolist()],
+            **latency_per_bin(requests, width, n)}  # type: ignore[typeddict-item]
+
+
+def window_paid(requests: Sequence[RequestRecord], window: tuple[float, float]) -> int:
+    """Paid answers in the window (metrics' rule), for a caller that wants the plain count."""
+    return sum(1 for r in requests if r.paid and in_window(r.t_end, *window))
