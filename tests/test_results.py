@@ -233,8 +233,8 @@ def run_dir(tmp_path_factory) -> Path:
 def test_run_folder_holds_every_file(run_dir: Path) -> None:
     assert run_dir.parts[-2:] == ("smoke", "r1")
     for name in ("summary.json", "requests.csv", "settlements.csv", "report.html", "scenario.yaml",
-                 "throughput.png", "request_latency_cdf.png", "settlement_latency_cdf.png",
-                 "gas_per_payment.png", "errors.png"):
+                 "throughput.png", "latency_over_time.png", "request_latency_cdf.png",
+                 "settlement_latency_hist.png", "settlement_latency_cdf.png", "gas_per_payment.png", "errors.png"):
         assert (run_dir / name).is_file(), name
     assert len(read_csv(run_dir / "requests.csv", RequestRecord)) == 42
     assert len(read_csv(run_dir / "settlements.csv", SettlementRecord)) == 40
@@ -245,7 +245,8 @@ def test_report_is_self_contained(run_dir: Path) -> None:
     assert "http://" not in page and "https://" not in page
     assert "href=" not in page and "<script" not in page and "<link" not in page
     sources = re.findall(r"src=\"([^\"]*)\"", page)
-    assert len(sources) == 5 and all(src.startswith("data:image/png;base64,") for src in sources)
+    assert len(sources) == len(list(run_dir.glob("*.png"))) == 7
+    assert all(src.startswith("data:image/png;base64,") for src in sources)
     assert "min_throughput_rps" in page and "smoke" in page
     assert 'class="pass"' in page
 
@@ -256,14 +257,17 @@ def test_report_rebuilds_from_the_files_alone(run_dir: Path) -> None:
         path.unlink()
     report = rebuild_report(run_dir)
     assert report == run_dir / "report.html" and report.is_file()
-    assert len(list(run_dir.glob("*.png"))) == 5
+    assert len(list(run_dir.glob("*.png"))) == 7
     assert (run_dir / "summary.json").read_text() == before
 
 
-def test_empty_run_renders_no_data_plots(tmp_path: Path) -> None:
+def test_empty_run_draws_no_empty_panel_and_says_why(tmp_path: Path) -> None:
     summary = build_summary(SMOKE, [], [], {}, "sim", {})
     out = write_run(tmp_path, "smoke", "empty", summary, [], [])
-    assert len(list(out.glob("*.png"))) == 5
+    assert not list(out.glob("*.png"))
+    page = (out / "report.html").read_text()
+    assert "Paid throughput over time: not drawn, no paid request" in page
+    assert "Errors by reason: not drawn, no failed request" in page
     assert json.loads((out / "summary.json").read_text())["run_id"] == "empty"
 
 

@@ -140,7 +140,7 @@ def _series_from(requests: Sequence[RequestRecord], window: tuple[float, float] 
                  series: Mapping[str, Any] | None, block_time_s: float | None) -> TimeSeries | None:
     """The summary's time series when there is one (the figures the summary states), else from the records."""
     if series and series.get("t_s"):
-        return series  # type: ignore[return-value]
+        return series if any(series["throughput_rps"]) else None  # type: ignore[return-value]
     ends = [t for t in finite(r.t_end for r in requests if r.paid) if t >= 0]
     if not ends:
         return None

@@ -115,6 +115,15 @@ def _notes_html(summary: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _steady_badge(summary: Mapping[str, Any]) -> str:
+    """The header's word on steadiness: only when it was judged."""
+    steady = (summary.get("steadiness") or {}).get("steady")
+    if steady is None:
+        return ""
+    return (f" · throughput <span class=\"badge {'pass' if steady else 'fail'}\">"
+            f"{'steady' if steady else 'NOT steady'}</span>")
+
+
 def _steadiness_html(steady: Mapping[str, Any]) -> list[str]:
     """The steadiness check (x402bench.results.timeseries): its verdict, the fitted line and how it was made."""
     if not steady:
@@ -122,7 +131,7 @@ def _steadiness_html(steady: Mapping[str, Any]) -> list[str]:
     verdict = {True: ("pass", "steady"), False: ("fail", "not steady"), None: ("muted", "not judged")}[
         steady.get("steady")]
     return ["<h2>Steadiness</h2>",
-            f'<p>throughput <span class="badge {verdict[0]}">{verdict[1]}</span> {esc(steady.get("message"))}</p>',
+            f'<p><span class="badge {verdict[0]}">{verdict[1]}</span> {esc(steady.get("message"))}</p>',
             _table([("drift (fitted end - start, / mean)",
                      "n/a" if steady.get("drift") is None else f"{steady['drift']:+.1%}"),
                     ("limit", f"±{steady.get('limit', 0):.0%}"),
@@ -355,7 +364,7 @@ def render_report(summary: Mapping[str, Any], plots: Mapping[str, bytes | Path],
         f"{'started ' + esc(summary.get('started_at')) if summary.get('started_at') else esc(_when(summary))} · "
         f"seed {esc(summary.get('seed'))} · SLO <span class=\"badge {verdict}\">{verdict.upper()}</span> · "
         f"reconciliation <span class=\"badge {'pass' if rec.get('exact') else 'fail'}\">"
-        f"{'exact' if rec.get('exact') else ('not exact' if rec else 'n/a')}</span></p>",
+        f"{'exact' if rec.get('exact') else ('not exact' if rec else 'n/a')}</span>{_steady_badge(summary)}</p>",
         "<h2>Key metrics</h2>", *_notes_html(summary), _table(_metrics_rows(m)),
         *_steadiness_html(summary.get("steadiness") or {}),
         *_routes_html(summary.get("routes") or {}),
