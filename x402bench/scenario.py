@@ -21,6 +21,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema as cs
 
 from x402bench.durations import DURATION_PATTERN, parse_duration
+from x402bench import shipped
 from x402bench.registry import SCHEMES, STRATEGIES, schema_help
 
 
@@ -612,7 +613,7 @@ def _scenario_text(path: Path) -> str:
 
 def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file."""
-    path = Path(path)
+    path = shipped.resolve(path)  # a missing `scenarios/NAME.yaml` is the shipped one (installed from a wheel)
     text = _scenario_text(path)
     try:
         data = yaml.safe_load(text)
