@@ -118,10 +118,11 @@ def load(
     junit_path: Optional[Path] = junit_option(),
 ) -> None:
     """Bring the world up (or attach to one), drive paying agents through it with Locust, write the run folder."""
+    duration = whole_seconds(duration)
+    s = with_slo(load_scenario(scenario), slo)
     from loadtest.runner import LoadOptions, run_load
 
-    s = with_slo(load_scenario(scenario), slo)
-    options = LoadOptions(users=users, spawn_rate=spawn_rate, duration_s=whole_seconds(duration),
+    options = LoadOptions(users=users, spawn_rate=spawn_rate, duration_s=duration,
                           processes=processes, web=web, out_root=out_dir, max_requests=max_requests, target=target,
                           world_file=world, service_urls=tuple(service_url or ()), facilitator_url=facilitator_url,
                           rpc_url=rpc_url)

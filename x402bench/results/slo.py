@@ -112,9 +112,9 @@ def override_slo(slo: Slo, specs: list[str] | tuple[str, ...]) -> Slo:
         try:
             value = float(text)
         except ValueError:
-            raise ValueError(f"--slo {spec!r}: {text!r} is not a number (or 'none' to drop the bound)") from None
+            raise ValueError(f"--slo {spec!r}: {text!r} is not a number (or 'none' to drop the bound); {listed}") from None
         if not math.isfinite(value):
-            raise ValueError(f"--slo {spec!r}: the bound must be a finite number")
+            raise ValueError(f"--slo {spec!r}: the bound must be a finite number; {listed}")
         updates[name] = value
     try:
         return Slo.model_validate({**slo.model_dump(), **updates})
