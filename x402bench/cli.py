@@ -19,7 +19,8 @@ from x402bench.scenario import ScenarioError
 
 HELP = (
     "x402bench: benchmark x402 micropayments on a local chain, live (Locust) or simulated (SimPy).\n\n"
-    "Exit codes: 0 every SLO passed; 1 an SLO failed (or a validation, a probe, a sweep point); 2 bad input or "
+    "Exit codes: 0 every SLO passed; 1 an SLO failed (or a validation, a probe, a sweep point, a compare "
+    "--fail-if gate); 2 bad input or "
     "usage (a bad scenario, a missing file, an --out that is a file); 3 anything else, an internal error: its "
     "traceback goes to x402bench-error.log in the run folder (when the run had one), else to a file of its own "
     "in the temp dir, and stderr gets one line naming the error and that file."

@@ -1,8 +1,8 @@
 """What the CLI does with an error nobody planned for (exit code 3), and the cheap checks of path options
 that turn a doomed run into bad input (exit 2) before any work is done.
 
-Exit codes: 0 every SLO passed, 1 an SLO (or a validation, a probe, a sweep point) failed, 2 bad input or
-usage, 3 anything else (an internal error: the traceback goes to a log file, one line to stderr)."""
+Exit codes: 0 every SLO passed, 1 an SLO (or a validation, a probe, a sweep point, a compare gate) failed, 2 bad
+input or usage, 3 anything else (an internal error: the traceback goes to a log file, one line to stderr)."""
 
 from __future__ import annotations
 

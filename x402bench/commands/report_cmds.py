@@ -37,7 +37,7 @@ def report(run_dir: Path = typer.Argument(..., help="A run folder: results/<scen
 
 @app.command()
 def compare(
-    run_dirs: List[Path] = typer.Argument(..., metavar="RUN_DIRS...",
+    run_dirs: List[Path] = typer.Argument(..., metavar="RUN_DIR",
                                           help="Two or more run folders; the first is the baseline (A)."),
     html_path: Optional[Path] = typer.Option(None, "--html", metavar="PATH", help="Write the HTML comparison "
                                              "here (default: next to the first run, compare-<id>-<hash>.html)."),
