@@ -45,7 +45,8 @@ CHANNEL_PLOTS = {
 CAPTIONS = {
     "throughput.png": "Bars: paid 200s per bin of answer time (bins are whole blocks). Grey: warm-up and the "
                       "drain after the window, both outside the figures; coloured: fault windows; red: the "
-                      "window's mean, dashed when throughput drifted (see Steadiness).",
+                      "window's mean (dotted when not steady; the dashed segments are the first and last thirds the "
+                      "steadiness check compared).",
     "latency_over_time.png": "Percentiles of the paid requests answered in each bin (bins with fewer than 5 "
                              "answers are gaps).",
     "request_latency_cdf.png": "Share of the paid requests answered in the steady window within a latency.",
@@ -152,7 +153,8 @@ def _series_from(requests: Sequence[RequestRecord], window: tuple[float, float] 
 def throughput_plot(path: Path, series: TimeSeries, window: tuple[float, float] | None,
                     faults: Sequence[tuple[str, float, float]] = (),
                     steadiness: Mapping[str, Any] | None = None) -> Path:
-    """Paid 200s per bin of answer time, the window's mean, and the fitted trend when it drifted."""
+    """Paid 200s per bin of answer time, the window's mean, and (when it drifted) the first and last thirds'
+    means the steadiness check compared."""
     fig, (ax,) = _figure()
     width = float(series["bin_s"])
     xs, ys = series["t_s"], series["throughput_rps"]
@@ -171,10 +173,15 @@ def throughput_plot(path: Path, series: TimeSeries, window: tuple[float, float] 
             word = "steady throughput" if steady else "window mean"
             ax.hlines(mean_rps, start, end, colors="#d83b3b", linestyles="-" if steady else ":",
                       label=f"{word} {mean_rps:.2f}/s")
-        if steady is False:
-            first, last = steadiness.get("start_rps"), steadiness.get("end_rps")  # type: ignore[union-attr]
-            ax.plot([start, end], [first, last], "--", color="#8a1414", linewidth=1.5,
-                    label=f"trend: drift {steadiness['drift']:+.0%} (not steady)")  # type: ignore[index]
+        first, last = (steadiness or {}).get("first_third_rps"), (steadiness or {}).get("last_third_rps")
+        fault_spans = [(f_start, f_end) for _, f_start, f_end in faults]
+        used = [x for x, _ in inside if not any(x < f_end and f_start < x + width for f_start, f_end in fault_spans)]
+        k = len(used) // 3
+        if steady is False and k and first is not None and last is not None:
+            drift = steadiness.get("drift")  # type: ignore[union-attr]
+            label = "thirds: " + (f"drift {drift:+.0%} (not steady)" if drift is not None else "not steady")
+            ax.hlines([first, last], [used[0], used[-k]], [used[k - 1] + width, used[-1] + width],
+                      colors="#8a1414", linestyles="--", linewidth=2, label=label)
     _fault_windows(ax, faults)
     _time_axes(ax, until)
     ax.set_ylim(bottom=0)

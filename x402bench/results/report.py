@@ -132,13 +132,13 @@ def _steadiness_html(steady: Mapping[str, Any]) -> list[str]:
         steady.get("steady")]
     return ["<h2>Steadiness</h2>",
             f'<p><span class="badge {verdict[0]}">{verdict[1]}</span> {esc(steady.get("message"))}</p>',
-            _table([("drift (fitted end - start, / mean)",
+            _table([("drift (last third / first third - 1)",
                      "n/a" if steady.get("drift") is None else f"{steady['drift']:+.1%}"),
                     ("limit", f"±{steady.get('limit', 0):.0%}"),
-                    ("fitted throughput at the window's start / end (req/s)",
-                     f"{fmt(steady.get('start_rps'))} / {fmt(steady.get('end_rps'))}"),
+                    ("paid throughput, first third / last third of the window (req/s)",
+                     f"{fmt(steady.get('first_third_rps'))} / {fmt(steady.get('last_third_rps'))}"),
                     ("mean of the bins (req/s)", steady.get("mean_rps")),
-                    ("bins fitted", f"{fmt(steady.get('bins'))} of {fmt(steady.get('bin_s'))} s"),
+                    ("bins compared", f"{fmt(steady.get('bins'))} of {fmt(steady.get('bin_s'))} s"),
                     ("method", steady.get("method"))], ("figure", "value"))]
 
 
