@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test contracts bench clean
+.PHONY: setup demo test chromium contracts bench clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -26,7 +26,16 @@ node_modules/.installed: package.json package-lock.json
 demo: setup
 	$(BIN)/x402bench demo scenarios/smoke.yaml
 
-test: setup
+# The report's acceptance test opens report.html in headless Chromium (Debian's `chromium`, never a
+# downloaded browser). Installed here when missing and running as root (CI on a fresh machine);
+# otherwise say so: the test then fails naming what is missing, it does not skip.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; \
+	  else echo "chromium is missing: install it (apt-get install chromium) or tests/test_report_browser.py fails" >&2; fi; }
+
+test: setup chromium
 	$(BIN)/pytest -q
 
 contracts: setup
