@@ -47,12 +47,11 @@ from services.process import ServiceProcess
 from services.resource.app import ResourceConfig
 from services.stack import World
 from x402bench.scenario import validate_scenario
-
-ROOT = Path(__file__).resolve().parents[2]
+from x402bench.shipped import SHIPPED_DIR  # the shipped scenarios: a checkout's scenarios/, or the wheel's copy
 
 
 def scenario() -> Any:
-    data = yaml.safe_load((ROOT / "scenarios" / "smoke.yaml").read_text())
+    data = yaml.safe_load((SHIPPED_DIR / "smoke.yaml").read_text())
     data["facilitator"] = {"strategy": "sync", "signer_keys": 1}
     data["services"] = [{"name": "metered", "path": "/metered", "price": "$0.001", "scheme": "batch-settlement"}]
     data["channel"] = {"withdraw_delay_s": 1800, "deposit_usdc": 1.0, "claims_per_tx": 100,
