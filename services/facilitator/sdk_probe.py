@@ -1,6 +1,6 @@
 """Where the official SDK facilitator spends its CPU, observed without changing what it does.
 
-The SDK's facilitator is CPU-bound on two cores (design.md's anchor: ~24 ms per payment),
+The SDK's facilitator is CPU-bound on two cores (measured: ~24 ms of CPU per payment),
 and *when* it burns that CPU shapes its latency: part of it is the verification before
 the send, a large part is web3's receipt polling every 0.1 s while the block is awaited.
 A model that charges it all up front gets the throughput right and the tail wrong. So the
