@@ -2,8 +2,8 @@
 
 Why: the researcher's question "exact vs batched: where is the break-even price?" starts from
 what a batch saves per payment. Real Anvil, the mock USDC and the BatchSettler, distinct funded
-payers paying one merchant that already holds USDC (design.md's anchor: ~48,400 gas per payment at
-100 with real USDC; one transfer alone costs 85,704). Prints gas per payment, the ratio to a
+payers paying one merchant that already holds USDC (measured with real USDC: ~48,400 gas per payment
+at 100; one transfer alone costs 85,704). Prints gas per payment, the ratio to a
 single transfer, and the price below which gas is more than the payment at the scenario's economics.
 
     .venv/bin/python bench/bench_batch_gas.py [--sizes 1,10,50,100,200]
