@@ -5,7 +5,7 @@ facilitator spends verifying, how long a signer key holds its nonce lock, how of
 receipts are polled and what a settlement costs in gas are properties of the software
 and the chain, measured on a live run by `x402bench calibrate` and stored here as JSON.
 Without a file the sim uses the documented defaults below (`default_calibration()`),
-which come from design.md's anchors and from reading the SDK and our facilitator.
+which come from live runs measured on a 2-core machine and from reading the SDK and our facilitator.
 
 Every time is in seconds. A `Dist` is a constant, a lognormal (median, p99) or, when
 measured, an empirical distribution given by evenly spaced quantiles.
