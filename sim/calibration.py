@@ -168,7 +168,7 @@ class Chain(_Strict):
 
 
 class Gas(_Strict):
-    """Gas per settlement tx (real USDC's figures; design.md anchors)."""
+    """Gas per settlement tx (real USDC's figures, measured)."""
 
     transfer_existing: int = Field(85_704, ge=21_000, description="transferWithAuthorization to a payee holding USDC.")
     transfer_new: int = Field(102_792, ge=21_000, description="... to a payee with no USDC yet.")
