@@ -6,7 +6,7 @@ Built for scenarios/x402-ecosystem-2025*.yaml (October 2025's public x402 volume
 calibration the sim uses, in closed form:
 - a facilitator process carries min(threads / hold, cores / CPU per payment) payments/s,
   where a /settle that answers after its receipt holds its thread for about a block
-  (saturated handlers all wait for the same next block: design.md's 40 per 2 s);
+  (saturated handlers all wait for the same next block: the SDK's 40 threads settle 40 per 2 s);
 - a signer key carries 1 / submit_s txs/s (its nonce lock), times the batch size when batched;
 - the chain carries gas_limit / gas per payment per block.
 Each plan is then checked by simulating the peak hour's rate for `check_s` seconds.
