@@ -107,7 +107,7 @@ def test_two_second_blocks_make_settlement_wait_uniform() -> None:
 
 
 def test_sdk_thread_pool_caps_throughput_at_40_per_block() -> None:
-    """design.md: with 2 s blocks the SDK facilitator's 40 threads cap it at 40 per 2 s (~19/s measured)."""
+    """With 2 s blocks the SDK facilitator's 40 threads cap it at 40 per 2 s (~19/s measured live)."""
     s = load_scenario(SCENARIOS / "sim-over.yaml").with_overrides(run={"duration_s": 40})
     summary = build_sim_summary(run_sim(s, options=SimOptions(driver="locust")))
     assert summary["metrics"]["throughput_rps"] == pytest.approx(20.0, rel=0.03)
