@@ -42,7 +42,7 @@ contracts: setup
 	$(PY) -m services.contracts.build
 
 bench: setup
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules results .pytest_cache
