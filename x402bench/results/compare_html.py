@@ -19,7 +19,7 @@ h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem}
 table{border-collapse:collapse;margin:.5rem 0;font-size:.92rem}
 th,td{border:1px solid #d0d7de;padding:.3rem .6rem;text-align:right;vertical-align:top}
 th:first-child,td:first-child{text-align:left}thead th{background:#f6f8fa}
-td.key{font-family:ui-monospace,monospace;font-size:.85rem;color:#57606a;text-align:left}
+td.key,td.txt,th.txt{text-align:left}td.key{font-family:ui-monospace,monospace;font-size:.85rem;color:#57606a;text-align:left}
 .bad{background:#ffebe9;color:#a40e26;font-weight:600}.good{color:#1a7f37}.na{color:#8c959f}
 .verdict{font-size:1.05rem;padding:.5rem .8rem;display:inline-block;border-radius:4px}
 .verdict.bad{border:1px solid #a40e26}.verdict.good{background:#dafbe1;border:1px solid #1a7f37}
@@ -52,7 +52,7 @@ def render_compare(comparison: Comparison, gates: Sequence[Gate], breaches: Sequ
     page and the results folder can move together)."""
     crossed = {(b.gate.path, b.run) for b in breaches}
     gated = {g.path for g in gates}
-    head = ['<th>metric</th><th>name</th>']
+    head = ['<th>metric</th><th class="txt">name</th>']
     for i, label in enumerate(comparison.labels):
         head.append(f"<th>{letter(i)}: {esc(label)}</th>")
         if i:
@@ -71,8 +71,8 @@ def render_compare(comparison: Comparison, gates: Sequence[Gate], breaches: Sequ
         report = Path(run_dir).resolve() / "report.html"
         href = os.path.relpath(report, Path(where).resolve().parent) if where else report.as_uri()
         link = f'<a href="{esc(Path(href).as_posix())}">report</a>' if report.is_file() else "no report.html"
-        runs.append(f"<tr><td>{letter(i)}{' (baseline)' if i == 0 else ''}</td><td>{esc(label)}</td>"
-                    f"<td>{esc(summary.get('mode'))}</td><td class='key'>{esc(Path(run_dir).resolve())}</td>"
+        runs.append(f"<tr><td>{letter(i)}{' (baseline)' if i == 0 else ''}</td><td class='txt'>{esc(label)}</td>"
+                    f"<td class='txt'>{esc(summary.get('mode'))}</td><td class='key'>{esc(Path(run_dir).resolve())}</td>"
                     f"<td>{link}</td></tr>")
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
@@ -87,17 +87,18 @@ def render_compare(comparison: Comparison, gates: Sequence[Gate], breaches: Sequ
         verdict = (f'<p class="verdict bad">{len(breaches)} gate failure(s): exit 1</p>' if breaches
                    else '<p class="verdict good">every gate passed</p>')
         parts += ["<h2>Gates</h2>", verdict, "<table><thead><tr><th>gate</th><th>run</th><th>ratio</th>"
-                  "<th>verdict</th></tr></thead><tbody>"]
+                  "<th class='txt'>verdict</th></tr></thead><tbody>"]
         for gate in gates:
             for i in range(1, len(comparison.labels)):
                 breach = next((b for b in breaches if b.gate == gate and b.run == i), None)
                 shown = gate_ratio(dig(comparison.summaries[0], gate.path), dig(comparison.summaries[i], gate.path))
                 ratio = "n/a" if shown is None else ("inf" if math.isinf(shown) else f"{shown:.3f}x")
-                mark = f'<td class="bad">{esc(breach.message)}</td>' if breach else '<td class="good">pass</td>'
+                mark = f'<td class="bad txt">{esc(breach.message)}</td>' if breach else '<td class="good txt">pass</td>'
                 parts.append(f"<tr><td class='key'>{esc(gate.text)}</td><td>{letter(i)}</td><td>{esc(ratio)}</td>"
                              f"{mark}</tr>")
         parts.append("</tbody></table>")
-    parts += ["<h2>Runs</h2><table><thead><tr><th>run</th><th>label</th><th>mode</th><th>folder</th><th></th>"
+    parts += ["<h2>Runs</h2><table><thead><tr><th>run</th><th class='txt'>label</th><th class='txt'>mode</th>"
+              "<th class='txt'>folder</th><th></th>"
               "</tr></thead><tbody>", *runs, "</tbody></table>",
               "<h2>Metrics</h2><table><thead><tr>", *head, "</tr></thead><tbody>", *rows, "</tbody></table>",
               "</body></html>"]
