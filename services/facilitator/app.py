@@ -11,12 +11,13 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from services.facilitator import reasons
 from services.facilitator.checks import Rejection
 from services.facilitator.config import FacilitatorConfig
 from services.facilitator.engines import make_engine
+from services.facilitator.prom import CONTENT_TYPE_LATEST, facilitator_registry, render
 
 #: Rejections that mean "this request is malformed", answered 400 rather than 200.
 MALFORMED = {reasons.INVALID_PAYLOAD, reasons.INVALID_X402_VERSION, reasons.INVALID_PAYMENT_REQUIREMENTS}
@@ -65,5 +66,13 @@ def create_app(config: FacilitatorConfig) -> FastAPI:
     @app.get("/metrics")
     async def metrics() -> dict[str, Any]:
         return engine.metrics()
+
+    registry = facilitator_registry(engine.metrics, engine.ledger.path)
+
+    @app.get("/metrics/prometheus")
+    async def metrics_prometheus() -> Response:
+        """The same figures as /metrics (one source: engine.metrics()), in Prometheus text format, plus the
+        settlement latency histogram read from the ledger."""
+        return Response(render(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -50,6 +50,7 @@ import aiohttp
 import httpx
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from x402.http import FacilitatorConfig, HTTPFacilitatorClient
@@ -62,6 +63,7 @@ from services.process import write_private
 from services.resource.channel_storage import make_storage
 from services.resource.channels import ChannelKeeper, MemoryBook, ProcessLocks, SharedBook
 from services.resource.fast_voucher import FastBatchSettlementScheme
+from services.resource.prom import ServiceStats, service_registry
 from x402.schemas import PaymentPayload, SettleResponse, VerifyResponse
 from x402.server import x402ResourceServer
 
@@ -232,19 +234,24 @@ def malformed_reason(header: str) -> str | None:
 
 
 class GuardAndTiming:
-    """Outermost ASGI layer: refuse malformed payments, then add Server-Timing to the answer."""
+    """Outermost ASGI layer: refuse malformed payments, then add Server-Timing to the answer; each priced
+    route's answer and its timings also go to `stats` (GET /_metrics and /_metrics/prometheus)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, stats: ServiceStats | None = None) -> None:
         self.app = app
+        self.stats = stats
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"payment-signature"), None)
+        route = self.stats.route_of(scope["path"]) if self.stats is not None else None
         if header is not None:
             problem = malformed_reason(header)
             if problem is not None:
+                if route is not None:
+                    self.stats.answered(route, 400, {})
                 body = json.dumps({"x402Version": 2, "error": "invalid_payload", "message": problem}).encode()
                 await send({"type": "http.response.start", "status": 400,
                             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
@@ -254,6 +261,8 @@ class GuardAndTiming:
         token = _timings.set(timings)
 
         async def send_with_timing(message: Message) -> None:
+            if message["type"] == "http.response.start" and route is not None:
+                self.stats.answered(route, message["status"], timings)
             if message["type"] == "http.response.start" and timings:
                 value = ", ".join(f"{k};dur={v * 1000:.3f}" for k, v in timings.items())
                 message = {**message, "headers": [*message.get("headers", []), (b"server-timing", value.encode())]}
@@ -334,6 +343,19 @@ def create_app(config: ResourceConfig) -> FastAPI:
     async def health() -> dict[str, Any]:
         return {"status": "ok", "pid": pid}
 
+    stats = ServiceStats({spec.path: spec.name for spec in config.routes})
+    registry = service_registry(stats)
+
+    @app.get("/_metrics")
+    async def metrics_json() -> dict[str, Any]:
+        """Local harness route: this process's answers per route and status, and the Server-Timing phases."""
+        return stats.json()
+
+    @app.get("/_metrics/prometheus")
+    async def metrics_prometheus() -> Response:
+        """The same figures as /_metrics (one ServiceStats), in Prometheus text format."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
     # The SDK's default httpx pool (100 connections) would cap concurrent verify+settle calls, and with
     # 2 s blocks each settle holds its connection for a block: size the pool for the load instead.
     pool = httpx.AsyncClient(timeout=300.0, limits=httpx.Limits(max_connections=4096, max_keepalive_connections=1024))
@@ -344,7 +366,7 @@ def create_app(config: ResourceConfig) -> FastAPI:
     if any(spec.scheme == "batch-settlement" for spec in config.routes):
         started.append(_add_batch_settlement(app, server, client, config))
     app.add_middleware(PaymentMiddlewareASGI, routes=routes, server=server)
-    app.add_middleware(GuardAndTiming)
+    app.add_middleware(GuardAndTiming, stats=stats)
     return app
 
 
