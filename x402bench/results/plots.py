@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, ScalarFormatter, StrMethodFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator, ScalarFormatter, StrMethodFormatter
 
 from x402bench.results.channels import exposure_series, settlement_latencies, voucher_requests
 from x402bench.results.economics import gas_stats
@@ -288,17 +288,41 @@ def gas_plot(path: Path, settlements: Sequence[SettlementRecord]) -> Path | None
     return _save(fig, path)
 
 
+def _count_label(value: float, _pos: Any = None) -> str:
+    """A count as people write it on an axis: 950, 12,000, 3.5M."""
+    if abs(value) >= 1_000_000:
+        return f"{value / 1_000_000:,.3g}M"
+    return f"{value:,.0f}"
+
+
+def _wrap(code: str, width: int = 24) -> str:
+    """A reason code over lines at its underscores, so a long one does not squeeze the bars."""
+    lines, line = [], ""
+    for part in code.split("_"):
+        if line and len(line) + 1 + len(part) > width:
+            lines.append(line + "_")
+            line = part
+        else:
+            line = f"{line}_{part}" if line else part
+    return "\n".join([*lines, line])
+
+
 def errors_plot(path: Path, counts: Mapping[str, int]) -> Path | None:
-    """Horizontal bars: failed requests per reason code, most frequent on top; None without a failure."""
+    """Horizontal bars: failed requests per reason code, most frequent on top, each bar with its count;
+    None without a failure."""
     if not counts:
         return None
     fig, (ax,) = _figure()
-    items = sorted(counts.items(), key=lambda kv: (kv[1], kv[0]))
-    ax.barh([k for k, _ in items], [v for _, v in items], color="#d83b3b")
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
-    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    items = sorted(counts.items(), key=lambda kv: (kv[1], kv[0]))[-12:]
+    bars = ax.barh([_wrap(k) for k, _ in items], [v for _, v in items], color="#d83b3b")
+    ax.bar_label(bars, labels=[f"{v:,}" for _, v in items], padding=3, fontsize="small")
+    ax.set_xlim(0, max(v for _, v in items) * 1.25)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
+    ax.xaxis.set_major_formatter(FuncFormatter(_count_label))
+    ax.tick_params(axis="y", labelsize="small")
     ax.set_xlabel("requests")
-    ax.set_title(f"{PLOTS['errors.png']} ({sum(counts.values()):,} failed)")
+    more = f", {len(counts) - len(items)} rarer reasons in the Errors table" if len(counts) > len(items) else ""
+    fig.suptitle(f"{PLOTS['errors.png']} ({sum(counts.values()):,} failed{more})")
     return _save(fig, path)
 
 

@@ -14,6 +14,7 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
 import yaml
 
 from x402bench.results.metrics import PHASES
@@ -48,6 +49,8 @@ def fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         if abs(value) >= 1000:
             return f"{value:,.0f}"
+        if value and abs(value) < 1e-3:  # 0.00002, not 2e-05: plain numbers throughout the page
+            return np.format_float_positional(value, precision=digits, unique=False, fractional=False, trim="-")
         return f"{value:.{digits}g}"
     return str(value)
 
