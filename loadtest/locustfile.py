@@ -10,6 +10,9 @@ a world brought up with `x402bench up --json world.json`, e.g. across machines:
 
 Each process writes its own per-request records to X402BENCH_PARTS at the end of the test;
 the runner merges them, so nothing but Locust's own stats crosses the master/worker wire.
+
+Locust's statistics hold one entry per payment, named by route (request type PAY); the HTTP round trips inside
+it and the settlement latency are in a table of their own, the web UI's "x402" tab (loadtest.round_trips).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from locust import events, task
 from locust.contrib.fasthttp import FastHttpUser
 from locust.runners import STATE_RUNNING, LocalRunner, MasterRunner, WorkerRunner
 
+from loadtest import round_trips
 from loadtest.paying import (
     BATCH_SETTLEMENT, BROKE_REASONS, AgentWallet, Manners, facilitator_requirement, pay, pay_channel, settle_direct,
 )
@@ -40,6 +44,9 @@ WORKERS = max(1, int(os.environ.get("X402BENCH_WORKERS", "1")))
 PROGRESS = os.environ.get("X402BENCH_PROGRESS")
 #: Written once, when traffic starts: time zero of the run clock, which the fault timeline runs on.
 STARTED = os.environ.get("X402BENCH_STARTED")
+#: Written once the test has stopped and this process's records are written (the master's, or the only one's):
+#: with the web UI up, Locust keeps running after the test, and the runner goes on when this appears.
+STOPPED = os.environ.get("X402BENCH_STOPPED")
 #: How long a client_disconnect agent waits after sending its payment before hanging up.
 DISCONNECT_AFTER_S = 0.05
 RETRY = SCENARIO.agents.retry
@@ -80,6 +87,7 @@ class PayingAgent(FastHttpUser):
     network_timeout = 300.0
 
     def on_start(self) -> None:
+        self.client.request_event = round_trips.EVENT  # round trips to the x402 table: one PAY entry per payment
         users = max(1, self.environment.parsed_options.num_users if self.environment.parsed_options else SCENARIO.run.users)
         index = next(_local_users) * WORKERS + _worker_index(self.environment)
         agents = WORLD["agents"]
@@ -168,6 +176,17 @@ events.test_stop.add_listener(_write_records)
 events.quitting.add_listener(_write_records)
 
 
+@events.test_stop.add_listener
+def _mark_stopped(environment, **_: object) -> None:  # noqa: ANN001
+    if STOPPED and not isinstance(environment.runner, WorkerRunner):
+        Path(STOPPED).write_text(repr(time.time()))
+
+
+@events.init.add_listener
+def _round_trips(environment, **_: object) -> None:  # noqa: ANN001
+    round_trips.setup(environment, WORLD.get("ledger_path") or "")
+
+
 @events.init.add_listener
 def _progress(environment, **_: object) -> None:  # noqa: ANN001
     """The master (or the only process) writes a one-line progress file each second."""
@@ -178,8 +197,7 @@ def _progress(environment, **_: object) -> None:  # noqa: ANN001
         start = time.monotonic()
         while True:
             gevent.sleep(1.0)
-            paid = environment.stats.get("settled" if TARGET == "facilitator" else "paid", "PAY")
-            total = environment.stats.total
+            paid = total = environment.stats.total  # one entry per payment
             Path(PROGRESS).write_text(json.dumps({
                 "elapsed": time.monotonic() - start,
                 "paid": paid.num_requests - paid.num_failures,

@@ -1,8 +1,10 @@
 """One paid request from a Locust user: the x402 handshake over FastHttpUser's client.
 
 The protocol work (402 decoding, signing, header encoding) is the payer's; this module
-only adapts it to Locust: Locust's client as the transport, Locust statistics for each
-round trip, and one RequestRecord per payment for the run folder.
+only adapts it to Locust: Locust's client as the transport, one Locust request entry per
+payment (PAY, named by route), and one RequestRecord per payment for the run folder. The
+round trips inside a payment are reported to the client's own request event, which the
+locustfile points at loadtest.round_trips so that they do not count as more requests.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def _send_via(client, route: str, manners: Manners):  # noqa: ANN001, ANN202
 
 
 def pay(client, wallet: AgentWallet, route: str, url: str, manners: Manners | None = None) -> RequestRecord:  # noqa: ANN001
-    """Pay for one request, retrying the same signed payment as `manners` say; fires one Locust "PAY paid"
+    """Pay for one request, retrying the same signed payment as `manners` say; fires one Locust "PAY <route>"
     entry for the whole payment. One record per payment: first send to final answer, `attempts` sends."""
     manners = manners or Manners()
     wallet.sent += 1
@@ -135,7 +137,7 @@ def _finished(start: float, end: float, route: str, wallet: AgentWallet, result:
     """One payment's Locust statistic and its record, alike for every scheme; `scheme_fields` are the
     record fields that say how it was paid (nonce, tx_hash, attempts; channel and cumulative)."""
     events.request.fire(
-        request_type="PAY", name="paid", response_time=(end - start) * 1000, response_length=0,
+        request_type="PAY", name=route, response_time=(end - start) * 1000, response_length=0,
         exception=None if result.status == 200 else RuntimeError(result.error or str(result.status)), context={},
     )
     timing = result.server_timing
@@ -211,7 +213,7 @@ def settle_direct(client, wallet: AgentWallet, route: str, quote: Quote) -> Requ
     if paid:
         wallet.spent += payment.amount
     events.request.fire(
-        request_type="PAY", name="settled", response_time=(end - start) * 1000, response_length=0,
+        request_type="PAY", name=route, response_time=(end - start) * 1000, response_length=0,
         exception=None if paid else RuntimeError(error), context={},
     )
     return RequestRecord(

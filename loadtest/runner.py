@@ -3,11 +3,14 @@
 Locust runs as a child process (its gevent monkey-patching stays out of this process),
 headless by default, with its own `--processes` workers when asked. This process only
 watches a progress file, measures CPU per role, and afterwards reads the three sources
-of truth (client records, ledger, chain) to build the summary.
+of truth (client records, ledger, chain) to build the summary. With `web`, Locust's process outlives the
+test: the runner goes on once the locustfile marks the test stopped, and the UI keeps showing the run's
+statistics until the caller's WebUI.wait() ends it (Ctrl-C).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -17,7 +20,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 from loadtest import cpu
 from loadtest.faults import FaultDriver, check_faults
@@ -62,9 +65,42 @@ class LoadOptions:
 
 
 @dataclass
+class WebUI:
+    """Locust's web UI once the run is over: its process still serves the run's statistics."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+    def wait(self) -> None:
+        """Serve until Ctrl-C (SIGINT), or until Locust ends by itself, then stop it."""
+        try:
+            while self.process.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """SIGTERM to Locust's process group (it holds the --processes workers too), SIGKILL if it lingers."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+
+
+@dataclass
 class LoadResult:
     run_dir: Path
     summary: dict[str, Any]
+    web: WebUI | None = None  # with --web: the UI, still up until web.wait() returns
 
     @property
     def passed(self) -> bool:
@@ -97,16 +133,18 @@ def locust_command(scenario: Scenario, options: LoadOptions, web_port: int | Non
     if web_port is None:
         cmd += ["--headless"]
     else:
-        cmd += ["--web-host", "127.0.0.1", "--web-port", str(web_port), "--autostart", "--autoquit", "5"]
+        cmd += ["--web-host", "127.0.0.1", "--web-port", str(web_port), "--autostart"]  # no --autoquit: WebUI.wait
     return cmd
 
 
 def run_locust(scenario: Scenario, options: LoadOptions, world: World, run_dir: Path,
-               on_progress: Progress | None) -> tuple[Path, dict[str, float]]:
-    """Run Locust against the world; returns the parts folder and loadgen CPU seconds."""
+               on_progress: Progress | None) -> tuple[Path, dict[str, float], WebUI | None]:
+    """Run Locust against the world; returns the parts folder, loadgen CPU seconds and, with --web, the UI
+    (Locust still running, its test over and its records written)."""
     work = run_dir / "world"
     parts = work / "parts"
     progress_file = work / "progress.json"
+    stopped = work / "stopped"
     write_private(work / "world.json", world.info.to_json())
     (work / "scenario.json").write_text(scenario.model_dump_json())
     env = {
@@ -119,10 +157,13 @@ def run_locust(scenario: Scenario, options: LoadOptions, world: World, run_dir: 
         "X402BENCH_MAX_REQUESTS": str(scenario.run.max_requests or 0),
         "X402BENCH_TARGET": options.target,
         "X402BENCH_STARTED": str(work / "started"),
+        "X402BENCH_STOPPED": str(stopped),
     }
     web_port = free_port() if options.web else None
-    if web_port and on_progress:
-        on_progress({"web": f"http://127.0.0.1:{web_port}"})
+    web_url = f"http://127.0.0.1:{web_port}" if web_port else None
+    if web_url and on_progress:
+        on_progress({"web": web_url})
+    web: WebUI | None = None
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     log = open(work / "locust.log", "ab")
     process = subprocess.Popen(locust_command(scenario, options, web_port), env=env, stdout=log,
@@ -130,6 +171,9 @@ def run_locust(scenario: Scenario, options: LoadOptions, world: World, run_dir: 
     deadline = time.monotonic() + scenario.run.duration_s + 120 + (3600 if options.web else 0)
     try:
         while process.poll() is None:
+            if web_url and stopped.exists():  # the test is over, its records written: the UI stays up
+                web = WebUI(web_url, process, log)
+                break
             if time.monotonic() > deadline:
                 process.send_signal(signal.SIGTERM)
                 process.wait(timeout=30)
@@ -137,20 +181,36 @@ def run_locust(scenario: Scenario, options: LoadOptions, world: World, run_dir: 
             time.sleep(0.5)
             if on_progress and progress_file.exists():
                 try:
-                    on_progress(json.loads(progress_file.read_text()))
+                    progress = json.loads(progress_file.read_text())
                 except ValueError:
-                    pass
+                    continue
+                on_progress({**progress, "web": web_url} if web_url else progress)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        log.close()
+        if web is None:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):  # the group: --processes workers too
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            log.close()
+    if web is not None:  # still running, so not in RUSAGE_CHILDREN: its process tree's CPU from /proc
+        return parts, {"loadgen": sum(cpu.cpu_seconds(pid) or 0.0 for pid in _tree(process.pid))}, web
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     loadgen = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if process.returncode not in (0, 1):  # Locust exits 1 when any request failed: that is data, not a crash
         tail = (work / "locust.log").read_text(errors="replace")[-3000:]
         raise RuntimeError(f"Locust exited with status {process.returncode}:\n{tail}")
-    return parts, {"loadgen": loadgen}
+    return parts, {"loadgen": loadgen}, None
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants (Locust's --processes workers), from /proc."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError, ValueError):
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+    return out
 
 
 def merge_parts(parts: Path) -> tuple[list[RequestRecord], int]:
@@ -218,6 +278,18 @@ def world_for(scenario: Scenario, options: LoadOptions, workdir: Path) -> World:
 
 
 def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | None = None) -> LoadResult:
+    """One live run; with --web, the result's `web` is Locust's UI still up, for the caller to wait on. A run
+    that fails after Locust's test ended stops the UI first."""
+    webs: list[WebUI] = []
+    try:
+        return _run_load(scenario, options, on_progress, webs)
+    except BaseException:
+        for web in webs:
+            web.stop()
+        raise
+
+
+def _run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | None, webs: list[WebUI]) -> LoadResult:
     scenario = effective_scenario(scenario, options)
     run_id = new_run_id()
     run_dir = options.out_root / scenario.name / run_id
@@ -244,7 +316,8 @@ def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | N
         cpu_before = cpu.sample(pids)
         driver = FaultDriver(scenario, world, run_dir / "world" / "started").start()
         try:
-            parts, loadgen_cpu = run_locust(scenario, options, world, run_dir, on_progress)
+            parts, loadgen_cpu, web = run_locust(scenario, options, world, run_dir, on_progress)
+            webs.extend([web] if web else [])
         finally:
             driver.stop()
         cpu_after = cpu.sample(pids)
@@ -310,7 +383,7 @@ def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | N
                             channel_reconciliation=books.reconciliation if books else None)
     out = write_run(options.out_root, scenario.name, run_id, summary, records, settlements,
                     channels=books.channels if books else (), channel_txs=books.txs if books else ())
-    return LoadResult(out, summary)
+    return LoadResult(out, summary, web)
 
 
 def _get_json(url: str) -> dict[str, Any]:
