@@ -19,10 +19,11 @@ out = Console()
 
 
 def _progress_text(p: dict[str, Any]) -> str:
-    if "web" in p:
+    if "elapsed" not in p:
         return f"Locust web UI at {p['web']}"
     return (f"[bold]{p['elapsed']:5.0f} s[/bold]  paid {p['paid']:>7}  [green]{p['rps']:7.1f} paid req/s[/green]  "
-            f"p95 {p['p95']:6.3f} s  errors [red]{p['errors']}[/red]  users {p['users']}  workers {p['workers']}")
+            f"p95 {p['p95']:6.3f} s  errors [red]{p['errors']}[/red]  users {p['users']}  workers {p['workers']}"
+            + (f"  web UI {p['web']}" if "web" in p else ""))
 
 
 def print_result(summary: dict[str, Any], run_dir: Path, out: Console = out) -> None:
@@ -49,6 +50,8 @@ def print_result(summary: dict[str, Any], run_dir: Path, out: Console = out) -> 
     for check in slo["checks"]:
         mark = "[green]pass[/green]" if check["passed"] else "[red]FAIL[/red]"
         out.print(f"  SLO {mark} {check['name']}: measured {_fmt(check['measured'])} {check['op']} bound {check['bound']}")
+    out.print(f"[bold]{_fmt(m['throughput_rps'], '.1f')} paid req/s, settlement p95 "
+              f"{_fmt(m['settlement_latency_s'].get('p95'))} s, ${_fmt(m['cost_per_payment_usd'], '.6f')} per payment[/bold]")
     out.print(f"report: {run_dir / 'report.html'}")
 
 
@@ -130,6 +133,9 @@ def load(
     with Live(f"bringing up {s.name}…", console=shown, refresh_per_second=4, transient=False) as live:
         result = run_load(s, options, on_progress=lambda p: live.update(_progress_text(p)))
     print_result(result.summary, result.run_dir, shown)
+    if result.web is not None:  # its address last, and the UI up until Ctrl-C
+        shown.print(f"Locust web UI at {result.web.url} (the run is over: Ctrl-C to quit)", highlight=False)
+        result.web.wait()
     finish(result.summary, result.run_dir, as_json, junit_path)
 
 
