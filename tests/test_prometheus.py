@@ -84,3 +84,47 @@ def test_services_prometheus_agrees_with_their_json(world: World) -> None:
         assert prom[f"x402bench_service_{phase}_seconds_sum"][labels] == pytest.approx(h["sum_s"])
     assert weather["phases_s"]["settle"]["count"] == PAID and weather["phases_s"]["verify"]["count"] == PAID + 1
     assert json.loads(json.dumps(doc)) == httpx.get(base + "/_metrics").json()  # nothing more was answered since
+
+
+def test_every_section_of_the_json_renders_and_parses() -> None:
+    """Pure rendering, no world: the sections only some strategies have (batched, batch-settlement, sdk)."""
+    from services.facilitator.prom import facilitator_registry, render
+
+    m = {"ledger": {"settled": 3, "failed": 1}, "rejections": {"invalid_exact_evm_payload_signature": 2},
+         "rpc_calls": 10, "guard": {"resends": 1, "reorgs": 0}, "batches": 2,
+         "timing": {"loop_lag_s": {"count": 4, "mean": 0.5, "p50": 0.25, "p95": 1.0, "p99": 2.0}},
+         "batch_settlement": {"claims": 2, "claimed_vouchers": 7, "refusals": {"x": 1},
+                              "records": {"deposit": {"settled": 1}}, "guard": {"resends": 0, "reorgs": 0}},
+         "sdk_threads": {"cpu_s": {"verify": 0.1}, "calls": {"verify": 1}, "rpc_calls": {"eth_call": 2}}}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(render(facilitator_registry(lambda: m, None)).decode())
+               for s in f.samples}
+    assert samples[("x402bench_facilitator_settlement_failures_total", ())] == 1
+    assert samples[("x402bench_facilitator_batches_total", ())] == 2
+    assert samples[("x402bench_facilitator_loop_lag_seconds_sum", ())] == 2.0
+    assert samples[("x402bench_facilitator_loop_lag_seconds", (("quantile", "0.95"),))] == 1.0
+    assert samples[("x402bench_facilitator_channel_claimed_vouchers_total", ())] == 7
+    assert samples[("x402bench_facilitator_channel_txs", (("kind", "deposit"), ("state", "settled")))] == 1
+    assert samples[("x402bench_facilitator_sdk_rpc_calls_total", (("method", "eth_call"),))] == 2
+
+
+def test_the_ledger_tail_sees_each_payment_once_as_it_closes(tmp_path: Path) -> None:
+    """Rows close out of order (pipelined, batched): each is read once, when it closes, never again."""
+    import sqlite3
+
+    from services.facilitator.ledger import Ledger
+    from services.facilitator.ledger_tail import LedgerTail
+
+    path = tmp_path / "ledger.sqlite"
+    Ledger(path).close()  # the real schema
+    db = sqlite3.connect(path, isolation_level=None)
+    for i, state in enumerate(["settled", "submitted", "settled", "failed"], start=1):
+        db.execute("INSERT INTO payments (id, token, payer, nonce, payee, amount, valid_before, signature, "
+                   "accepted_at, included_at, state) VALUES (?, 't', 'p', ?, 'q', 1, 9, 's', 100, ?, ?)",
+                   (i, str(i), 100 + i if state == "settled" else None, state))
+    tail = LedgerTail(path)
+    assert [(c.state, c.latency_s) for c in tail.read()] == [("settled", 1), ("settled", 3), ("failed", None)]
+    assert tail.read() == []
+    db.execute("UPDATE payments SET state = 'settled', included_at = 102.5 WHERE id = 2")
+    assert [(c.state, c.latency_s) for c in tail.read()] == [("settled", 2.5)]
+    assert tail.read() == []
