@@ -114,7 +114,7 @@ def _fault_windows(ax, faults: Sequence[tuple[str, float, float]]) -> None:
     for i, (kind, start, end) in enumerate(faults):
         colour = _FAULT_COLOURS[i % len(_FAULT_COLOURS)]
         ax.axvspan(start, max(end, start + 0.3), color=colour, alpha=0.25, lw=0)
-        ax.text(start, 1.0, f" {kind}", transform=ax.get_xaxis_transform(), rotation=90, va="top", ha="left",
+        ax.text(start, 0.98, f"{kind} ", transform=ax.get_xaxis_transform(), rotation=90, va="top", ha="left",
                 fontsize="x-small", color="#444")
 
 
@@ -188,7 +188,7 @@ def throughput_plot(path: Path, series: TimeSeries, window: tuple[float, float] 
     _plain(ax.yaxis)
     ax.set_ylabel("paid requests / s")
     ax.set_title(PLOTS["throughput.png"])
-    ax.legend(loc="lower left", fontsize="small", framealpha=0.9)
+    fig.legend(loc="outside lower center", ncols=2, fontsize="small", frameon=False)  # never over the bars
     return _save(fig, path)
 
 
@@ -213,7 +213,7 @@ def latency_time_plot(path: Path, series: TimeSeries, window: tuple[float, float
     _seconds_axis(ax.yaxis)
     ax.set_ylabel("request latency (s)")
     ax.set_title(f"{PLOTS['latency_over_time.png']} (per {width:g} s bin)")
-    ax.legend(loc="upper left", fontsize="small", framealpha=0.9)
+    fig.legend(loc="outside lower center", ncols=4, fontsize="small", frameon=False)
     return _save(fig, path)
 
 
