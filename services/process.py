@@ -198,6 +198,38 @@ class ProcessGroup:
             member.kill()
 
 
+def freeze_startup_heap() -> None:
+    """Keep what the imports and the app's construction made out of every later full garbage collection.
+
+    A server imports web3, the x402 SDK, pydantic and FastAPI: a few hundred thousand objects that live as long
+    as the process. CPython's full (generation 2) collection walks all of them every time and finds nothing to
+    free, and the event loop stands still meanwhile: measured on a saturated world (0.2 s blocks, 240 paid
+    req/s), the facilitator paused 100-254 ms every 5-10 s and the services process 260-363 ms every 7-15 s,
+    collecting 0 objects, and those pauses were most of the run's latency tail. Frozen (`gc.freeze`), they
+    are no longer walked; what the process allocates afterwards is collected as usual."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
+def frozen_after_startup(app: Any) -> Any:
+    """The FastAPI `app`, with freeze_startup_heap run once its lifespan has started (its RPC clients, SDK
+    servers and stores made: another ~30,000-45,000 objects that live as long as the process)."""
+    from contextlib import asynccontextmanager
+
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(target: Any) -> Any:
+        async with inner(target) as state:
+            freeze_startup_heap()
+            yield state
+
+    app.router.lifespan_context = lifespan
+    return app
+
+
 def serve_main(doc: str, load: Callable[[str], Any], create_app: Callable[[Any], Any]) -> None:
     """The body of a server module's `__main__`: load its config, serve on 127.0.0.1."""
     import uvicorn
@@ -206,5 +238,6 @@ def serve_main(doc: str, load: Callable[[str], Any], create_app: Callable[[Any],
     parser.add_argument("config")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    uvicorn.run(create_app(load(args.config)), host="127.0.0.1", port=args.port, log_level="warning",
-                access_log=False, backlog=4096)
+    app = frozen_after_startup(create_app(load(args.config)))
+    freeze_startup_heap()
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False, backlog=4096)

@@ -23,6 +23,9 @@ What each figure is taken from (steady window, paid requests, settled payments):
                             places the loop's wait for the answer itself (sim/facilitator.py _locked)
 - machine_cores          <- meta.machine.cpus: the live world shared one host's cores
 - chain.node_cpu_s       <- metrics.cpu.ms_per_paid_request.anvil (the node's share of that host)
+- chain.block_tx_s       <- interval mining, shared host: the pause in sending around each block (from the
+                            last send of a block to the first of the next, less the usual gap between two
+                            sends), median over blocks, over the median txs per block (_block_tx_s)
 - gas                    <- gas_used of single-payment txs (existing / new payee) and a least-squares
                             fit gas = fixed + per_item * size over batch txs
 - batch-settlement gas   <- channel_txs.csv: deposits (new channel / top-up, told apart by gas), a
@@ -245,6 +248,10 @@ def calibration_from_run(summary: dict[str, Any], requests: Sequence[RequestReco
         node = _ms_per_paid(summary, "anvil")
         if node is not None:
             data["chain"]["node_cpu_s"] = node
+            if (config.get("chain") or {}).get("mining") == "interval" and _sender_queued(summary):
+                mine = _block_mining(settled)
+                if mine is not None:
+                    data["chain"]["block_tx_s"], data["chain"]["block_history_s"] = min(mine[0], node), mine[1]
 
     m = summary.get("metrics") or {}
     measured = {"throughput_rps": m.get("throughput_rps"),
@@ -257,6 +264,53 @@ def calibration_from_run(summary: dict[str, Any], requests: Sequence[RequestReco
     data["source"] = source
     data["scenario"] = (summary.get("scenario") or {}).get("name")
     return Calibration.model_validate(data)
+
+
+def _sender_queued(summary: dict[str, Any]) -> bool:
+    """Whether payments queued at the signer lock all run long (its wait's median over 5x its hold's): then the
+    sender is never idle, and a pause in its sends is the node's (see _block_mining)."""
+    timing = dig(summary, "meta.facilitator.timing") or {}
+    wait, hold = (timing.get("lane_wait_s") or {}).get("p50"), (timing.get("lane_hold_s") or {}).get("p50")
+    return isinstance(wait, (int, float)) and isinstance(hold, (int, float)) and hold > 0 and wait > 5 * hold
+
+
+def _block_mining(settled: Sequence[SettlementRecord]) -> tuple[float, float] | None:
+    """The node's time to mine a block: per tx in it, and per tx already in the chain, read off the sends.
+
+    While the node mines it answers no send, so a sender that is never idle stops: the gap from a block's last
+    send to the next block's first is the mining plus one ordinary gap between sends. A least-absolute-deviation
+    fit of that pause on (txs in the block, txs before it) over consecutive blocks holding our txs, since a few
+    pauses hold a wait for a core that the model places itself. None when too few blocks show it."""
+    sends: dict[int, list[float]] = {}
+    txs: dict[int, set[str]] = {}
+    for s in settled:
+        if s.block_number > 0 and s.t_submitted >= 0:
+            sends.setdefault(s.block_number, []).append(s.t_submitted)
+            txs.setdefault(s.block_number, set()).add(s.tx_hash)
+    every = np.unique(np.asarray([t for ts in sends.values() for t in ts]))
+    if len(every) < 100:
+        return None
+    usual = float(np.median(np.diff(every)))
+    rows, pauses, before = [], [], 0
+    for number in sorted(sends):
+        n = len(txs[number])
+        following = sends.get(number + 1)
+        if following:
+            rows.append((n, before))
+            pauses.append(min(following) - max(sends[number]) - usual)
+        before += n
+    if len(pauses) < 20:
+        return None
+    x, y = np.asarray(rows, dtype=float), np.asarray(pauses)
+    weights = np.ones_like(y)
+    for _ in range(50):  # iteratively reweighted least squares towards the L1 fit
+        root = np.sqrt(weights)
+        coef = np.linalg.lstsq(x * root[:, None], y * root, rcond=None)[0]
+        weights = 1.0 / np.maximum(np.abs(y - x @ coef), 1e-4)
+    per_tx, per_before = float(coef[0]), float(coef[1])
+    if per_before < 0:  # no growth to see: the pause per tx alone
+        return max(0.0, float(np.median(y))) / float(np.median(x[:, 0])), 0.0
+    return max(0.0, per_tx), per_before
 
 
 def _voucher_service(vouchers: Sequence[RequestRecord], facilitated: Sequence[RequestRecord], svc: float,

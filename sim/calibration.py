@@ -162,6 +162,14 @@ class Chain(_Strict):
     )
     block_phase_s: float | None = Field(None, ge=0, description="First block after run start; null: random.")
     receipt_delay_s: float = Field(0.0, ge=0, description="From a block to its receipts being served.")
+    block_tx_s: float = Field(
+        0.00011, ge=0, description="Interval mining: the node's time per tx to mine a block, during which it answers "
+                                   "no RPC (a send waits behind it: with one signer key, every block pauses the "
+                                   "sender); on a shared machine only, and part of node_cpu_s. Measured: 0.11 ms.")
+    block_history_s: float = Field(
+        1.3e-6, ge=0, description="... plus this per tx already in the chain, per block: Anvil's mining slows as its "
+                                  "state grows, as automine's does (measured: 1.2-1.5 us, from 10 ms to 26 ms per "
+                                  "0.2 s block of ~50 txs over 15,000 payments).")
     node_cpu_s: float = Field(
         0.0, ge=0, description="The node's CPU per payment (its RPC answers, mining); counted only on a shared machine."
     )

@@ -116,7 +116,19 @@ class Facilitator:
             phase = float(phase_rng.random()) * scenario.chain.block_time_s
         plan = world.plan
         self.plan = plan
-        self.chain = Chain(clock, scenario, cal, phase or 0.0, self._included, plan)
+        self.chain = Chain(clock, scenario, cal, phase or 0.0, self._included, plan, node=self.node)
+        # the node's CPU per payment besides mining it (Chain places that), split between its verify reads and the send
+        mining = cal.chain.block_tx_s / self.batch_size if self.chain.node is not None else 0.0  # the history term
+        # is Anvil's work that grows with the run, kept out of the measured mean per payment for simplicity
+        self.node_cpu = max(0.0, self.node_cpu - mining)
+        # the receipt watcher's loop (interval mining): ask for the head, fetch the new blocks' receipts, sleep
+        # receipt_poll_s; its round of two RPCs makes its period drift across the block ticks, so each block waits
+        # a fresh fraction of a period (a period that is a whole fraction of the block time would lock the phase)
+        self.watch_drift = scenario.chain.mining == "interval" and not self.poll_each
+        self.watch_round = 2.0 * max(timing.submit_s.mean, cal.network.hop_s.mean)
+        self._watch_next = self.watch_phase  # the watcher's next poll
+        self._watch_block = -1  # the last block it found, and when
+        self._watch_seen = 0.0
         self.send_queues = self.submit_busy or (scenario.chain.mining == "auto" and self.chain.mines_in_order)
         # ---- faults: none of this is read on a run without faults or retries
         self.crashes = plan.facilitator_down if plan is not None and plan.facilitator_down else None
@@ -384,16 +396,34 @@ class Facilitator:
             return  # queued for a lock of a process that died: its claims are among the unsent, for the restart
         now = self.clock.now
         signed = self._step(now, self.send_cpu)
+        if self.chain.node is not None:  # the node takes it in its order: behind a block it is mining (Chain._block)
+            self.clock.at(signed - now, self._at_node, (requests, gas, lane, now))
+            return
         submit = self.submit() if self.submit_busy else 0.0
         if self.node is not None:  # the node's part of the round trip, on the host's cores (the rest is the wire)
             work = self.node_cpu * NODE_SEND_SHARE
             submit = max(0.0, submit - work) + (self.node.enter(signed, work) + work - signed)
+        self._sent_at(requests, gas, lane, now, signed, submit)
+
+    def _at_node(self, arg: tuple[list["Req"], int, int, float]) -> None:
+        """The signed send reaches the node (now): its part of the round trip, on the host's cores (the rest is
+        the wire)."""
+        requests, gas, lane, held = arg
+        now = self.clock.now
+        submit = self.submit() if self.submit_busy else 0.0
+        work = self.node_cpu * NODE_SEND_SHARE
+        submit = max(0.0, submit - work) + (self.node.enter(now, work) + work - now)  # type: ignore[union-attr]
+        self._sent_at(requests, gas, lane, held, now, submit)
+
+    def _sent_at(self, requests: list["Req"], gas: int, lane: int, held: float, signed: float, submit: float) -> None:
+        """The send's round trip from `signed` takes `submit`; the lock was taken at `held`."""
+        now = self.clock.now
         if self.rpc_faults:  # the lock is held for the whole call, stall or latency included
             reply, failed = self.plan.rpc(signed, submit)  # type: ignore[union-attr]
         else:
             reply, failed = signed + submit, False
         pool = self.locks[lane]
-        if self.crashes is not None and crash_in(self.crashes, now, reply) is not None:
+        if self.crashes is not None and crash_in(self.crashes, held, reply) is not None:
             self.in_flight[lane] -= 1  # died before the tx left: its claims stay unsent
             return
         if failed:
@@ -401,7 +431,7 @@ class Facilitator:
             self.clock.at(reply - now, self._send_failed, requests)
             self.clock.at(reply - now, self._unlock, (lane, pool))
             return
-        self.clock.at(reply - now, self._replied, (requests, gas, lane, now, reply, pool))
+        self.clock.at(reply - now, self._replied, (requests, gas, lane, held, reply, pool))
 
     def _replied(self, arg: tuple[list["Req"], int, int, float, float, Pool]) -> None:
         requests, gas, lane, held, reply, pool = arg
@@ -493,10 +523,28 @@ class Facilitator:
         elif self.poll_each:
             start = tx.t_sent
             seen = start + math.ceil(max(0.0, ready - start) / self.poll_s - 1e-9) * self.poll_s
+        elif self.watch_drift:
+            seen = self._watcher_sees(number, ready)
         else:
             phase = self.watch_phase
             seen = phase + math.ceil((ready - phase) / self.poll_s - 1e-9) * self.poll_s
         self._settled(tx, seen)
+
+    def _watcher_sees(self, number: int, ready: float) -> float:
+        """When the watcher's loop has block `number`'s receipts (ready at `ready`, mined from chain.tick).
+
+        Its first poll at or after the tick finds it: a poll started while the node was mining is answered once
+        the block is in (the node answers in order). Blocks come in order, so the loop is followed lazily."""
+        if number == self._watch_block:
+            return self._watch_seen
+        tick = min(self.chain.tick, ready)
+        period = self.poll_s + self.watch_round
+        if self._watch_next < tick:
+            self._watch_next += math.ceil((tick - self._watch_next) / period) * period
+        seen = max(self._watch_next, ready) + self.watch_round
+        self._watch_block, self._watch_seen = number, seen
+        self._watch_next = seen + self.poll_s
+        return seen
 
     def _receipt_burst(self, tx: Tx) -> None:
         """The loop handles the receipt (now): its CPU, in line with everything else the loop has ready."""

@@ -20,6 +20,7 @@ from typing import Any
 
 import uvicorn
 
+from services.process import freeze_startup_heap, frozen_after_startup
 from services.resource.app import ResourceConfig, create_app
 
 BACKLOG = 4096
@@ -48,7 +49,8 @@ def main() -> None:
         log_level="warning", access_log=False, backlog=BACKLOG, proxy_headers=False, server_header=False,
         date_header=False, http="httptools" if importlib.util.find_spec("httptools") else "auto",
         loop="uvloop" if importlib.util.find_spec("uvloop") else "auto")
-    app = create_app(ResourceConfig.load(args.config))
+    app = frozen_after_startup(create_app(ResourceConfig.load(args.config)))
+    freeze_startup_heap()
     if args.reuse_port is None:
         uvicorn.run(app, host="127.0.0.1", port=args.port, **options)
         return
