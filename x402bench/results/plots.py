@@ -241,14 +241,14 @@ def histogram_plot(path: Path, values: Sequence[float], title: str, xlabel: str)
     ax.hist(xs, bins=min(40, max(5, int(math.sqrt(len(xs))))), color="#3b7dd8")
     for q, style in ((50, ":"), (95, "--")):
         p = percentile(xs, q)
-        ax.axvline(p, color="#d83b3b", linestyle=style, linewidth=1, label=f"p{q} {p:.3f} s")
+        ax.axvline(p, color="#d83b3b", linestyle=style, linewidth=1.2, label=f"p{q} {p:.3f} s")
     _seconds_axis(ax.xaxis)
     ax.yaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
-    _plain(ax.yaxis)
+    ax.yaxis.set_major_formatter(FuncFormatter(_count_label))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("payments")
     ax.set_title(f"{title} (n={len(xs):,})")
-    ax.legend(loc="upper right", fontsize="small")
+    fig.legend(loc="outside lower center", ncols=2, fontsize="small", frameon=False)
     return _save(fig, path)
 
 
@@ -263,16 +263,24 @@ def gas_plot(path: Path, settlements: Sequence[SettlementRecord]) -> Path | None
     batched = len(set(sizes)) > 1
     fig, axes = _figure(2 if batched else 1)
     left = axes[0]
-    left.hist(per_tx, bins=min(30, max(1, len(set(per_tx)))), color="#3b7dd8")
-    _gas_axis(left.xaxis)
+    values = Counter(round(g) for g in per_tx)
+    if len(values) <= 8:  # a few exact figures (a sim's, or new vs known recipients): one bar each, labelled
+        items = sorted(values.items())
+        bars = left.bar([f"{g:,}" for g, _ in items], [n for _, n in items], color="#3b7dd8", width=0.6)
+        left.bar_label(bars, labels=[f"{n:,}" for _, n in items], padding=2, fontsize="small")
+        left.set_ylim(0, max(values.values()) * 1.15)
+    else:
+        left.hist(per_tx, bins=30, color="#3b7dd8")
+        _gas_axis(left.xaxis)
+        if stats.gas_per_payment is not None:
+            left.axvline(stats.gas_per_payment, color="#d83b3b", linewidth=1,
+                         label=f"amortised {stats.gas_per_payment:,.0f}")
+            left.legend(loc="upper left", fontsize="small")
     left.yaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
-    _plain(left.yaxis)
-    left.set_xlabel("gas per payment (per tx)")
+    left.yaxis.set_major_formatter(FuncFormatter(_count_label))
+    left.set_xlabel("gas per payment (per tx)" + (f"; amortised {stats.gas_per_payment:,.0f}"
+                                                   if stats.gas_per_payment is not None else ""))
     left.set_ylabel("transactions")
-    if stats.gas_per_payment is not None:
-        left.axvline(stats.gas_per_payment, color="#d83b3b", linewidth=1,
-                     label=f"amortised {stats.gas_per_payment:,.0f}")
-        left.legend(loc="upper left", fontsize="small")
     if not batched:
         left.set_title(f"{PLOTS['gas_per_payment.png']} ({len(per_tx):,} txs, {sizes[0]} payment(s) each)")
         return _save(fig, path)
