@@ -140,7 +140,7 @@ def _steadiness_html(steady: Mapping[str, Any]) -> list[str]:
                     ("limit", f"±{steady.get('limit', 0):.0%}"),
                     ("paid throughput, first third / last third of the window (req/s)",
                      f"{fmt(steady.get('first_third_rps'))} / {fmt(steady.get('last_third_rps'))}"),
-                    ("mean of the bins (req/s)", steady.get("mean_rps")),
+                    ("mean of the bins (req/s)", fmt(steady.get("mean_rps"))),
                     ("bins compared", f"{fmt(steady.get('bins'))} of {fmt(steady.get('bin_s'))} s"),
                     ("method", steady.get("method"))], ("figure", "value"))]
 
