@@ -32,8 +32,8 @@ BENCHES: dict[str, list[str]] = {
     "faults": ["bench/bench_faults.py"],
 }
 SOAK = {"soak": ["bench/bench_soak.py", "--minutes", "10"]}
-#: name -> arguments appended with --quick. Measured on 2 busy cores: the whole quick set in ~10 minutes
-#: (faults alone ~3: its timeline is 125 s).
+#: name -> arguments appended with --quick. Measured on 2 cores shared with other work: the whole quick set
+#: in 8 minutes (faults 143 s: its timeline is 125 s; strategies 116 s: four fresh worlds).
 QUICK: dict[str, list[str]] = {
     "signing": ["--seconds", "0.2", "--rounds", "1", "--agents", "10000"],
     "batch-gas": ["--sizes", "1,10,100"],
