@@ -28,7 +28,7 @@ from locust import events, task
 from locust.contrib.fasthttp import FastHttpUser
 from locust.runners import STATE_RUNNING, LocalRunner, MasterRunner, WorkerRunner
 
-from loadtest import round_trips
+from loadtest import cpu, round_trips
 from loadtest.paying import (
     BATCH_SETTLEMENT, BROKE_REASONS, AgentWallet, Manners, facilitator_requirement, pay, pay_channel, settle_direct,
 )
@@ -159,6 +159,9 @@ def _mark_start(environment, **_: object) -> None:  # noqa: ANN001
     """Time zero of the run clock, for this process's own windows and (from the master) for the runner."""
     _t0[:] = [time.time()]
     if STARTED and not isinstance(environment.runner, WorkerRunner):
+        # the world's and this process's CPU as traffic begins: what came before (Locust's own start, the world
+        # waiting for it) is not CPU per paid request (loadtest/cpu.py traffic_window)
+        Path(STARTED + ".cpu.json").write_text(json.dumps(cpu.at_traffic_start(WORLD.get("pids") or {}, _t0[0])))
         Path(STARTED).write_text(repr(_t0[0]))
 
 

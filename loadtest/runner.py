@@ -313,14 +313,14 @@ def _run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | 
         first_block = int(rpc.call("eth_blockNumber"), 16) + 1
         payee_before = balances_of(info.rpc_url, info.token["address"], info.payees)
         pids = {role: [pid] for role, pid in info.pids.items() if pid}
-        cpu_before = cpu.sample(pids)
+        cpu_before, t_cpu_before = cpu.sample(pids), time.time()
         driver = FaultDriver(scenario, world, run_dir / "world" / "started").start()
         try:
             parts, loadgen_cpu, web = run_locust(scenario, options, world, run_dir, on_progress)
             webs.extend([web] if web else [])
         finally:
             driver.stop()
-        cpu_after = cpu.sample(pids)
+        cpu_after, t_cpu_after = cpu.sample(pids), time.time()
         drain(info.ledger_path, options.drain_timeout_s)
         channel_claims = claim_and_settle_channels(scenario, info.service_urls, options.drain_timeout_s)
         last_block = int(rpc.call("eth_blockNumber"), 16)
@@ -356,11 +356,14 @@ def _run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | 
                                              ledger=has_ledger, t0=t0)
     paid = sum(1 for r in records if r.paid)
     cpu_after = {**cpu_after, **loadgen_cpu}
-    cpu_before = {**cpu_before, "loadgen": 0.0}
+    cpu_start_file = run_dir / "world" / "started.cpu.json"
+    cpu_before, cpu_window = cpu.traffic_window(
+        cpu_before, t_cpu_before, json.loads(cpu_start_file.read_text()) if cpu_start_file.exists() else None,
+        cpu_after, t_cpu_after)
     meta = {
         "run_id": run_id,
         "started_at": started_at,
-        "cpu": cpu.usage(cpu_before, cpu_after, paid),
+        "cpu": {**cpu.usage(cpu_before, cpu_after, paid), **cpu_window},
         "agents_broke": agents_broke,
         "processes": options.processes,
         "facilitator": facilitator_metrics,

@@ -22,6 +22,9 @@ What each figure is taken from (steady window, paid requests, settled payments):
                             lag, medians (meta.facilitator.timing, services/facilitator/loop_probe.py): the model
                             places the loop's wait for the answer itself (sim/facilitator.py _locked)
 - machine_cores          <- meta.machine.cpus: the live world shared one host's cores
+- machine_idle_cores     <- metrics.cpu.idle_cores (the world's CPU while it waited for Locust's first
+                            request), summed; every CPU per paid request below is taken less its role's
+                            idle CPU over the traffic (metrics.cpu.traffic_s)
 - chain.node_cpu_s       <- metrics.cpu.ms_per_paid_request.anvil (the node's share of that host)
 - chain.block_tx_s       <- interval mining, shared host: the pause in sending around each block (from the
                             last send of a block to the first of the next, less the usual gap between two
@@ -76,8 +79,25 @@ def quantile_dist(values: Sequence[float]) -> Dist | None:
 
 
 def _ms_per_paid(summary: dict[str, Any], role: str) -> float | None:
+    """A role's CPU per paid request, in seconds, less what it spends idle (metrics.cpu.idle_cores: paid per
+    second whatever the load, and placed as such, machine_idle_cores)."""
     value = dig(summary, f"metrics.cpu.ms_per_paid_request.{role}")
-    return None if value is None else float(value) / 1000
+    if value is None:
+        return None
+    spent = dig(summary, f"metrics.cpu.seconds.{role}")
+    idle = dig(summary, f"metrics.cpu.idle_cores.{role}")
+    window = dig(summary, "metrics.cpu.traffic_s")
+    if all(isinstance(v, (int, float)) for v in (spent, idle, window)) and spent > 0:
+        value *= max(0.0, 1.0 - idle * window / spent)
+    return float(value) / 1000
+
+
+def _idle_cores(summary: dict[str, Any]) -> float | None:
+    """The world's idle CPU, in cores (the load generator's is not idle work: it is its start)."""
+    idle = dig(summary, "metrics.cpu.idle_cores")
+    if not isinstance(idle, dict):
+        return None
+    return sum(float(v) for role, v in idle.items() if role != "loadgen" and isinstance(v, (int, float)))
 
 
 def _services_cpu(summary: dict[str, Any]) -> float | None:
@@ -85,9 +105,9 @@ def _services_cpu(summary: dict[str, Any]) -> float | None:
     "services", "services.2", ... (service_processes), and a paid request costs CPU in whichever one served it,
     so per request is the sum of each one's CPU per paid request (not any one process's)."""
     per_paid = dig(summary, "metrics.cpu.ms_per_paid_request") or {}
-    values = [float(v) for role, v in per_paid.items()
+    values = [_ms_per_paid(summary, role) for role, v in per_paid.items()
               if (role == "services" or role.startswith("services.")) and v is not None]
-    return sum(values) / 1000 if values else None
+    return sum(v for v in values if v is not None) if values else None
 
 
 def _facilitator_busy(summary: dict[str, Any]) -> float | None:
@@ -245,6 +265,9 @@ def calibration_from_run(summary: dict[str, Any], requests: Sequence[RequestReco
     cpus = dig(summary, "meta.machine.cpus")
     if isinstance(cpus, int) and cpus > 0:
         data["machine_cores"] = cpus
+        idle = _idle_cores(summary)
+        if idle is not None:
+            data["machine_idle_cores"] = idle
         node = _ms_per_paid(summary, "anvil")
         if node is not None:
             data["chain"]["node_cpu_s"] = node

@@ -253,6 +253,10 @@ class Calibration(_Strict):
         None, ge=1, description="Cores the node, facilitator, services and load generator share (a live run on one "
                                 "host); null: each has its own, as in a deployment.",
     )
+    machine_idle_cores: float = Field(
+        0.0, ge=0, description="On a shared host: the CPU the world's processes spend whatever the load (a receipt "
+                               "watcher polling, a node mining empty blocks), in cores; measured live between "
+                               "Locust's launch and its first request, and left out of every CPU per request.")
     strategies: dict[Strategy, StrategyTiming] = Field(default_factory=_default_strategies)
     network: Network = Field(default_factory=Network)
     client: Client = Field(default_factory=Client)

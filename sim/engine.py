@@ -211,21 +211,24 @@ class Machine:
     near saturation favours a little the ones placed first.
     """
 
-    __slots__ = ("cores", "slot_s", "_used", "_base")
+    __slots__ = ("cores", "slot_s", "_used", "_base", "_idle")
 
-    def __init__(self, cores: int, slot_s: float = 0.005) -> None:
+    def __init__(self, cores: int, slot_s: float = 0.005, idle_cores: float = 0.0) -> None:
+        """`idle_cores`: CPU the processes spend whatever the load (polling, mining empty blocks), taken from
+        every slot before any job's."""
         if cores < 1:
             raise ValueError("a machine needs at least one core")
         self.cores = cores
         self.slot_s = slot_s
         self._used: list[float] = []  # CPU-seconds placed per slot, from slot `_base` on
         self._base = 0
+        self._idle = min(float(idle_cores), float(cores)) * slot_s
 
     def busy_at(self, t: float) -> float:
         """The share of the cores already taken in the slot holding t (0..1)."""
         k = int(t / self.slot_s) - self._base
         if k < 0 or k >= len(self._used):
-            return 0.0
+            return self._idle / (self.cores * self.slot_s)
         return min(1.0, self._used[k] / (self.cores * self.slot_s))
 
     def run(self, start: float, cpu: float) -> float:
@@ -242,7 +245,7 @@ class Machine:
         while True:
             k = index - base
             while k >= len(used):
-                used.append(0.0)
+                used.append(self._idle)
             slot_end = (index + 1) * slot_s
             room = capacity - used[k]
             span = slot_end - t  # one thread cannot use more of this slot than remains of it

@@ -68,7 +68,7 @@ class World:
         # measured (calibration) when given, else the scenario's own figures
         self.rtt = sampler(cal.network.rtt_s or _ms(a.rtt_ms), stream(seed, "net.rtt"))
         self.sign = sampler(cal.client.sign_s or _ms(a.sign_ms), stream(seed, "client.sign"))
-        self.machine = Machine(cal.machine_cores) if cal.machine_cores else None
+        self.machine = Machine(cal.machine_cores, idle_cores=cal.machine_idle_cores) if cal.machine_cores else None
         self.loadgen = Station(cal.client.cores, self.machine) if loadgen else None
         self.loadgen_cpu = sampler(cal.client.cpu_s, stream(seed, "client.cpu"))
         # one CPU server per services process (scenario.service_processes), each at most one core of the host

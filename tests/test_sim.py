@@ -140,6 +140,48 @@ def test_machine_shares_its_cores_between_threads() -> None:
     assert two.run(5.0, 0.003) == pytest.approx(5.003)  # an idle host: full speed
 
 
+def test_idle_cpu_is_taken_out_of_cpu_per_request_and_placed_per_second() -> None:
+    """A light live run's facilitator: 6 s of CPU over 1,000 paid requests in 100 s, 0.03 of a core of it idle
+    (polling): 3 ms per request, not 6; the machine keeps those 0.03 cores busy in every slot."""
+    from sim.calibrate import _idle_cores, _ms_per_paid
+    from sim.engine import Machine
+
+    summary = {"metrics": {"cpu": {"seconds": {"facilitator": 6.0, "loadgen": 2.0},
+                                   "ms_per_paid_request": {"facilitator": 6.0, "loadgen": 2.0},
+                                   "idle_cores": {"facilitator": 0.03}, "traffic_s": 100.0}}}
+    assert _ms_per_paid(summary, "facilitator") == pytest.approx(0.003)
+    assert _ms_per_paid(summary, "loadgen") == pytest.approx(0.002)  # no idle figure: as measured
+    assert _idle_cores(summary) == pytest.approx(0.03)
+    busy = Machine(1, slot_s=0.01, idle_cores=0.5)
+    assert busy.busy_at(3.0) == pytest.approx(0.5)
+    assert busy.run(0.0, 1.0) == pytest.approx(2.0)  # half of the core is the idle work's
+
+
+def test_block_mining_is_read_off_the_pause_in_a_busy_senders_sends() -> None:
+    """A sender that never idles sends every 4 ms; each 0.2 s block of n txs, after h txs, stops it for
+    0.1 ms * n + 2 us * h: the fit gives both back. Sends evenly spread (no pause) give no mining time."""
+    from sim.calibrate import _block_mining
+    from x402bench.results.records import SettlementRecord
+
+    def records(pause: bool) -> list[SettlementRecord]:
+        out, t, before = [], 0.0, 0
+        for number in range(1, 200):
+            n = 30 + number % 25
+            for i in range(n):
+                out.append(SettlementRecord(nonce=f"{number}-{i}", payer="a", payee="b", amount=1, t_accepted=t,
+                                            t_submitted=t, state="settled", tx_hash=f"{number}-{i}",
+                                            block_number=number))
+                t += 0.004
+            if pause:
+                t += 0.0001 * n + 2e-6 * before
+            before += n
+        return out
+
+    per_tx, per_before = _block_mining(records(True))  # type: ignore[misc]
+    assert per_tx == pytest.approx(0.0001, rel=0.05) and per_before == pytest.approx(2e-6, rel=0.05)
+    assert _block_mining(records(False)) == pytest.approx((0.0, 0.0), abs=1e-9)
+
+
 def test_shared_cpu_is_processor_sharing() -> None:
     """A thread pool under the GIL: a short job beside a long one finishes at twice its own length, not after it."""
     from sim.engine import Clock, SharedCpu

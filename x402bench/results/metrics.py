@@ -196,6 +196,8 @@ def _cpu_block(cpu: Any, paid: int) -> dict[str, Any] | None:
         "total_seconds": total,
         "ms_per_paid_request": {k: (v * 1000 / paid if paid else None) for k, v in spent.items()},
         "total_ms_per_paid_request": total * 1000 / paid if paid else None,
+        # live runs (loadtest/cpu.py): the world's idle CPU per role, and how long the counted window lasted
+        **{k: cpu[k] for k in ("idle_cores", "traffic_s") if k in cpu},
     }
 
 
