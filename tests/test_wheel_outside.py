@@ -68,7 +68,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
     # the dependencies, not x402bench: a path line in a .pth adds the folder but runs none of the .pth
     # files in it, so the project venv's editable-install finder (which maps x402bench to the checkout) stays off
-    (_venv_site(venv) / "x402bench-test-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    deps = dict.fromkeys(sysconfig.get_paths()[kind] for kind in ("purelib", "platlib"))
+    (_venv_site(venv) / "x402bench-test-deps.pth").write_text("".join(f"{path}\n" for path in deps))
     subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps",
                     "--no-index", "-q", str(wheel)], check=True, capture_output=True, timeout=120)
     return Installed(wheel=wheel, venv=venv, mark=uuid.uuid4().hex)
