@@ -124,10 +124,19 @@ def effective_scenario(scenario: Scenario, options: LoadOptions) -> Scenario:
     return scenario.with_overrides(run=run) if run else scenario
 
 
+def check_live_duration(scenario: Scenario) -> None:
+    """A live run lasts whole seconds (Locust's --run-time takes no fraction): refuse another length rather
+    than run a rounded one the summary would not record."""
+    d = scenario.run.duration_s
+    if d != int(d) or d < 1:
+        raise ScenarioError(f"run.duration_s {d:g}: a live run lasts a whole number of seconds, at least 1 "
+                            f"(Locust's --run-time); use {max(1, int(d))} or {max(1, int(d)) + 1}")
+
+
 def locust_command(scenario: Scenario, options: LoadOptions, web_port: int | None) -> list[str]:
     r = scenario.run
     cmd = [*python_module("locust"), "-f", str(LOCUSTFILE), "-u", str(r.users), "-r", str(r.spawn_rate),
-           "-t", f"{max(1, round(r.duration_s))}s", "--stop-timeout", "30", "--loglevel", "WARNING", "--only-summary"]
+           "-t", f"{int(r.duration_s)}s", "--stop-timeout", "30", "--loglevel", "WARNING", "--only-summary"]
     if options.processes > 1:
         cmd += ["--processes", str(options.processes)]
     if web_port is None:
@@ -291,6 +300,7 @@ def run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | N
 
 def _run_load(scenario: Scenario, options: LoadOptions, on_progress: Progress | None, webs: list[WebUI]) -> LoadResult:
     scenario = effective_scenario(scenario, options)
+    check_live_duration(scenario)
     run_id = new_run_id()
     run_dir = options.out_root / scenario.name / run_id
     world = world_for(scenario, options, run_dir / "world")

@@ -54,6 +54,17 @@ def test_exit_2_for_a_bad_scenario_field(tmp_path: Path, x402bench_here) -> None
     assert done.returncode == 2 and "wrok_ms" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_exit_2_for_a_live_run_of_a_fractional_second(tmp_path: Path, x402bench_here) -> None:  # noqa: ANN001
+    """Locust runs whole seconds: a scenario asking for 2.5 s is refused before anything starts, not rounded."""
+    data = yaml.safe_load(SMOKE.read_text())
+    data["run"]["duration_s"] = 2.5
+    path = tmp_path / "frac.yaml"
+    path.write_text(yaml.safe_dump(data))
+    done = x402bench_here("load", str(path), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and "run.duration_s 2.5" in done.stderr, done.stdout + done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("command", [["sim", str(SMOKE)], ["sweep", str(SMOKE), "--grid", "agents=2"],
                                      ["capacity", "scenarios/x402-ecosystem-2025.yaml"]])
 def test_exit_2_before_any_work_when_out_is_an_existing_file(tmp_path: Path, command: list[str],

@@ -48,6 +48,9 @@ def live_refusal(s: Scenario) -> str | None:
     started = ["chain"] + ([] if outside else ["facilitator", "services"])
     try:
         check_faults(s, started, "service")  # what the fault driver would refuse before any traffic
+        from loadtest.runner import check_live_duration
+
+        check_live_duration(s)
         if outside is None:
             from services.stack import check_live_strategy
 
