@@ -135,7 +135,8 @@ def test_check_sim_and_load_run_outside_the_checkout(installed: Installed, tmp_p
     mine.parent.mkdir()
     mine.write_text((CHECKOUT / "scenarios" / "smoke.yaml").read_text().replace("name: smoke", "name: my-smoke"))
     runs = {
-        "load": _start(installed, tmp_path / "load", "load", "scenarios/smoke.yaml", "--duration", "2", PATH=on_path),
+        "load": _start(installed, tmp_path / "load", "load", "scenarios/smoke.yaml", "--duration", "2", "--users", "2",
+                       PATH=on_path),
         "sim": _start(installed, tmp_path / "sim", "sim", "my-smoke.yaml", "--duration", "5"),
         "check": _start(installed, tmp_path / "check", "check", "scenarios/smoke.yaml"),
         "no anvil": _start(installed, tmp_path / "none", "load", "scenarios/smoke.yaml", "--duration", "1"),
