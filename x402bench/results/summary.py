@@ -106,7 +106,7 @@ def build_summary(scenario: Scenario, requests: Sequence[RequestRecord], settlem
                   channels: Sequence[ChannelRecord] = (), channel_txs: Sequence[ChannelTxRecord] = (),
                   channel_reconciliation: dict[str, Any] | None = None,
                   tally: RequestTally | None = None) -> dict[str, Any]:
-    """The whole summary.json as a dict (see the README/report for the key tree). `money_events` place
+    """The whole summary.json as a dict (its keys: `Summary` above). `money_events` place
     each loss in time, for the per-fault table (`faults`, one row per entry of the scenario's timeline);
     a run with batch-settlement channels passes their events there too (channels.channel_money_events).
 
