@@ -187,3 +187,20 @@ def test_sweep_plots_draw_equal_series_once_and_skip_empty_figures(tmp_path: Pat
               for r in rows]  # every point of the sweep failed: no figure, and no stale one left
     assert render_sweep_plots(tmp_path, failed, ["agents", "price"]) == []
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_every_summary_key_is_listed_in_one_place() -> None:
+    from typing import get_type_hints
+
+    from x402bench.results.routes import RouteFigures
+    from x402bench.results.summary import Summary
+    from x402bench.results.timeseries import Steadiness, TimeSeries
+
+    ends = blocks(10.0, 0, 60)
+    s = build_summary(TWO_S, [paid(t, i=i) for i, t in enumerate(ends)], [], {}, "load", {"duration_s": 60.0})
+    assert set(s) == set(get_type_hints(Summary))
+    assert set(s["steadiness"]) == set(get_type_hints(Steadiness))
+    assert set(s["timeseries"]) == set(get_type_hints(TimeSeries))
+    assert set(s["routes"]["weather"]) == set(get_type_hints(RouteFigures))
+    assert set(s["metrics"]["cost_breakdown_usd"] or econ.cost_split_usd(1, TWO_S.economics)) == set(
+        get_type_hints(econ.CostSplit))
