@@ -131,7 +131,11 @@ def load(
                           rpc_url=rpc_url)
     shown = console(as_json)
     with Live(f"bringing up {s.name}…", console=shown, refresh_per_second=4, transient=False) as live:
-        result = run_load(s, options, on_progress=lambda p: live.update(_progress_text(p)))
+        try:
+            result = run_load(s, options, on_progress=lambda p: live.update(_progress_text(p)))
+        except BaseException:  # the error's own line follows: end this one first
+            live.update(f"bringing up {s.name}: stopped\n")
+            raise
     print_result(result.summary, result.run_dir, shown)
     if result.web is not None:  # its address last, and the UI up until Ctrl-C
         shown.print(f"Locust web UI at {result.web.url} (the run is over: Ctrl-C to quit)", highlight=False)
