@@ -12,7 +12,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from x402bench.cli import app
-from x402bench.results.report import fmt
 
 out = Console()
 err = Console(stderr=True)
@@ -63,6 +62,8 @@ def compare(
         problem = f"{target.parent} is not writable"
     if problem:
         raise _bad_input(ValueError(f"{problem}; give --html PATH"))
+    from x402bench.results.report import fmt  # here: the report pulls in matplotlib, which every command would pay
+
     breaches = judge(comparison, gates)
     table = Table(title="x402bench compare")
     table.add_column("metric")
