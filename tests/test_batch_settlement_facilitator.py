@@ -468,7 +468,7 @@ def test_cadence_claims_and_settles_on_its_own(quick_world: World) -> None:
     assert receiver_totals(rpc, payee, token) == (charged, charged)
     # the keeper counts its settle once the facilitator's answer is back, which on interval blocks can come
     # a poll after the block that moved the balance
-    status = wait_for(lambda: (st := harness(quick_world, "status"))["settle_txs"] >= 1 and st, 15, "the settle counted")
+    status = wait_for(lambda: (st := harness(quick_world, "status"))["settle_txs"] >= 1 and st, 15, "settle counted")
     assert status["claim_txs"] >= 1 and status["settle_txs"] >= 1 and status["unclaimed_amount"] == "0"
     assert (status["claim_every_s"], status["settle_every_s"]) == (0.5, 1.0)
 
