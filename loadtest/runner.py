@@ -73,13 +73,23 @@ class WebUI:
     log: IO[bytes]
 
     def wait(self) -> None:
-        """Serve until Ctrl-C (SIGINT), or until Locust ends by itself, then stop it."""
+        """Serve until Ctrl-C (SIGINT), or until Locust ends by itself, then stop it.
+
+        The handler is set here, as `x402bench up` sets its own: a process started by a non-interactive shell's
+        background job inherits SIGINT ignored, and the UI would then outlive every Ctrl-C."""
+        import threading
+
+        asked = threading.Event()
+        own = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, lambda *_: asked.set()) if own else None
         try:
-            while self.process.poll() is None:
-                time.sleep(0.5)
+            while self.process.poll() is None and not asked.wait(0.5):
+                pass
         except KeyboardInterrupt:
             pass
         finally:
+            if own:
+                signal.signal(signal.SIGINT, previous)
             self.stop()
 
     def stop(self) -> None:

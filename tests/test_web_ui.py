@@ -31,8 +31,11 @@ class Terminal:
 
     def __init__(self, args: list[str]) -> None:
         leader, follower = pty.openpty()
+        # Ctrl-C as a terminal's foreground job gets it: SIGINT at its default even when this test runs under a
+        # background job of a non-interactive shell (as CI may), which leaves SIGINT ignored in every child
         self.process = subprocess.Popen(args, stdin=follower, stdout=follower, stderr=follower, cwd=ROOT,
-                                        env={**os.environ, "COLUMNS": "200", "TERM": "xterm"}, close_fds=True)
+                                        env={**os.environ, "COLUMNS": "200", "TERM": "xterm"}, close_fds=True,
+                                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         os.close(follower)
         self._fd, self._chunks = leader, []
         threading.Thread(target=self._read, daemon=True).start()
