@@ -399,21 +399,21 @@ class Facilitator:
         if self.chain.node is not None:  # the node takes it in its order: behind a block it is mining (Chain._block)
             self.clock.at(signed - now, self._at_node, (requests, gas, lane, now))
             return
-        submit = self.submit() if self.submit_busy else 0.0
-        if self.node is not None:  # the node's part of the round trip, on the host's cores (the rest is the wire)
-            work = self.node_cpu * NODE_SEND_SHARE
-            submit = max(0.0, submit - work) + (self.node.enter(signed, work) + work - signed)
-        self._sent_at(requests, gas, lane, now, signed, submit)
+        self._sent_at(requests, gas, lane, now, signed, self._round_trip(signed))
 
     def _at_node(self, arg: tuple[list["Req"], int, int, float]) -> None:
-        """The signed send reaches the node (now): its part of the round trip, on the host's cores (the rest is
-        the wire)."""
+        """The signed send reaches the node (now), in the node's order."""
         requests, gas, lane, held = arg
         now = self.clock.now
+        self._sent_at(requests, gas, lane, held, now, self._round_trip(now))
+
+    def _round_trip(self, signed: float) -> float:
+        """The send's round trip from `signed`: with the node's part on the host's cores (the rest is the wire)."""
         submit = self.submit() if self.submit_busy else 0.0
-        work = self.node_cpu * NODE_SEND_SHARE
-        submit = max(0.0, submit - work) + (self.node.enter(now, work) + work - now)  # type: ignore[union-attr]
-        self._sent_at(requests, gas, lane, held, now, submit)
+        if self.node is not None:
+            work = self.node_cpu * NODE_SEND_SHARE
+            submit = max(0.0, submit - work) + (self.node.enter(signed, work) + work - signed)
+        return submit
 
     def _sent_at(self, requests: list["Req"], gas: int, lane: int, held: float, signed: float, submit: float) -> None:
         """The send's round trip from `signed` takes `submit`; the lock was taken at `held`."""
